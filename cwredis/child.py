@@ -1,0 +1,146 @@
+"""The process a worker runs jobs in: ``python -m cwredis.child FD_IN FD_OUT``.
+
+A child lives across jobs (no fork per job) and keeps the functions it has
+unpickled, keyed by their content digest, so a map over 100,000 items
+unpickles its function once. The supervising worker has already checked
+every signature; the child only decodes and runs.
+
+Messages (multiprocessing Connection framing over two pipes)::
+
+    in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None)
+    out: ("ok", job_id, result_pickle)
+         ("err", job_id, reason, error_line, traceback_text)
+
+The child ignores SIGINT/SIGTERM (a Ctrl-C to the worker's process group is
+for the supervisor to handle gracefully) and dies with its supervisor
+(PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no job running behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+import cloudpickle
+
+from .serialization import Corrupt, error_line, parse_env
+
+log = logging.getLogger("cwredis.child")
+
+#: Unpickled functions kept per child.
+FUNCTION_CACHE_SIZE = 256
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker's pipe EOF still stops us between jobs
+        pass
+
+
+class JobRunner:
+    """Runs jobs one at a time, caching functions and the applied environment."""
+
+    def __init__(self) -> None:
+        self._functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+        self._env_digest: str | None = None
+        self._home_cwd = os.getcwd()
+        self._home_path = list(sys.path)
+        self._warned_cwds: set[str] = set()
+
+    def _apply_env(self, digest: str, env_json: bytes | None) -> None:
+        if digest == self._env_digest:
+            return
+        if env_json is None:
+            raise Corrupt("environment record was not sent")
+        cwd, path = parse_env(env_json)
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
+        else:
+            if cwd not in self._warned_cwds:
+                self._warned_cwds.add(cwd)
+                log.warning("client working directory %s does not exist here; running in %s",
+                            cwd, self._home_cwd)
+            os.chdir(self._home_cwd)
+        # The client's entries that exist here, in its order, then ours.
+        client_path = [p for p in path if p == "" or os.path.exists(p)]
+        sys.path[:] = client_path + [p for p in self._home_path if p not in client_path]
+        self._env_digest = digest
+
+    def _function(self, digest: str, blob: bytes | None) -> Callable[..., Any]:
+        fn = self._functions.get(digest)
+        if fn is not None:
+            self._functions.move_to_end(digest)
+            return fn
+        if blob is None:
+            raise Corrupt("function was not sent")
+        fn = cloudpickle.loads(blob)
+        self._functions[digest] = fn
+        if len(self._functions) > FUNCTION_CACHE_SIZE:
+            self._functions.popitem(last=False)
+        return fn
+
+    def run(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json = message
+        try:
+            self._apply_env(env_digest, env_json)
+        except Corrupt as exc:
+            return ("err", job_id, "corrupt", str(exc), str(exc))
+        try:
+            fn = self._function(fn_digest, fn_blob)
+        except (ImportError, AttributeError) as exc:  # the worker lacks a module the function needs
+            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+        except Exception as exc:
+            return ("err", job_id, "corrupt", f"function could not be unpickled: {error_line(exc)}",
+                    traceback.format_exc())
+        try:
+            args, kwargs = pickle.loads(args_blob)
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise TypeError("arguments record has the wrong shape")
+        except (ImportError, AttributeError) as exc:
+            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+        except Exception as exc:
+            return ("err", job_id, "corrupt", f"arguments could not be unpickled: {error_line(exc)}",
+                    traceback.format_exc())
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
+            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+        try:
+            return ("ok", job_id, cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:
+            line = f"SerializationError: cannot pickle the result {type(result).__name__}: {error_line(exc)}"
+            return ("err", job_id, "exception", line, traceback.format_exc())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    logging.basicConfig(level=os.environ.get("CWREDIS_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    inbox = Connection(int(argv[0]), writable=False)
+    outbox = Connection(int(argv[1]), readable=False)
+    runner = JobRunner()
+    while True:
+        try:
+            message = inbox.recv()
+        except (EOFError, OSError):
+            return  # the worker is gone or closed us: exit quietly
+        outbox.send(runner.run(message))
+
+
+if __name__ == "__main__":
+    main()

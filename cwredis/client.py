@@ -1,0 +1,272 @@
+"""ClientThread: submit jobs, and a background thread that delivers their outcomes.
+
+Outcomes wait durably in the client's list in Redis (``keys.results``); the
+pub/sub channel only wakes the thread. The thread reads a batch with LRANGE,
+runs the callbacks, then LTRIMs exactly what it delivered -- only this client
+trims its list and workers only append, so the head it trims is the head it
+read. If the connection drops before the trim, the trim is retried on
+reconnect; an outcome seen twice anyway (a server restart that lost a trim)
+is recognised by its job id and generation and dropped, so each job gets one
+callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+import redis
+
+from . import config
+from .connection import Reconnector, connect, is_transient
+from .errors import RemoteError
+from .keys import DEFAULT_KEYS, Keys
+from .scripts import Scripts
+from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error
+from .submitter import Submitter, new_job_id
+
+log = logging.getLogger("cwredis.client")
+
+ResultCallback = Callable[[str, Any], None]
+ErrorCallback = Callable[[str, RemoteError], None]
+
+#: Even without a pub/sub wake-up (one lost in a blip), outstanding outcomes
+#: are looked for this often.
+SAFETY_POLL_S = 2.0
+
+
+def _resolve(url: str | None, host: str | None) -> str:
+    if url is not None and host is not None:
+        raise ValueError("give url or host, not both")
+    if host is not None:
+        return f"redis://{host}:6379/0"
+    return config.resolve_url(url)
+
+
+class ClientThread(threading.Thread):
+    """Submits jobs and calls ``callback(jobid, result)`` / ``error_callback(jobid, error)``.
+
+    Callbacks run on this thread, one at a time, exactly once per job.
+    Use as a context manager, or ``start()`` / ``wait()`` / ``stop()``.
+    """
+
+    def __init__(
+        self,
+        callback: ResultCallback | None = None,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        error_callback: ErrorCallback | None = None,
+        queue: str = config.DEFAULT_QUEUE,
+        timeout: float | None = None,
+        max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        secret: bytes | str | None = None,
+        keys: Keys = DEFAULT_KEYS,
+    ) -> None:
+        super().__init__(name="cwredis-client", daemon=True)
+        self.url = _resolve(url, host)
+        self.callback = callback
+        self.error_callback = error_callback
+        self.client_id = secrets.token_urlsafe(9)
+        self._keys = keys
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self._signer = Signer(secret if secret is not None else config.resolve_secret())
+        self._stop_event = threading.Event()
+        self._reconnector = Reconnector(self.url, "client", self._stop_event)
+        self._redis = connect(self.url, "client")
+        self._scripts = Scripts(self._redis, keys)
+        self._submitter = Submitter(
+            self._redis, self._scripts, keys, self._signer, self._reconnector,
+            client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts)
+        self._results_key = keys.results(self.client_id)
+        self._channel = keys.channel(self.client_id)
+        self._cond = threading.Condition()
+        self._pending: dict[str, int] = {}  # job id -> generation awaited
+        self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
+        self._first_error: RemoteError | None = None
+        self._untrimmed = 0  # outcomes delivered but not yet trimmed from Redis
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+        """Queue ``func(*args, **kwargs)``; returns its job id once the job is durable in Redis."""
+        prepared = self._submitter.prepare_function(func)
+        sealed = self._submitter.seal_args(func, args, kwargs)
+        job_id = new_job_id()
+        self._submit(prepared, [(job_id, sealed)])
+        return job_id
+
+    def submit_prepared(self, prepared: tuple[bytes, str, str], sealed_args: list[bytes]) -> list[str]:
+        """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``)."""
+        jobs = [(new_job_id(), sealed) for sealed in sealed_args]
+        self._submit(prepared, jobs)
+        return [job_id for job_id, _ in jobs]
+
+    def _submit(self, prepared: tuple[bytes, str, str], jobs: list[tuple[str, bytes]]) -> None:
+        with self._cond:
+            for job_id, _ in jobs:
+                self._pending[job_id] = 0
+        try:
+            self._submitter.submit(prepared, jobs)
+        except BaseException:
+            with self._cond:
+                for job_id, _ in jobs:
+                    self._pending.pop(job_id, None)
+                self._cond.notify_all()
+            raise
+
+    @property
+    def submitter(self) -> Submitter:
+        return self._submitter
+
+    # -- waiting and stopping ------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs submitted whose outcome has not been delivered yet."""
+        with self._cond:
+            return len(self._pending)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Return when every job submitted so far has finished; TimeoutError if ``timeout`` passes first.
+
+        Without an error_callback, raise the first RemoteError seen (once).
+        """
+        if not self.is_alive() and not self._stop_event.is_set():
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(self._pending)} job(s) still unfinished after {timeout}s")
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            error, self._first_error = self._first_error, None
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        """Stop the results thread and close connections; undelivered outcomes stay in Redis."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+        self._redis.close()
+
+    def __enter__(self) -> "ClientThread":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self.stop()
+
+    # -- the results thread --------------------------------------------------
+
+    def run(self) -> None:
+        pubsub: redis.client.PubSub | None = None
+        last_drain = 0.0
+        while not self._stop_event.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self._channel)
+                    self._drain()  # whatever arrived while we were not listening
+                    last_drain = time.monotonic()
+                message = pubsub.get_message(timeout=0.5)
+                if message is not None or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
+                    self._drain()
+                    last_drain = time.monotonic()
+                self._reconnector.succeeded()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("client %s: unexpected error in the results thread", self.client_id)
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+                pubsub = None
+                self._reconnector.failed(exc)
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
+
+    def _drain(self) -> None:
+        """Deliver every outcome waiting in Redis, trimming each batch after its callbacks ran."""
+        while True:
+            pipe = self._redis.pipeline(transaction=False)
+            if self._untrimmed:
+                pipe.ltrim(self._results_key, self._untrimmed, -1)
+            pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
+            entries = pipe.execute()[-1]
+            self._untrimmed = 0
+            if not entries:
+                return
+            for entry in entries:
+                self._deliver(entry)
+            self._untrimmed = len(entries)
+            if len(entries) < config.RESULT_BATCH:
+                self._redis.ltrim(self._results_key, self._untrimmed, -1)
+                self._untrimmed = 0
+                return
+
+    def _deliver(self, entry: bytes) -> None:
+        try:
+            raw_id, raw_gen, kind, body = entry.split(b"\n", 3)
+            job_id, generation = raw_id.decode(), int(raw_gen)
+        except ValueError:
+            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, entry[:80])
+            return
+        with self._cond:
+            if job_id in self._pending:
+                self._pending.pop(job_id)
+            elif self._failed_seen.get(job_id, generation) < generation:
+                pass  # requeued by cw-admin after we saw it fail: a new outcome
+            else:
+                return  # a duplicate, or not ours
+            self._failed_seen.pop(job_id, None)
+        try:
+            if kind == b"ok":
+                self._deliver_result(job_id, generation, body)
+            else:
+                reason, error, tb = decode_error(body)
+                self._deliver_error(job_id, generation, RemoteError(job_id, reason, error, tb))
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _deliver_result(self, job_id: str, generation: int, body: bytes) -> None:
+        try:
+            result = cloudpickle.loads(self._signer.open(RESULT, body))
+        except Rejected as exc:
+            return self._deliver_error(job_id, generation, RemoteError(job_id, "rejected", f"result refused: {exc}", str(exc)))
+        except Exception as exc:
+            error = f"result could not be decoded: {type(exc).__name__}: {exc}"
+            return self._deliver_error(job_id, generation, RemoteError(job_id, "corrupt", error, traceback.format_exc()))
+        if self.callback is not None:
+            self._call_user(self.callback, job_id, result)
+
+    def _deliver_error(self, job_id: str, generation: int, error: RemoteError) -> None:
+        with self._cond:
+            self._failed_seen[job_id] = generation
+            if self.error_callback is None and self._first_error is None:
+                self._first_error = error
+        if self.error_callback is not None:
+            self._call_user(self.error_callback, job_id, error)
+
+    def _call_user(self, fn: Callable[[str, Any], None], job_id: str, value: Any) -> None:
+        try:
+            fn(job_id, value)
+        except Exception:
+            log.exception("client %s: callback for job %s raised", self.client_id, job_id)

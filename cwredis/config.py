@@ -1,0 +1,101 @@
+"""Settings and every default, each explained once; URL and secret resolution."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+#: How long a worker may go without renewing its lease before the coordinator
+#: declares it dead and requeues its jobs. The coordinator publishes its value.
+DEFAULT_LEASE_S = 30.0
+
+#: How often the coordinator sweeps expired leases and due delayed jobs, as a
+#: fraction of the lease; bounded so short test leases still sweep promptly.
+SWEEP_FRACTION = 0.1
+MIN_SWEEP_S = 0.05
+MAX_SWEEP_S = 1.0
+
+#: How long a client's uncollected outcomes wait in Redis (the contract's 7 days).
+RESULT_TTL_S = 7 * 24 * 3600
+
+#: How long the record of a finished (done) job stays for ``cw-admin show``.
+DONE_TTL_S = 3600
+
+#: How long a worker's BLMOVE blocks before it looks around (stop flag, other queues).
+BLOCK_TIMEOUT_S = 1.0
+
+#: With several queues a worker cannot block on all of them at once (BLMOVE takes
+#: one source), so it blocks on each in turn for this long.
+MULTI_QUEUE_BLOCK_S = 0.05
+
+#: Back-off between reconnect attempts after Redis goes away: start, cap.
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+#: A timed-out attempt that will be retried waits this long (doubling per
+#: attempt, capped) in the delayed set, so a job that always times out does
+#: not hog a slot back to back.
+RETRY_DELAY_S = 0.5
+RETRY_DELAY_MAX_S = 30.0
+
+#: Default queue, attempts and URL, as the contract fixes them.
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_URL = "redis://localhost:6379/0"
+
+#: How many outcomes a client reads per round trip.
+RESULT_BATCH = 512
+
+#: How many jobs ``Executor.map`` keeps submitted but not yet yielded, per
+#: chunk of work; it bounds client memory over huge iterables.
+MAP_WINDOW = 20_000
+#: How many jobs one pipelined submit sends.
+SUBMIT_BATCH = 500
+
+
+def cwredis_home() -> Path:
+    """``$CWREDIS_HOME``, defaulting to ``~/.cwredis``."""
+    return Path(os.environ.get("CWREDIS_HOME") or Path.home() / ".cwredis")
+
+
+def url_file() -> Path:
+    return cwredis_home() / "url"
+
+
+def secret_file() -> Path:
+    return cwredis_home() / "secret"
+
+
+def resolve_url(explicit: str | None = None) -> str:
+    """The contract's order: explicit argument, ``$CWREDIS_URL``, ``$CWREDIS_HOME/url``, default."""
+    if explicit:
+        return explicit
+    env = os.environ.get("CWREDIS_URL")
+    if env:
+        return env
+    try:
+        text = url_file().read_text().strip()
+    except OSError:
+        text = ""
+    return text or DEFAULT_URL
+
+
+def resolve_secret() -> bytes | None:
+    """``$CWREDIS_SECRET``, else the stripped content of ``$CWREDIS_HOME/secret``, else None."""
+    env = os.environ.get("CWREDIS_SECRET")
+    if env:
+        return env.encode()
+    try:
+        text = secret_file().read_bytes().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+_PASSWORD = re.compile(r"(?P<scheme>rediss?://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and errors."""
+    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)

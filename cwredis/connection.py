@@ -1,0 +1,147 @@
+"""Opening Redis connections and riding out Redis going away.
+
+Only this layer (and the loops that call :func:`is_transient`) deals with
+``redis.ConnectionError``. redis-py's own automatic retries are switched off:
+re-sending a script whose reply was lost could run it twice; every role
+instead retries on its own terms (fenced or idempotent steps, reconciliation
+after a reconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import config
+from .config import mask_url
+from .errors import ConfigError
+
+T = TypeVar("T")
+log = logging.getLogger("cwredis")
+
+#: Seconds a connection attempt may take; also the read timeout of normal
+#: commands (blocking calls pass their own, longer one).
+SOCKET_TIMEOUT_S = 10.0
+
+_TRANSIENT_PREFIXES = ("LOADING", "OOM", "MISCONF", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")
+
+
+def connect(url: str, role: str) -> redis.Redis:
+    """A client for ``url`` whose connections are named ``cwredis-<role>``; ConfigError if the URL is bad."""
+    try:
+        return redis.Redis.from_url(
+            url,
+            client_name=f"cwredis-{role}",
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean 'Redis is away or busy for now': retry later."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        return str(exc).startswith(_TRANSIENT_PREFIXES)
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the log: the error without redis-py's noise."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class Reconnector:
+    """Back-off with logging for one role's connection to one URL.
+
+    ``failed(exc)`` logs (once per outage at WARNING, then quietly) and sleeps
+    with exponential back-off; ``succeeded()`` logs the reconnect. Sleeping
+    stops early when ``stop`` is set.
+    """
+
+    def __init__(self, url: str, role: str, stop: threading.Event | None = None) -> None:
+        self.url = mask_url(url)
+        self.role = role
+        self.stop = stop or threading.Event()
+        self._delay = config.RECONNECT_MIN_S
+        self._down_since: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+            delay = self._delay
+            self._delay = min(self._delay * 2, config.RECONNECT_MAX_S)
+        if first:
+            log.warning("%s: cannot reach Redis at %s (%s); retrying with back-off",
+                        self.role, self.url, describe(exc))
+        else:
+            log.debug("%s: still cannot reach %s (%s)", self.role, self.url, describe(exc))
+        self.stop.wait(delay)
+
+    def succeeded(self) -> bool:
+        """Record a working call; True if this ends an outage."""
+        if self._down_since is None:
+            return False
+        with self._lock:
+            if self._down_since is None:
+                return False
+            seconds = time.monotonic() - self._down_since
+            self._down_since = None
+            self._delay = config.RECONNECT_MIN_S
+        log.warning("%s: reconnected to %s after %.1fs", self.role, self.url, seconds)
+        return True
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until it works, riding out transient errors; raise once stopped."""
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if not is_transient(exc) or self.stop.is_set():
+                    raise
+                self.failed(exc)
+                continue
+            self.succeeded()
+            return result
+
+
+def check_reachable(client: redis.Redis, url: str) -> None:
+    """PING once; ConfigError with a one-line message naming the (masked) URL otherwise."""
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(f"Redis at {mask_url(url)} refused the password: {describe(exc)}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConfigError(f"cannot reach Redis at {mask_url(url)}: {describe(exc)}") from None
+    except redis.ResponseError as exc:
+        raise ConfigError(f"Redis at {mask_url(url)} answered with an error: {describe(exc)}") from None
+
+
+def setup_logging(level: str | None = None) -> None:
+    """Role processes log one line per event to stderr."""
+    import os
+
+    logging.basicConfig(
+        level=(level or os.environ.get("CWREDIS_LOG_LEVEL") or "INFO").upper(),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )

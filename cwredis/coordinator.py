@@ -1,0 +1,171 @@
+"""The coordinator: ``cw-coordinator [REDIS_URL] [--lease-timeout S] [--data-dir DIR] [--bind ADDR] [--port PORT]``.
+
+It holds no state. Each sweep it requeues the jobs of workers whose lease
+expired (or fails them ``lost`` after max_attempts) and promotes delayed jobs
+whose time has come -- each an idempotent Lua script, so two coordinators at
+once do no harm and a coordinator killed mid-sweep loses nothing. Its cost
+depends on the number of expired workers and due jobs, never on queue length.
+
+Without a URL (and no ``$CWREDIS_URL``) it starts, supervises and stops the
+embedded server (:mod:`cwredis.server`), restarting it if it dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import os
+
+from . import config
+from .connection import Reconnector, connect, describe, is_transient, setup_logging
+from .errors import ConfigError
+from .keys import DEFAULT_KEYS, Keys
+from .scripts import Scripts
+from .serialization import encode_error
+from .server import EmbeddedServer, ensure_secret, write_private
+
+log = logging.getLogger("cwredis.coordinator")
+
+#: A worker whose lease expired this long ago (and whose jobs are recovered) is forgotten.
+FORGET_AFTER_S = 600
+
+LOST_ERROR = "LostError: the job's worker died or stopped renewing its lease on every attempt"
+LOST_TRACEBACK = ("The worker running this job stopped renewing its lease (it was killed, lost its node, or was "
+                  "cut off from Redis) on each of the job's max_attempts attempts, so the job was failed "
+                  "instead of retried again.")
+
+
+class Coordinator:
+    """Sweeps one Redis; ``run`` loops until ``stop`` is set."""
+
+    def __init__(self, url: str, *, lease_s: float = config.DEFAULT_LEASE_S, sweep_interval_s: float | None = None,
+                 keys: Keys = DEFAULT_KEYS) -> None:
+        if lease_s <= 0:
+            raise ValueError("lease timeout must be positive")
+        self.url = url
+        self.lease_ms = int(lease_s * 1000)
+        self.sweep_interval_s = sweep_interval_s or min(
+            config.MAX_SWEEP_S, max(config.MIN_SWEEP_S, lease_s * config.SWEEP_FRACTION))
+        self._keys = keys
+        self._redis = connect(url, "coordinator")
+        self._scripts = Scripts(self._redis, keys)
+        self._lost_body = encode_error("lost", LOST_ERROR, LOST_TRACEBACK)
+
+    def publish_settings(self) -> None:
+        """Tell workers the lease timeout (they renew every third of it)."""
+        self._redis.hset(self._keys.config, "lease_ms", str(self.lease_ms))
+
+    def sweep(self, now_ms: int | None = None) -> tuple[int, int, int]:
+        """One pass: (jobs requeued, jobs failed as lost, delayed jobs promoted)."""
+        if now_ms is None:
+            seconds, micros = self._redis.time()
+            now_ms = seconds * 1000 + micros // 1000
+        requeued = lost = 0
+        for raw in self._redis.zrangebyscore(self._keys.workers, "-inf", now_ms, start=0, num=100):
+            worker_id = raw.decode()
+            r, lo = self._scripts.requeue_expired(
+                self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,
+                result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=self._lost_body, lost_error=LOST_ERROR,
+                lost_traceback=LOST_TRACEBACK, now_ms=now_ms)
+            if r or lo:
+                log.warning("worker %s stopped renewing its lease: requeued %d job(s), failed %d as lost",
+                            worker_id, r, lo)
+            requeued, lost = requeued + r, lost + lo
+        promoted = self._scripts.promote(self._redis, now_ms=now_ms)
+        return requeued, lost, promoted
+
+    def run(self, stop: threading.Event, server: EmbeddedServer | None = None) -> None:
+        reconnector = Reconnector(self.url, "coordinator", stop)
+        log.info("coordinator: Redis %s, lease timeout %.1fs, sweeping every %.2fs",
+                 config.mask_url(self.url), self.lease_ms / 1000, self.sweep_interval_s)
+        published = False
+        while not stop.is_set():
+            if server is not None and not server.alive():
+                log.error("the embedded server died (exit code %s); restarting it", server.proc and server.proc.returncode)
+                try:
+                    server.start()
+                except ConfigError as exc:
+                    log.error("cannot restart the server: %s", exc)
+                    stop.wait(1.0)
+                    continue
+            try:
+                if not published:
+                    self.publish_settings()
+                    published = True
+                self.sweep()
+                if reconnector.succeeded():
+                    published = False  # a restarted server may have lost the setting
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.error("sweep failed: %s", describe(exc))
+                    stop.wait(1.0)
+                    continue
+                published = False
+                reconnector.failed(exc)
+                continue
+            stop.wait(self.sweep_interval_s)
+        self._redis.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cw-coordinator",
+        description="Requeue the jobs of dead workers and promote delayed jobs. Without a URL, also run "
+                    "the embedded server.")
+    parser.add_argument("url", nargs="?", default=None, help="Redis URL (default: $CWREDIS_URL, else embedded server)")
+    parser.add_argument("--lease-timeout", type=float, default=config.DEFAULT_LEASE_S, metavar="SECONDS",
+                        help="requeue a worker's jobs when it has not renewed its lease for this long (default 30)")
+    parser.add_argument("--sweep-interval", type=float, default=None, metavar="SECONDS",
+                        help="seconds between sweeps (default: a tenth of the lease, 0.05..1)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="embedded server: where it persists (default $CWREDIS_HOME, i.e. ~/.cwredis)")
+    parser.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="embedded server: listen address")
+    parser.add_argument("--port", type=int, default=None, metavar="PORT",
+                        help="embedded server: port (default: the saved one if free, else a free one)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lease_timeout <= 0:
+        parser.error("--lease-timeout must be positive")
+    setup_logging(args.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("coordinator: signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    url = args.url or os.environ.get("CWREDIS_URL")
+    server: EmbeddedServer | None = None
+    try:
+        if not url:
+            home = config.cwredis_home()
+            server = EmbeddedServer(args.data_dir or home, bind=args.bind, port=args.port)
+            server.start()
+            ensure_secret(config.secret_file())
+            write_private(config.url_file(), server.url + "\n")
+            log.info("wrote %s (signing secret in %s)", config.url_file(), config.secret_file())
+            url = server.local_url
+        Coordinator(url, lease_s=args.lease_timeout, sweep_interval_s=args.sweep_interval).run(stop, server)
+    except ConfigError as exc:
+        print(f"cw-coordinator: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

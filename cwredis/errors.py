@@ -1,0 +1,47 @@
+"""The error tree::
+
+    CwredisError
+     +-- SerializationError (also TypeError)  a function/argument cannot be pickled
+     +-- RemoteError                          a job failed: .jobid .reason .traceback
+     +-- ConfigError                          bad URL, unreachable server at start (CLI)
+     +-- LeaseLost                            a completion from an attempt that no longer owns its job
+"""
+
+from __future__ import annotations
+
+
+class CwredisError(Exception):
+    """Base of every error cwredis raises on purpose."""
+
+
+class SerializationError(CwredisError, TypeError):
+    """A function, argument or result cannot be pickled; the message names it."""
+
+
+class ConfigError(CwredisError):
+    """A setting is unusable (bad URL, wrong password); the message is one line for the user."""
+
+
+class LeaseLost(CwredisError):
+    """This attempt no longer owns its job: another attempt or a requeue replaced it."""
+
+
+class RemoteError(CwredisError):
+    """A job failed. ``reason`` is one of exception, timeout, lost, rejected, corrupt.
+
+    ``traceback`` is the remote traceback text (for ``exception``) or an
+    explanation; ``str()`` gives the remote exception's type and message.
+    """
+
+    def __init__(self, jobid: str, reason: str, message: str, traceback: str = "") -> None:
+        super().__init__(jobid, reason, message, traceback)
+        self.jobid = jobid
+        self.reason = reason
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"job {self.jobid} failed ({self.reason}): {self.message}"
+
+    def __reduce__(self):  # pickles (e.g. into a Future across processes) with its fields
+        return (RemoteError, (self.jobid, self.reason, self.message, self.traceback))

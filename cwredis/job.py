@@ -1,0 +1,146 @@
+"""The job record and its states. Data only: no Redis calls here.
+
+A job is one Redis HASH (``keys.job(id)``) with short field names, because a
+queued job's memory is mostly field names and values: the long-lived, shared
+parts (client, queue, environment, limits) live once in a *spec* hash and the
+function once in a *blob*; the job only points at them.
+
+State machine (every arrow is one Lua script in ``cwredis/lua``)::
+
+    submit -> pending --claim--> running --complete--> done
+                 ^                  |  \\--complete(error)/fail--> failed
+                 |                  |                                 |
+                 +--requeue/expired-+--retry(backoff)--> delayed      |
+                 +--promote---------------------------------+          |
+                 +--requeue_failed (admin) <--------------------------+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+# Field names of the job hash (kept short: see the module docstring).
+STATE = "s"
+SPEC = "p"
+FUNCTION = "f"
+ARGS = "a"
+ATTEMPTS = "n"
+TOKEN = "k"
+WORKER = "w"
+GENERATION = "g"
+REASON = "r"
+ERROR = "x"
+TRACEBACK = "tb"
+
+# Field names of the spec hash.
+SPEC_CLIENT = "c"
+SPEC_QUEUE = "q"
+SPEC_ENV = "e"
+SPEC_TIMEOUT = "t"
+SPEC_MAX_ATTEMPTS = "m"
+
+# Field names of a blob hash.
+BLOB_DATA = "b"
+BLOB_NAME = "n"
+
+PENDING = "pending"
+RUNNING = "running"
+DELAYED = "delayed"
+DONE = "done"
+FAILED = "failed"
+STATES = (PENDING, RUNNING, DELAYED, DONE, FAILED)
+
+# Failure reasons, as the contract names them.
+EXCEPTION = "exception"
+TIMEOUT = "timeout"
+LOST = "lost"
+REJECTED = "rejected"
+CORRUPT = "corrupt"
+REASONS = (EXCEPTION, TIMEOUT, LOST, REJECTED, CORRUPT)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _int(value: object, default: int = 0) -> int:
+    try:
+        return int(_text(value) or default)
+    except ValueError:
+        return default
+
+
+@dataclass
+class JobRecord:
+    """A job as read back from Redis, tolerant of missing or garbage fields."""
+
+    id: str
+    state: str
+    spec: str | None = None
+    function: str | None = None
+    attempts: int = 0
+    generation: int = 0
+    worker: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, job_id: str, fields: Mapping[bytes | str, bytes | str]) -> "JobRecord":
+        """Decode a job hash; an unknown state reads as ``corrupt`` data, never raises."""
+        text = {_text(k) or "": v for k, v in fields.items()}
+        state = _text(text.get(STATE)) or "unknown"
+        return cls(
+            id=job_id,
+            state=state if state in STATES else "unknown",
+            spec=_text(text.get(SPEC)),
+            function=_text(text.get(FUNCTION)),
+            attempts=_int(text.get(ATTEMPTS)),
+            generation=_int(text.get(GENERATION)),
+            worker=_text(text.get(WORKER)),
+            reason=_text(text.get(REASON)),
+            error=_text(text.get(ERROR)),
+            traceback=_text(text.get(TRACEBACK)),
+        )
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What every job of one submitter shares; stored once per distinct value."""
+
+    client: str
+    queue: str
+    env: str
+    timeout_s: float | None
+    max_attempts: int
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            SPEC_CLIENT: self.client,
+            SPEC_QUEUE: self.queue,
+            SPEC_ENV: self.env,
+            SPEC_TIMEOUT: "" if self.timeout_s is None else repr(float(self.timeout_s)),
+            SPEC_MAX_ATTEMPTS: str(self.max_attempts),
+        }
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[bytes | str, bytes | str]) -> "Spec":
+        """Decode a spec hash; raise ValueError when a field is missing or garbage."""
+        text = {_text(k) or "": _text(v) or "" for k, v in fields.items()}
+        try:
+            timeout = text.get(SPEC_TIMEOUT, "")
+            return cls(
+                client=text[SPEC_CLIENT],
+                queue=text[SPEC_QUEUE],
+                env=text[SPEC_ENV],
+                timeout_s=float(timeout) if timeout else None,
+                max_attempts=int(text[SPEC_MAX_ATTEMPTS]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"bad job spec: {exc!r}") from None

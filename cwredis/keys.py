@@ -1,0 +1,112 @@
+"""The only module that spells a Redis key.
+
+Every key lives under one namespace (default ``cw``). Lua scripts receive
+their keys in ``KEYS``; where a script discovers job ids itself (popping a
+queue, sweeping a dead worker's in-flight list) it cannot know their keys in
+advance, so it receives the key *prefixes* below in ``ARGV`` from
+:meth:`Keys.prefixes` and appends the id -- the spelling still lives here.
+(This is also why cwredis targets a single Redis/Valkey server, not Cluster.)
+
+=====================  ======  ===============================================
+key                    type    holds
+=====================  ======  ===============================================
+``cw:queue:<name>``    LIST    pending job ids; LPUSH on submit, taken from
+                               the right (oldest first); a retried job is
+                               RPUSHed so it runs next
+``cw:job:<id>``        HASH    the job record (:mod:`cwredis.job`)
+``cw:spec:<digest>``   HASH    what jobs of one submitter share: client, queue,
+                               environment, timeout, max_attempts
+``cw:blob:<digest>``   HASH    a pickled function or environment, stored once:
+                               ``b`` the signed blob, ``n`` its display name
+``cw:inflight:<w>``    LIST    ids worker ``w`` has taken (claimed or about to)
+``cw:workers``         ZSET    worker id -> lease deadline (ms since epoch)
+``cw:worker:<w>``      HASH    host, pid, queues, concurrency (for ``status``)
+``cw:delayed``         ZSET    job id -> time (ms) it may start
+``cw:failed``          ZSET    job id -> time (ms) it failed
+``cw:results:<c>``     LIST    outcomes waiting for client ``c``
+``cw:chan:<c>``        pubsub  wakes client ``c`` when an outcome is pushed
+``cw:config``          HASH    settings the coordinator publishes (lease_ms)
+``cw:stats``           HASH    counters: done, failed (for ``status``)
+=====================  ======  ===============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace; see the module docstring for the layout."""
+
+    namespace: str = "cw"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def queue(self, name: str) -> str:
+        return self._key("queue", name)
+
+    def job(self, job_id: str) -> str:
+        return self._key("job", job_id)
+
+    def spec(self, digest: str) -> str:
+        return self._key("spec", digest)
+
+    def blob(self, digest: str) -> str:
+        return self._key("blob", digest)
+
+    def inflight(self, worker_id: str) -> str:
+        return self._key("inflight", worker_id)
+
+    def worker(self, worker_id: str) -> str:
+        return self._key("worker", worker_id)
+
+    def results(self, client_id: str) -> str:
+        return self._key("results", client_id)
+
+    def channel(self, client_id: str) -> str:
+        return self._key("chan", client_id)
+
+    @property
+    def workers(self) -> str:
+        return self._key("workers")
+
+    @property
+    def delayed(self) -> str:
+        return self._key("delayed")
+
+    @property
+    def failed(self) -> str:
+        return self._key("failed")
+
+    @property
+    def config(self) -> str:
+        return self._key("config")
+
+    @property
+    def stats(self) -> str:
+        return self._key("stats")
+
+    @property
+    def queue_pattern(self) -> str:
+        """SCAN pattern matching every queue list."""
+        return self._key("queue", "*")
+
+    def queue_name(self, key: str) -> str:
+        """Inverse of :meth:`queue`."""
+        return key[len(self._key("queue", "")):]
+
+    def prefixes(self) -> list[str]:
+        """Key prefixes for scripts that discover ids: job, spec, queue, results, channel, inflight."""
+        return [
+            self._key("job", ""),
+            self._key("spec", ""),
+            self._key("queue", ""),
+            self._key("results", ""),
+            self._key("chan", ""),
+            self._key("inflight", ""),
+        ]
+
+
+DEFAULT_KEYS = Keys()

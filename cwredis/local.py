@@ -1,0 +1,139 @@
+"""A whole cwredis on one machine: ``with cwredis.LocalCluster(workers=4) as url:`` and ``cw-local``.
+
+Starts a coordinator with its embedded server in a private temporary
+``$CWREDIS_HOME`` (or a given one) plus worker processes, and stops all of
+them -- by PID -- when the block exits, raises or is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+#: How long to wait for the embedded server's URL file.
+START_TIMEOUT_S = 60.0
+
+
+class LocalCluster:
+    """Coordinator + embedded server + ``workers`` worker processes; the URL is the with-value."""
+
+    def __init__(self, workers: int = 2, *, concurrency: int = 1, home: str | os.PathLike[str] | None = None,
+                 lease_timeout: float | None = None, queues: Sequence[str] = ()) -> None:
+        self.workers = workers
+        self.concurrency = concurrency
+        self.lease_timeout = lease_timeout
+        self.queues = list(queues)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._home = Path(home) if home is not None else None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._saved_env: dict[str, str | None] = {}
+        self.url = ""
+
+    @property
+    def home(self) -> Path:
+        assert self._home is not None
+        return self._home
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CWREDIS_HOME"] = str(self.home)
+        env.pop("CWREDIS_URL", None)
+        env.pop("CWREDIS_SECRET", None)
+        return env
+
+    def start(self) -> str:
+        if self._home is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cwredis-")
+            self._home = Path(self._tmp.name)
+        url_file = self.home / "url"
+        url_file.unlink(missing_ok=True)
+        env = self._env()
+        coordinator = [sys.executable, "-m", "cwredis.coordinator"]
+        if self.lease_timeout:
+            coordinator += ["--lease-timeout", str(self.lease_timeout)]
+        self._procs.append(subprocess.Popen(coordinator, env=env, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not url_file.exists():
+            if self._procs[0].poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError("the coordinator did not start its server; see its log above")
+            time.sleep(0.05)
+        self.url = url_file.read_text().strip()
+        worker = [sys.executable, "-m", "cwredis.worker", "--concurrency", str(self.concurrency)]
+        for queue in self.queues:
+            worker += ["--queue", queue]
+        for _ in range(self.workers):
+            self._procs.append(subprocess.Popen(worker, env=env, stdin=subprocess.DEVNULL))
+        # Clients in this process find the cluster through the environment.
+        for name, value in (("CWREDIS_HOME", str(self.home)), ("CWREDIS_URL", None), ("CWREDIS_SECRET", None)):
+            self._saved_env[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return self.url
+
+    def stop(self) -> None:
+        """Workers first (graceful: they finish running jobs), then the coordinator and its server."""
+        workers, coordinator = self._procs[1:], self._procs[:1]
+        for group in (workers, coordinator):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._procs = []
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._home = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``cw-local -n 4 -- python script.py``: run a command against a private local cluster."""
+    parser = argparse.ArgumentParser(prog="cw-local", description="Run COMMAND with a private cwredis on this machine.")
+    parser.add_argument("-n", "--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once per worker")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give a command after --")
+    try:
+        with LocalCluster(workers=args.workers, concurrency=args.concurrency):
+            try:
+                return subprocess.call(command)
+            except KeyboardInterrupt:
+                return 130
+    except ConfigError as exc:
+        print(f"cw-local: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+-- claim.lua: take up to max_count jobs for a worker and start an attempt on each.
+-- KEYS: inflight(worker), workers, queue_1 .. queue_n (priority order)
+-- ARGV: worker_id, lease_ms, max_count, first_id, job_prefix, now_ms ('' = server time)
+-- first_id is an id the worker's BLMOVE already moved into its in-flight list
+-- ('' if none). Other ids are moved here with LMOVE, so an id is always either
+-- in a queue or in this worker's in-flight list: a crash at any point leaves it
+-- where the coordinator's sweep of this worker will find it.
+-- Returns {claimed, dropped}: claimed is a flat list of
+-- (id, token, spec, fn, args, attempts, generation) per job; dropped lists
+-- queue entries that named no pending job (removed; the worker logs them).
+local inflight, workers = KEYS[1], KEYS[2]
+local worker_id, deadline = ARGV[1], now_ms(ARGV[6]) + tonumber(ARGV[2])
+local max_count, first_id, job_prefix = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+-- Claiming renews the lease, and re-registers a worker whose lease the
+-- coordinator already expired (e.g. one that was SIGSTOPped and continued).
+redis.call('ZADD', workers, deadline, worker_id)
+local claimed, dropped, count = {}, {}, 0
+
+local function take(job_id)
+  local job = job_prefix .. job_id
+  local f = redis.call('HMGET', job, 's', 'p', 'f', 'a', 'n', 'k', 'g')
+  if f[1] ~= 'pending' then
+    -- Not a job (garbage), or a stale duplicate of one already taken.
+    redis.call('LREM', inflight, 1, job_id)
+    dropped[#dropped + 1] = job_id
+    return
+  end
+  -- tonumber: a garbage counter must not abort the script half-way.
+  local attempts = (tonumber(f[5]) or 0) + 1
+  local token = (tonumber(f[6]) or 0) + 1
+  redis.call('HSET', job, 's', 'running', 'w', worker_id, 'n', attempts, 'k', token)
+  local n = #claimed
+  claimed[n + 1], claimed[n + 2], claimed[n + 3] = job_id, tostring(token), f[2] or ''
+  claimed[n + 4], claimed[n + 5], claimed[n + 6] = f[3] or '', f[4] or '', tostring(attempts)
+  claimed[n + 7] = f[7] or '0'
+  count = count + 1
+end
+
+if first_id ~= '' and redis.call('LPOS', inflight, first_id) then
+  -- LPOS: the coordinator may have swept this worker since the BLMOVE.
+  take(first_id)
+end
+-- Bounded: a queue full of garbage cannot keep the script running long.
+local budget = max_count + 100
+for q = 3, #KEYS do
+  while count < max_count and budget > 0 do
+    local job_id = redis.call('LMOVE', KEYS[q], inflight, 'RIGHT', 'LEFT')
+    if not job_id then break end
+    budget = budget - 1
+    take(job_id)
+  end
+end
+return {claimed, dropped}

@@ -1,0 +1,47 @@
+-- complete.lua: record the outcomes of a batch of attempts, each only if that
+-- attempt still owns its job (fencing), and wake the submitting clients.
+-- KEYS: inflight(worker), failed, stats, then per job: job, results(client)
+-- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms,
+--       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel
+-- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
+-- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
+-- Atomic: state, in-flight list, outcome list and the wake-up change together,
+-- so no crash can leave a job done without an outcome, or an outcome twice.
+local inflight, failed, stats = KEYS[1], KEYS[2], KEYS[3]
+local now, done_ttl, result_ttl = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local flags, channels = {}, {}
+local a, n = 4, 0
+for k = 4, #KEYS, 2 do
+  local job, results = KEYS[k], KEYS[k + 1]
+  local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local reason, err, tb, channel = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  a = a + 8
+  n = n + 1
+  local f = redis.call('HMGET', job, 's', 'k', 'g')
+  if f[1] == 'running' and f[2] == token then
+    redis.call('LREM', inflight, 1, job_id)
+    if kind == 'ok' then
+      redis.call('HSET', job, 's', 'done')
+      redis.call('HDEL', job, 'a', 'w')
+      redis.call('PEXPIRE', job, done_ttl)
+      redis.call('HINCRBY', stats, 'done', 1)
+    else
+      redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb)
+      redis.call('HDEL', job, 'w')
+      redis.call('ZADD', failed, now, job_id)
+      redis.call('HINCRBY', stats, 'failed', 1)
+    end
+    if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
+      redis.call('RPUSH', results, job_id .. '\n' .. (f[3] or '0') .. '\n' .. kind .. '\n' .. body)
+      redis.call('PEXPIRE', results, result_ttl)
+      channels[channel] = true
+    end
+    flags[n] = 1
+  else
+    flags[n] = 0
+  end
+end
+for channel in pairs(channels) do
+  redis.call('PUBLISH', channel, '')
+end
+return flags

@@ -1,0 +1,39 @@
+-- release_inflight.lua: a live worker gives back what its in-flight list holds
+-- but it is not running: on a clean exit (everything), or after a reconnect
+-- (ids whose claim reply was lost, or that a server restart brought back).
+-- KEYS: inflight(worker), workers, worker_info
+-- ARGV: worker_id, unregister ('1' to also remove the worker), job_prefix,
+--       spec_prefix, queue_prefix, then the ids the worker is really running (kept)
+-- A job this worker had claimed gets its attempt refunded (it never started);
+-- one it had only taken goes back unchanged. One script, so the ids move from
+-- the in-flight list to their queues all at once.
+-- Returns the number of jobs given back.
+local inflight, workers, info = KEYS[1], KEYS[2], KEYS[3]
+local worker_id, unregister = ARGV[1], ARGV[2] == '1'
+local job_prefix, spec_prefix, queue_prefix = ARGV[3], ARGV[4], ARGV[5]
+local keep = {}
+for i = 6, #ARGV do keep[ARGV[i]] = true end
+local released = 0
+local ids = redis.call('LRANGE', inflight, 0, -1)
+for i = #ids, 1, -1 do
+  local job_id = ids[i]
+  if not keep[job_id] then
+    local job = job_prefix .. job_id
+    local f = redis.call('HMGET', job, 's', 'w', 'n', 'p')
+    local queue = redis.call('HGET', spec_prefix .. (f[4] or ''), 'q')
+    redis.call('LREM', inflight, 1, job_id)
+    if queue and (f[1] == 'pending' or (f[1] == 'running' and f[2] == worker_id)) then
+      if f[1] == 'running' then
+        redis.call('HSET', job, 's', 'pending', 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
+        redis.call('HDEL', job, 'w')
+      end
+      redis.call('RPUSH', queue_prefix .. queue, job_id)
+      released = released + 1
+    end
+  end
+end
+if unregister then
+  redis.call('ZREM', workers, worker_id)
+  redis.call('DEL', info)
+end
+return released

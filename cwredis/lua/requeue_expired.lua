@@ -1,0 +1,62 @@
+-- requeue_expired.lua: recover the jobs of one worker whose lease expired.
+-- KEYS: workers, inflight(worker), worker_info, failed, stats
+-- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
+--       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix
+-- Each job the worker was running goes back to the front of its queue, or
+-- fails with reason 'lost' once it has used max_attempts; ids it had taken
+-- but not claimed go back unchanged. The whole sweep of one worker is one
+-- script, so a coordinator killed mid-sweep leaves every job either still in
+-- the in-flight list or already requeued, never both, never neither; and two
+-- coordinators sweeping at once cannot requeue a job twice (the second finds
+-- the list empty, or the lease renewed).
+-- Returns {requeued, lost}.
+local workers, inflight, info, failed, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local worker_id, now = ARGV[1], now_ms(ARGV[2])
+local forget_before = now - tonumber(ARGV[3])
+local result_ttl, lost_body, lost_error, lost_tb = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local job_prefix, spec_prefix, queue_prefix = ARGV[8], ARGV[9], ARGV[10]
+local results_prefix, channel_prefix = ARGV[11], ARGV[12]
+
+local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
+if not deadline or deadline > now then
+  return {0, 0}  -- renewed since the caller looked: the worker is alive
+end
+local requeued, lost = 0, 0
+-- LRANGE from the right: the oldest taken job goes back first.
+local ids = redis.call('LRANGE', inflight, 0, -1)
+for i = #ids, 1, -1 do
+  local job_id = ids[i]
+  local job = job_prefix .. job_id
+  local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'g')
+  local spec = redis.call('HMGET', spec_prefix .. (f[4] or ''), 'q', 'm', 'c')
+  local running = f[1] == 'running' and f[2] == worker_id
+  if (running or f[1] == 'pending') and spec[1] then
+    if running and (tonumber(f[3]) or 0) >= (tonumber(spec[2]) or 1) then
+      redis.call('HSET', job, 's', 'failed', 'r', 'lost', 'x', lost_error, 'tb', lost_tb)
+      redis.call('HDEL', job, 'w')
+      redis.call('ZADD', failed, now, job_id)
+      redis.call('HINCRBY', stats, 'failed', 1)
+      local results = results_prefix .. spec[3]
+      redis.call('RPUSH', results, job_id .. '\n' .. (f[5] or '0') .. '\nerr\n' .. lost_body)
+      redis.call('PEXPIRE', results, result_ttl)
+      redis.call('PUBLISH', channel_prefix .. spec[3], '')
+      lost = lost + 1
+    else
+      redis.call('HSET', job, 's', 'pending')
+      redis.call('HDEL', job, 'w')
+      redis.call('RPUSH', queue_prefix .. spec[1], job_id)
+      requeued = requeued + 1
+    end
+  elseif f[1] == 'running' or f[1] == 'pending' then
+    -- Its spec expired or is garbage: nothing can run it or hear about it.
+    redis.call('HSET', job, 's', 'failed', 'r', 'corrupt', 'x', 'job spec is missing')
+    redis.call('ZADD', failed, now, job_id)
+  end
+end
+redis.call('DEL', inflight)
+if deadline < forget_before then
+  -- Long dead: stop sweeping it. (A worker that comes back re-registers on claim.)
+  redis.call('ZREM', workers, worker_id)
+  redis.call('DEL', info)
+end
+return {requeued, lost}

@@ -1,0 +1,35 @@
+-- requeue_failed.lua: put failed jobs back on their queues with attempts reset.
+-- KEYS: failed
+-- ARGV: job_prefix, spec_prefix, queue_prefix, then job ids (none: every failed job)
+-- Named ids are all checked before anything changes, so a bad id changes
+-- nothing. The generation counter goes up, so the submitting client can tell
+-- the new outcome from the failure it already saw.
+-- Returns {n} on success, or {-1, job_id, why} for a named id it refuses.
+local failed = KEYS[1]
+local job_prefix, spec_prefix, queue_prefix = ARGV[1], ARGV[2], ARGV[3]
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local named = #ids > 0
+if not named then ids = redis.call('ZRANGE', failed, 0, -1) end
+local queues = {}
+for i, job_id in ipairs(ids) do
+  local f = redis.call('HMGET', job_prefix .. job_id, 's', 'p')
+  local queue = f[2] and redis.call('HGET', spec_prefix .. f[2], 'q')
+  if named and not f[1] then return {-1, job_id, 'unknown job id'} end
+  if named and f[1] ~= 'failed' then return {-1, job_id, 'job is ' .. f[1] .. ', not failed'} end
+  if named and not queue then return {-1, job_id, 'job spec expired; cannot requeue'} end
+  queues[i] = (f[1] == 'failed') and queue or false
+end
+local n = 0
+for i, job_id in ipairs(ids) do
+  redis.call('ZREM', failed, job_id)
+  if queues[i] then
+    local job = job_prefix .. job_id
+    redis.call('HSET', job, 's', 'pending', 'n', 0)
+    redis.call('HINCRBY', job, 'g', 1)
+    redis.call('HDEL', job, 'r', 'x', 'tb', 'w')
+    redis.call('LPUSH', queue_prefix .. queues[i], job_id)
+    n = n + 1
+  end
+end
+return {n}

@@ -1,0 +1,227 @@
+"""Loads ``lua/*.lua`` once; one typed wrapper per script.
+
+Each wrapper takes the Redis client (or a pipeline, to batch several steps in
+one round trip) as ``client``; time is an argument (``now_ms``) so tests can
+move the clock. Return codes become booleans, counts or exceptions here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Sequence
+
+import redis
+from redis.commands.core import Script
+
+from .keys import Keys
+
+
+class ScriptRefused(Exception):
+    """A script refused a named job (unknown id, wrong state); nothing changed."""
+
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(f"{job_id}: {why}")
+        self.job_id = job_id
+        self.why = why
+
+
+def _load(name: str) -> str:
+    lua = resources.files("cwredis").joinpath("lua")
+    return lua.joinpath("_prelude.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+
+
+def _clock(now_ms: int | None) -> str:
+    """Scripts use the server's clock unless a test passes its own."""
+    return "" if now_ms is None else str(int(now_ms))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Claimed:
+    """One attempt a worker just started (a row of claim.lua's reply)."""
+
+    id: str
+    token: str
+    spec: str
+    function: str
+    args: bytes
+    attempts: int
+    generation: int
+
+
+@dataclass
+class Completion:
+    """One attempt's outcome for complete.lua; kind is 'ok' or 'err'."""
+
+    id: str
+    token: str
+    results_key: str
+    channel: str
+    kind: str
+    body: bytes
+    reason: str = ""
+    error: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class Requeue:
+    """One job a worker gives back: mode 'retry' (attempt counted) or 'release' (refunded)."""
+
+    id: str
+    token: str
+    queue_key: str
+    mode: str
+    delay_ms: int = 0
+
+
+class Scripts:
+    """The Lua transitions, registered on one Redis client."""
+
+    NAMES = (
+        "submit", "claim", "heartbeat", "complete", "requeue", "requeue_expired",
+        "release_inflight", "promote", "requeue_failed", "purge_failed",
+    )
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._scripts: dict[str, Script] = {name: client.register_script(_load(name)) for name in self.NAMES}
+        p = keys.prefixes()
+        self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
+        self._results_prefix, self._channel_prefix = p[3], p[4]
+
+    def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._scripts[name](keys=list(keys), args=list(args), client=client)
+
+    # -- client side ---------------------------------------------------------
+
+    def submit(
+        self,
+        client: Any,
+        *,
+        queue: str,
+        spec_digest: str,
+        spec_fields: Sequence[str] | None,
+        fn_digest: str,
+        fn_blob: bytes | None,
+        fn_name: str,
+        env_digest: str,
+        env_blob: bytes | None,
+        jobs: Sequence[tuple[str, bytes]],
+        blob_ttl_ms: int,
+    ) -> Any:
+        """Queue ``jobs`` (id, args blob); -1 means: call again with the spec and blobs."""
+        keys = [self.keys.queue(queue), self.keys.spec(spec_digest), self.keys.blob(fn_digest),
+                self.keys.blob(env_digest)]
+        keys += [self.keys.job(job_id) for job_id, _ in jobs]
+        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms]
+        if spec_fields is not None and fn_blob is not None and env_blob is not None:
+            args += ["1", *spec_fields, fn_blob, fn_name, env_blob]
+        else:
+            args.append("0")
+        for job_id, blob in jobs:
+            args += [job_id, blob]
+        return self._run("submit", client, keys, args)
+
+    # -- worker side ---------------------------------------------------------
+
+    def claim(
+        self, client: Any, *, worker_id: str, queues: Sequence[str], lease_ms: int,
+        max_count: int, first_id: str = "", now_ms: int | None = None,
+    ) -> Any:
+        """Start attempts on up to ``max_count`` jobs (renewing the lease); parse with :meth:`parse_claim`."""
+        return self._run(
+            "claim", client,
+            [self.keys.inflight(worker_id), self.keys.workers, *(self.keys.queue(q) for q in queues)],
+            [worker_id, lease_ms, max_count, first_id, self._job_prefix, _clock(now_ms)],
+        )
+
+    def heartbeat(self, client: Any, *, worker_id: str, lease_ms: int, info: dict[str, str],
+                  now_ms: int | None = None) -> Any:
+        """Renew the lease; the reply is 1 if it was still valid, 0 if it had expired."""
+        fields = [item for pair in info.items() for item in pair]
+        return self._run("heartbeat", client, [self.keys.workers, self.keys.worker(worker_id)],
+                         [worker_id, lease_ms, 3 * lease_ms, _clock(now_ms), *fields])
+
+    @staticmethod
+    def parse_claim(reply: Any) -> tuple[list[Claimed], list[str]]:
+        rows, dropped = reply
+        claimed = [
+            Claimed(_text(rows[i]), _text(rows[i + 1]), _text(rows[i + 2]), _text(rows[i + 3]),
+                    rows[i + 4] if isinstance(rows[i + 4], bytes) else str(rows[i + 4]).encode(),
+                    int(rows[i + 5]), int(rows[i + 6] or 0))
+            for i in range(0, len(rows), 7)
+        ]
+        return claimed, [_text(d) for d in dropped]
+
+    def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
+                 result_ttl_ms: int, now_ms: int | None = None) -> Any:
+        """Record outcomes; the reply is one flag per outcome (1 recorded, 0 refused: lease lost)."""
+        keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
+        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms]
+        for c in outcomes:
+            keys += [self.keys.job(c.id), c.results_key]
+            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.channel]
+        return self._run("complete", client, keys, args)
+
+    def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None) -> Any:
+        """Give back owned jobs (retry after a timeout, or release on a hard stop); flags per job."""
+        keys = [self.keys.inflight(worker_id), self.keys.delayed]
+        args: list[Any] = [_clock(now_ms)]
+        for r in jobs:
+            keys += [self.keys.job(r.id), r.queue_key]
+            args += [r.id, r.token, r.mode, r.delay_ms]
+        return self._run("requeue", client, keys, args)
+
+    def release_inflight(self, client: Any, *, worker_id: str, keep: Sequence[str], unregister: bool) -> int:
+        """Give back in-flight ids this worker is not running (all but ``keep``)."""
+        return int(self._run(
+            "release_inflight", client,
+            [self.keys.inflight(worker_id), self.keys.workers, self.keys.worker(worker_id)],
+            [worker_id, "1" if unregister else "0", self._job_prefix, self._spec_prefix,
+             self._queue_prefix, *keep],
+        ))
+
+    # -- coordinator side ----------------------------------------------------
+
+    def requeue_expired(self, client: Any, *, worker_id: str, forget_after_ms: int, result_ttl_ms: int,
+                        lost_body: bytes, lost_error: str, lost_traceback: str, now_ms: int | None = None,
+                        ) -> tuple[int, int]:
+        """Recover one expired worker's jobs; returns (requeued, failed as lost)."""
+        requeued, lost = self._run(
+            "requeue_expired", client,
+            [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
+             self.keys.failed, self.keys.stats],
+            [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
+             self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
+             self._channel_prefix],
+        )
+        return int(requeued), int(lost)
+
+    def promote(self, client: Any, *, limit: int = 1000, now_ms: int | None = None) -> int:
+        """Move due delayed jobs back to their queues; returns how many."""
+        return int(self._run("promote", client, [self.keys.delayed],
+                             [_clock(now_ms), limit, self._job_prefix, self._spec_prefix, self._queue_prefix]))
+
+    # -- admin side ----------------------------------------------------------
+
+    def requeue_failed(self, client: Any, job_ids: Sequence[str] = ()) -> int:
+        """Requeue the named (or all) failed jobs; ScriptRefused names a bad id, nothing changed."""
+        reply = self._run("requeue_failed", client, [self.keys.failed],
+                          [self._job_prefix, self._spec_prefix, self._queue_prefix, *job_ids])
+        return self._count_or_refuse(reply)
+
+    def purge_failed(self, client: Any, job_ids: Sequence[str] = ()) -> int:
+        """Delete the named (or all) failed jobs; ScriptRefused names a bad id, nothing changed."""
+        reply = self._run("purge_failed", client, [self.keys.failed], [self._job_prefix, *job_ids])
+        return self._count_or_refuse(reply)
+
+    @staticmethod
+    def _count_or_refuse(reply: Any) -> int:
+        if int(reply[0]) < 0:
+            raise ScriptRefused(_text(reply[1]), _text(reply[2]))
+        return int(reply[0])

@@ -1,0 +1,163 @@
+"""What travels through Redis: pickled calls, the client's environment, results.
+
+Every blob that will be unpickled carries a one-byte marker and, with a
+secret, an HMAC-SHA256 tag over a *kind* label and the data, so a tag made for
+a result cannot pass as a function::
+
+    b"S" + tag(32) + data     signed
+    b"U" + data               unsigned (no secret on the sending side)
+
+A side that has a secret refuses (``Rejected``) anything unsigned or badly
+tagged and never unpickles it. Malformed framing raises ``Corrupt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import sys
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import SerializationError
+
+FUNCTION = b"fn"
+ARGS = b"args"
+ENV = b"env"
+RESULT = b"result"
+
+_SIGNED = b"S"
+_UNSIGNED = b"U"
+_TAG_LEN = 32
+
+
+class Rejected(Exception):
+    """A blob's signature is missing or wrong for our secret."""
+
+
+class Corrupt(Exception):
+    """A blob is missing, truncated or cannot be decoded."""
+
+
+class Signer:
+    """Seals and opens blobs with an optional shared secret."""
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.secret = secret or None
+
+    def _tag(self, kind: bytes, data: bytes) -> bytes:
+        assert self.secret is not None
+        return hmac.new(self.secret, kind + b"\0" + data, hashlib.sha256).digest()
+
+    def seal(self, kind: bytes, data: bytes) -> bytes:
+        if self.secret is None:
+            return _UNSIGNED + data
+        return _SIGNED + self._tag(kind, data) + data
+
+    def open(self, kind: bytes, blob: bytes | None) -> bytes:
+        """Return the data inside ``blob``; raise Rejected or Corrupt."""
+        if not blob:
+            raise Corrupt(f"{kind.decode()} payload is missing")
+        marker = blob[:1]
+        if marker == _SIGNED:
+            if len(blob) < 1 + _TAG_LEN:
+                raise Corrupt(f"{kind.decode()} payload is truncated")
+            tag, data = blob[1 : 1 + _TAG_LEN], blob[1 + _TAG_LEN :]
+            if self.secret is not None and not hmac.compare_digest(tag, self._tag(kind, data)):
+                raise Rejected(f"{kind.decode()} signature does not verify with this side's secret")
+            return data
+        if marker == _UNSIGNED:
+            if self.secret is not None:
+                raise Rejected(f"{kind.decode()} payload is unsigned but this side has a secret")
+            return blob[1:]
+        raise Corrupt(f"{kind.decode()} payload has an unknown format")
+
+
+def digest(blob: bytes) -> str:
+    """Content address of a sealed blob: equal blobs are stored once."""
+    return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` as ``cw-admin`` shows it (``__main__.square``)."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{module}.{qualname}"
+
+
+def _describe(obj: object) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _pickle_error(what: str, obj: object, exc: BaseException) -> SerializationError:
+    return SerializationError(f"cannot pickle {what} {_describe(obj)}: {type(exc).__name__}: {exc}")
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """cloudpickle ``fn``; SerializationError naming it when that fails."""
+    if not callable(fn):
+        raise SerializationError(f"cannot submit {_describe(fn)}: it is not callable")
+    try:
+        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise _pickle_error("function", fn, exc) from exc
+
+
+def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """cloudpickle ``(args, kwargs)``; on failure, name the argument that cannot be pickled."""
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        for index, arg in enumerate(args):
+            try:
+                cloudpickle.dumps(arg)
+            except Exception as arg_exc:
+                raise _pickle_error(f"argument {index} of {function_name(fn)}:", arg, arg_exc) from exc
+        for name, arg in kwargs.items():
+            try:
+                cloudpickle.dumps(arg)
+            except Exception as arg_exc:
+                raise _pickle_error(f"argument {name!r} of {function_name(fn)}:", arg, arg_exc) from exc
+        raise _pickle_error(f"arguments of {function_name(fn)}:", (args, kwargs), exc) from exc
+
+
+def capture_env() -> bytes:
+    """The client's working directory and sys.path, which jobs replay (JSON, never pickle)."""
+    return json.dumps({"cwd": os.getcwd(), "path": list(sys.path)}, sort_keys=True).encode()
+
+
+def parse_env(data: bytes) -> tuple[str, list[str]]:
+    """Inverse of capture_env; Corrupt on anything else."""
+    try:
+        env = json.loads(data)
+        cwd, path = env["cwd"], env["path"]
+        if not isinstance(cwd, str) or not all(isinstance(p, str) for p in path):
+            raise TypeError("wrong types")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Corrupt(f"environment record is not valid: {exc}") from None
+    return cwd, list(path)
+
+
+def error_line(exc: BaseException) -> str:
+    """Last line of a traceback: ``ValueError: boom``."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+
+
+def encode_error(reason: str, error: str, tb: str) -> bytes:
+    """Body of a failed job's outcome entry."""
+    return json.dumps({"reason": reason, "error": error, "traceback": tb}).encode()
+
+
+def decode_error(body: bytes) -> tuple[str, str, str]:
+    """Inverse of encode_error; a garbage body still yields a usable error."""
+    try:
+        fields = json.loads(body)
+        return str(fields["reason"]), str(fields["error"]), str(fields.get("traceback", ""))
+    except (ValueError, KeyError, TypeError):
+        return "corrupt", "undecodable error record", repr(body[:200])

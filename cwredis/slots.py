@@ -1,0 +1,113 @@
+"""A worker's child processes: one slot per unit of ``--concurrency``.
+
+Each slot owns a long-lived ``python -m cwredis.child`` process and two pipes.
+The slot remembers which functions and which environment its child already
+holds, so those are sent once per child, not once per job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .job import Spec
+from .scripts import Claimed
+
+
+@dataclass
+class Running:
+    """An attempt a slot's child is executing."""
+
+    claimed: Claimed
+    spec: Spec
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
+
+
+class Slot:
+    """One child process and the attempt it runs (``job``), if any."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.job: Running | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.inbox: Connection | None = None  # we write jobs here
+        self.outbox: Connection | None = None  # we read outcomes here
+        self.functions: set[str] = set()
+        self.env: str | None = None
+        self.spawn()
+
+    def spawn(self) -> None:
+        """Start a fresh child (after a kill, or at start)."""
+        job_r, job_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cwredis.child", str(job_r), str(out_w)],
+                pass_fds=(job_r, out_w), stdin=subprocess.DEVNULL)
+        finally:
+            os.close(job_r)
+            os.close(out_w)
+        self.inbox = Connection(job_w, readable=False)
+        self.outbox = Connection(out_r, writable=False)
+        self.functions = set()
+        self.env = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        assert self.inbox is not None
+        self.inbox.send(message)
+
+    def kill(self) -> int | None:
+        """SIGKILL the child and reap it; returns its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = self.proc.wait()
+        self.close_pipes()
+        return code
+
+    def exit_code(self) -> int | None:
+        """The child's exit code after its pipe closed (waits briefly for it to be reaped)."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def close_pipes(self) -> None:
+        for conn in (self.inbox, self.outbox):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self.inbox = self.outbox = None
+
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Close the child's input so it exits between jobs; kill it if it lingers."""
+        if self.inbox is not None:
+            try:
+                self.inbox.close()
+            except OSError:
+                pass
+            self.inbox = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.close_pipes()

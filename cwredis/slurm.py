@@ -1,0 +1,440 @@
+"""cw-slurm: a cwredis coordinator and its workers inside SLURM allocations.
+
+``cw-slurm start -n N`` submits one batch job (``SBATCH_SCRIPT``, also shipped
+as ``deploy/slurm/cwredis.sbatch``) whose step 0 runs ``cw-coordinator`` with
+its embedded server bound to the node's address, and whose other steps run
+one ``cw-worker`` each. The coordinator writes ``$CWREDIS_HOME/url`` and
+``$CWREDIS_HOME/secret``; with ``$CWREDIS_HOME`` on the shared filesystem,
+clients and workers anywhere (the login node included) find the server with
+no arguments, by the contract's URL resolution.
+
+Why steps, one per worker: each worker can then be signalled on its own
+(``scancel --signal=TERM JOB.STEP``), which is how ``stop`` drains workers
+before it stops the coordinator; and SLURM accounts for every process.
+
+The job ids are kept in ``$CWREDIS_HOME/slurm.json``::
+
+    {"job": "123", "worker_jobs": ["124"], "log": ".../slurm-123.out"}
+
+Commands: ``start``, ``status``, ``stop``, ``add``. Errors are one line on
+stderr, exit 1 (argparse's usage errors exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from cwredis import config
+from cwredis.errors import CwredisError
+
+#: The batch script. A test keeps deploy/slurm/cwredis.sbatch identical to it.
+SBATCH_SCRIPT = r"""#!/bin/bash
+# cwredis on SLURM: step 0 runs the coordinator with its embedded server (not
+# with --workers-only), then one cw-worker per task runs in a step of its own,
+# so that each worker can be stopped alone: scancel --signal=TERM JOB.STEP.
+#
+# Submitted by `cw-slurm start` and `cw-slurm add` (--workers-only); by hand:
+#   CWREDIS_HOME=/shared/me/cw sbatch -n 4 cwredis.sbatch                 # coordinator + 4 workers
+#   CWREDIS_HOME=/shared/me/cw sbatch -n 8 cwredis.sbatch --workers-only  # 8 more workers
+# $CWREDIS_HOME must be on a filesystem shared by every node and the login
+# node: the coordinator writes url and secret there; workers and clients read
+# them. Its server persists under $CWREDIS_HOME/data, so a new allocation
+# brings back the jobs of the last one.
+#
+# Arguments: [--workers-only] [--lease-timeout SECONDS] [--queue NAME]...
+# Each worker runs up to $SLURM_CPUS_PER_TASK jobs at once (sbatch -c).
+# The coordinator step uses --overlap: it takes no CPU slot of its own, so
+# -n N means N workers on N CPUs; each worker step is --exclusive.
+#SBATCH --job-name=cwredis
+set -u
+: "${CWREDIS_HOME:?set CWREDIS_HOME to a directory on the shared filesystem}"
+# Only the files in $CWREDIS_HOME say where the server is: a URL or secret
+# inherited from the submitting shell would point the coordinator elsewhere.
+unset CWREDIS_URL CWREDIS_SECRET
+
+workers_only=0
+coordinator_args=()
+worker_args=()
+while (($#)); do
+    case $1 in
+        --workers-only) workers_only=1 ;;
+        --lease-timeout) coordinator_args+=(--lease-timeout "$2"); shift ;;
+        --queue) worker_args+=(--queue "$2"); shift ;;
+        *) echo "cwredis.sbatch: unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+worker_args+=(--concurrency "${SLURM_CPUS_PER_TASK:-1}")
+url_file=$CWREDIS_HOME/url
+
+if ((!workers_only)); then
+    # Bind to the address SLURM itself reaches this node at (NodeAddr), resolved.
+    node_addr=$(scontrol show node -o "$SLURMD_NODENAME" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+    node_addr=${node_addr:-$SLURMD_NODENAME}
+    bind=$(getent ahostsv4 "$node_addr" | awk 'NR == 1 { print $1 }')
+    rm -f "$url_file"  # nobody may read a stale URL while the server starts
+    srun --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" --overlap --job-name=cw-coordinator \
+        cw-coordinator --data-dir "$CWREDIS_HOME/data" --bind "${bind:-$node_addr}" \
+        "${coordinator_args[@]}" &
+    coordinator=$!
+    until [[ -s $url_file ]]; do
+        if ! kill -0 "$coordinator" 2>/dev/null; then
+            echo "cwredis.sbatch: the coordinator exited before writing $url_file" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+elif [[ ! -s $url_file ]]; then
+    echo "cwredis.sbatch: no $url_file: start the coordinator first (cw-slurm start)" >&2
+    exit 1
+fi
+
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    srun --nodes=1 --ntasks=1 --exclusive --job-name=cw-worker cw-worker "${worker_args[@]}" &
+done
+
+if ((workers_only)); then
+    wait
+else
+    # The job lives as long as its coordinator: `cw-slurm stop` drains the
+    # workers (here and in added jobs), then stops the coordinator step.
+    wait "$coordinator"
+fi
+"""
+
+#: Step names the script gives its steps; ``stop`` finds the steps by them.
+COORDINATOR_STEP = "cw-coordinator"
+WORKER_STEP = "cw-worker"
+
+#: How long ``start`` waits for the coordinator's URL file, queue wait included.
+DEFAULT_START_WAIT_S = 600.0
+#: How often job state and files are polled.
+POLL_S = 0.2
+
+
+class SlurmError(CwredisError):
+    """A cw-slurm command cannot go on; the message is one line for the user."""
+
+
+# ------------------------------------------------------------------ state files
+
+
+def state_file() -> Path:
+    return config.cwredis_home() / "slurm.json"
+
+
+def read_state() -> dict[str, Any]:
+    """The recorded job ids; SlurmError when no allocation was started from this home."""
+    try:
+        state = json.loads(state_file().read_text())
+    except FileNotFoundError:
+        raise SlurmError(f"no allocation recorded in {state_file()}: run `cw-slurm start` first") from None
+    except ValueError as exc:
+        raise SlurmError(f"{state_file()} is not valid JSON: {exc}") from None
+    state.setdefault("worker_jobs", [])
+    return state
+
+
+def write_state(state: dict[str, Any]) -> None:
+    path = state_file()
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(path)  # atomic: a concurrent `status` never reads half a file
+
+
+def master_host() -> str:
+    """The host of the URL in ``$CWREDIS_HOME/url``: the node running the coordinator.
+
+    Kept from cluster-workers, where scripts used it to reach the master node.
+    """
+    try:
+        url = config.url_file().read_text().strip()
+    except FileNotFoundError:
+        raise SlurmError(f"no {config.url_file()}: is the coordinator running?") from None
+    host = urlsplit(url).hostname
+    if not host:
+        raise SlurmError(f"{config.url_file()} holds no host: {config.mask_url(url)}")
+    return host
+
+
+# ---------------------------------------------------------------- SLURM calls
+
+
+def _slurm(argv: Sequence[str]) -> str:
+    """Run a SLURM command; its stdout, or SlurmError with its first stderr line."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]} not found: is SLURM installed and on PATH?") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{argv[0]} did not answer within 60 s") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit code {done.returncode}"]
+        raise SlurmError(f"{argv[0]}: {lines[0]}")
+    return done.stdout
+
+
+def job_state(job_id: str) -> str | None:
+    """RUNNING, PENDING, COMPLETED, ... or None once SLURM has forgotten the job."""
+    try:
+        out = _slurm(["scontrol", "show", "job", "-o", job_id])
+    except SlurmError as exc:
+        if "Invalid job id" in str(exc):
+            return None
+        raise
+    for field in out.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return None
+
+
+def is_active(state: str | None) -> bool:
+    return state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
+
+
+def steps(job_id: str, name: str) -> list[str]:
+    """Ids (``JOB.STEP``) of the job's running steps called ``name``."""
+    out = _slurm(["squeue", "-h", "-s", "-j", job_id, "-o", "%i|%j"])
+    return [line.split("|", 1)[0] for line in out.splitlines() if line.split("|", 1)[-1] == name]
+
+
+def _script_env() -> dict[str, str]:
+    """The job's environment: ours, with this Python's scripts first on PATH.
+
+    sbatch exports the environment, so ``cw-coordinator``/``cw-worker`` in the
+    script resolve to the same installation as this ``cw-slurm``.
+    """
+    env = dict(os.environ)
+    env["CWREDIS_HOME"] = str(config.cwredis_home())
+    bins = [os.path.dirname(os.path.abspath(sys.argv[0])), os.path.dirname(sys.executable)]
+    env["PATH"] = os.pathsep.join(dict.fromkeys(bins + env.get("PATH", "").split(os.pathsep)))
+    return env
+
+
+def submit(ntasks: int, script_args: Sequence[str], args: argparse.Namespace, job_name: str) -> str:
+    """Write the batch script into $CWREDIS_HOME and sbatch it; return the job id."""
+    home = config.cwredis_home()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    script = home / "cwredis.sbatch"
+    script.write_text(SBATCH_SCRIPT)
+    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--ntasks={ntasks}",
+            f"--output={home / 'slurm-%j.out'}"]
+    if args.time:
+        argv.append(f"--time={args.time}")
+    if args.partition:
+        argv.append(f"--partition={args.partition}")
+    argv += args.sbatch_arg + [str(script)] + list(script_args)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=_script_env(), timeout=60)
+    except FileNotFoundError:
+        raise SlurmError("sbatch not found: is SLURM installed and on PATH?") from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise SlurmError(f"sbatch: {lines[-1]}")
+    return done.stdout.strip().split(";")[0]  # --parsable prints JOBID[;CLUSTER]
+
+
+def live_workers(url: str) -> int | None:
+    """The live worker count that ``cw-admin status`` reports, or None if Redis cannot be asked."""
+    admin = shutil.which("cw-admin", path=_script_env()["PATH"])
+    if admin is None:
+        return None
+    try:
+        done = subprocess.run([admin, "--url", url, "status", "--json"], capture_output=True,
+                              text=True, timeout=30)
+        return int(json.loads(done.stdout)["workers"]) if done.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        return None
+
+
+# ------------------------------------------------------------------- commands
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Submit coordinator + workers; return once the coordinator's URL file is fresh."""
+    try:
+        old = read_state()
+    except SlurmError:
+        old = None
+    if old and is_active(job_state(old["job"])):
+        raise SlurmError(f"job {old['job']} is still running from {config.cwredis_home()}: "
+                         "`cw-slurm stop` it first")
+    url_file = config.url_file()
+    url_file.unlink(missing_ok=True)  # a stale URL must not pass for the new server
+    script_args = ["--lease-timeout", str(args.lease_timeout)] if args.lease_timeout else []
+    for queue in args.queue:
+        script_args += ["--queue", queue]
+    job_id = submit(args.n, script_args, args, "cwredis")
+    log = str(config.cwredis_home() / f"slurm-{job_id}.out")
+    write_state({"job": job_id, "worker_jobs": [], "log": log, "script_args": script_args})
+    print(f"submitted job {job_id}; waiting for the coordinator ({log})", file=sys.stderr)
+    deadline = time.monotonic() + args.wait
+    while not (url_file.exists() and url_file.read_text().strip()):
+        state = job_state(job_id)
+        if not is_active(state):
+            raise SlurmError(f"job {job_id} ended ({state or 'gone'}) before the coordinator "
+                             f"wrote {url_file}; see {log}")
+        if time.monotonic() > deadline:
+            raise SlurmError(f"job {job_id} is {state}; no URL after {args.wait:g} s "
+                             "(it stays queued; see `cw-slurm status`)")
+        time.sleep(POLL_S)
+    print(config.mask_url(url_file.read_text().strip()))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """Submit a worker-only job that finds the running coordinator through $CWREDIS_HOME/url."""
+    state = read_state()
+    if not is_active(job_state(state["job"])) or not config.url_file().exists():
+        raise SlurmError(f"the coordinator job {state['job']} is not running: `cw-slurm start` first")
+    script_args = ["--workers-only"]
+    for queue in args.queue or _queues(state):
+        script_args += ["--queue", queue]
+    job_id = submit(args.n, script_args, args, "cwredis-workers")
+    state["worker_jobs"].append(job_id)
+    write_state(state)
+    print(job_id)
+    return 0
+
+
+def _queues(state: dict[str, Any]) -> list[str]:
+    """The --queue names the coordinator job was started with, for added workers."""
+    script_args = state.get("script_args", [])
+    return [script_args[i + 1] for i, arg in enumerate(script_args[:-1]) if arg == "--queue"]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Job states, masked URL and live workers (asked with ``cw-admin status``)."""
+    state = read_state()
+    main_state = job_state(state["job"])
+    try:
+        url = config.url_file().read_text().strip()
+    except FileNotFoundError:
+        url = ""
+    workers = live_workers(url) if url and is_active(main_state) else None
+    report = {
+        "job": state["job"],
+        "state": main_state or "GONE",
+        "url": config.mask_url(url) if url else None,
+        "workers": workers,
+        "worker_jobs": {job: job_state(job) or "GONE" for job in state["worker_jobs"]},
+        "log": state.get("log"),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"job {report['job']}: {report['state']}  (log: {report['log']})")
+        for job, job_st in report["worker_jobs"].items():
+            print(f"worker job {job}: {job_st}")
+        print(f"url: {report['url'] or '-'}")
+        print(f"workers: {'unknown' if workers is None else workers}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Drain the workers (SIGTERM: they finish their jobs), then stop the coordinator step."""
+    state = read_state()
+    jobs = [state["job"]] + state["worker_jobs"]
+    active = [job for job in jobs if is_active(job_state(job))]
+    if not active:
+        print(f"job {state['job']} is not running", file=sys.stderr)
+        return 0
+    if args.force:
+        _slurm(["scancel", *active])
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    signalled: set[str] = set()
+    while not args.force:
+        # Re-list every round: the batch script may still be launching steps.
+        pending_steps = []
+        for job in active:
+            for step in steps(job, WORKER_STEP):
+                pending_steps.append(step)
+                if step not in signalled:
+                    _slurm(["scancel", "--signal=TERM", step])
+                    signalled.add(step)
+        if not pending_steps:
+            break
+        _check_deadline(deadline, f"{len(pending_steps)} worker steps still finishing their jobs")
+        time.sleep(POLL_S)
+    if not args.force and state["job"] in active:
+        print(f"workers stopped ({len(signalled)} steps); stopping the coordinator", file=sys.stderr)
+        for step in steps(state["job"], COORDINATOR_STEP):
+            _slurm(["scancel", "--signal=TERM", step])
+    while any(is_active(job_state(job)) for job in active):
+        _check_deadline(deadline, "the jobs have not ended")
+        time.sleep(POLL_S)
+    return 0
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise SlurmError(f"timed out: {what} (`cw-slurm stop --force` cancels them)")
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cw-slurm",
+        description="Run a cwredis coordinator and workers in SLURM allocations. "
+        "State lives in $CWREDIS_HOME (default ~/.cwredis), which must be on the shared filesystem.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def submit_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-n", type=int, required=True, metavar="N", help="number of workers (one SLURM task each)")
+        p.add_argument("--time", help="sbatch --time (wall-clock limit)")
+        p.add_argument("--partition", help="sbatch --partition")
+        p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                       help="extra sbatch argument, e.g. --sbatch-arg=--cpus-per-task=4 (repeatable)")
+        p.add_argument("--queue", action="append", default=[], metavar="NAME",
+                       help="queue the workers serve (repeatable; default: default)")
+
+    start = sub.add_parser("start", help="submit a job running the coordinator and N workers")
+    submit_options(start)
+    start.add_argument("--lease-timeout", type=float, metavar="SECONDS",
+                       help="the coordinator's lease timeout (default 30)")
+    start.add_argument("--wait", type=float, default=DEFAULT_START_WAIT_S, metavar="SECONDS",
+                       help="how long to wait for the coordinator, queueing included (default %(default)g)")
+    start.set_defaults(func=cmd_start)
+
+    add = sub.add_parser("add", help="submit a job running M more workers for the running coordinator")
+    submit_options(add)
+    add.set_defaults(func=cmd_add)
+
+    status = sub.add_parser("status", help="job state, URL (password masked), live workers")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=cmd_status)
+
+    stop = sub.add_parser("stop", help="stop workers gracefully, then the coordinator")
+    stop.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
+    stop.add_argument("--force", action="store_true", help="scancel the jobs at once (running jobs are requeued later)")
+    stop.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "n", 1) < 1:
+        print("cw-slurm: -n must be at least 1", file=sys.stderr)
+        return 1
+    try:
+        return args.func(args)
+    except SlurmError as exc:
+        print(f"cw-slurm: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Turning calls into durable jobs: pickling, shared records, pipelined batches.
+
+A submitter belongs to one client. What all its jobs share -- the client id,
+queue, limits and the client's environment (cwd and sys.path) -- is stored
+once as a *spec*; each distinct function once as a *blob*; a job carries only
+its pickled arguments and two digests. That keeps a queued no-op job small.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+import redis
+
+from . import config, job
+from .connection import Reconnector
+from .keys import Keys
+from .scripts import Scripts
+from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dumps_call, dumps_function, function_name
+
+
+def new_job_id() -> str:
+    """16 URL-safe characters: unique without coordination."""
+    return secrets.token_urlsafe(12)
+
+
+class Submitter:
+    """Queues jobs for one client; every method returns once the jobs are durable."""
+
+    def __init__(self, client: redis.Redis, scripts: Scripts, keys: Keys, signer: Signer, reconnector: Reconnector,
+                 *, client_id: str, queue: str, timeout_s: float | None, max_attempts: int) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError("timeout must be positive (seconds) or None")
+        if not queue or any(c.isspace() for c in queue):
+            raise ValueError(f"invalid queue name {queue!r}")
+        self._redis = client
+        self._scripts = scripts
+        self._keys = keys
+        self._signer = signer
+        self._reconnector = reconnector
+        self._client_id = client_id
+        self._queue = queue
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        # Digests of records this submitter has stored; submit.lua reports a
+        # missing one (expired, or lost in a server restart) and we resend.
+        self._stored: set[str] = set()
+        self._env_cache: tuple[bytes, bytes, str] | None = None  # raw env, sealed, digest
+        self._lock = threading.Lock()
+
+    def _env(self) -> tuple[bytes, str]:
+        raw = capture_env()
+        cached = self._env_cache
+        if cached is None or cached[0] != raw:
+            sealed = self._signer.seal(ENV, raw)
+            cached = self._env_cache = (raw, sealed, digest(sealed))
+        return cached[1], cached[2]
+
+    def prepare_function(self, fn: Callable[..., Any]) -> tuple[bytes, str, str]:
+        """Pickle and seal ``fn`` once: (sealed blob, digest, display name)."""
+        sealed = self._signer.seal(FUNCTION, dumps_function(fn))
+        return sealed, digest(sealed), function_name(fn)
+
+    def seal_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        return self._signer.seal(ARGS, dumps_call(fn, args, kwargs))
+
+    def submit(self, prepared: tuple[bytes, str, str], jobs: Sequence[tuple[str, bytes]]) -> None:
+        """Store ``jobs`` (id, sealed args) of one function durably, in batches, retrying through outages."""
+        fn_blob, fn_digest, fn_name = prepared
+        env_blob, env_digest = self._env()
+        spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts)
+        spec_fields = list(spec.to_hash().values())
+        spec_digest = digest("\0".join(spec_fields).encode())
+        for start in range(0, len(jobs), config.SUBMIT_BATCH):
+            batch = jobs[start:start + config.SUBMIT_BATCH]
+            self._reconnector.call(lambda: self._submit_batch(
+                spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch))
+
+    def _submit_batch(self, spec_digest: str, spec_fields: list[str], fn_digest: str, fn_blob: bytes,
+                      fn_name: str, env_digest: str, env_blob: bytes, batch: Sequence[tuple[str, bytes]]) -> None:
+        known = {spec_digest, fn_digest, env_digest} <= self._stored
+        for send_records in ((False, True) if known else (True,)):
+            reply = self._scripts.submit(
+                self._redis, queue=self._queue, spec_digest=spec_digest,
+                spec_fields=spec_fields if send_records else None, fn_digest=fn_digest,
+                fn_blob=fn_blob if send_records else None, fn_name=fn_name, env_digest=env_digest,
+                env_blob=env_blob if send_records else None, jobs=batch,
+                blob_ttl_ms=int(config.RESULT_TTL_S * 1000))
+            if int(reply) >= 0:
+                with self._lock:
+                    self._stored.update((spec_digest, fn_digest, env_digest))
+                return
+        raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Lists of up to ``size`` consecutive items."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
