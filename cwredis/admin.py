@@ -1,0 +1,262 @@
+"""``cw-admin [--url URL] COMMAND [--json]``: look at and repair a cwredis.
+
+Exit codes: 0 success; 1 a user error (unknown job id, a job that is not
+failed, ...), with a one-line message on stderr and nothing changed; 2 when
+Redis cannot be reached (checked before anything else). Each subcommand is a
+small function over :class:`Inspector`, which does the reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import redis
+
+from . import config, job
+from .connection import connect, check_reachable, describe
+from .errors import ConfigError
+from .keys import DEFAULT_KEYS, Keys
+from .scripts import ScriptRefused, Scripts
+
+EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; exit 1, nothing changed."""
+
+
+def _text(value: Any) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class Inspector:
+    """Read-only views of the queue state, as the admin JSON shapes them."""
+
+    def __init__(self, client: redis.Redis, keys: Keys = DEFAULT_KEYS) -> None:
+        self.redis = client
+        self.keys = keys
+
+    def now_ms(self) -> int:
+        seconds, micros = self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    def queue_names(self) -> list[str]:
+        names = {self.keys.queue_name(_text(k) or "") for k in self.redis.scan_iter(self.keys.queue_pattern, count=1000)}
+        for info in self.worker_infos():
+            names.update(q for q in (info.get("queues") or "").split(",") if q)
+        names.add(config.DEFAULT_QUEUE)
+        return sorted(names)
+
+    def worker_ids(self, live_only: bool = True) -> list[str]:
+        low = f"({self.now_ms()}" if live_only else "-inf"
+        return [_text(w) or "" for w in self.redis.zrangebyscore(self.keys.workers, low, "+inf")]
+
+    def worker_infos(self) -> list[dict[str, str]]:
+        ids = self.worker_ids()
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(self.keys.worker(worker_id))
+        infos = []
+        for worker_id, fields in zip(ids, pipe.execute()):
+            info = {_text(k) or "": _text(v) or "" for k, v in fields.items()}
+            info["id"] = worker_id
+            infos.append(info)
+        return infos
+
+    def status(self) -> dict[str, Any]:
+        names = self.queue_names()
+        all_workers = self.worker_ids(live_only=False)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(self.keys.queue(name))
+        for worker_id in all_workers:
+            pipe.llen(self.keys.inflight(worker_id))
+        pipe.zcard(self.keys.delayed)
+        pipe.zcard(self.keys.failed)
+        replies = pipe.execute()
+        pending = replies[: len(names)]
+        inflight = replies[len(names): len(names) + len(all_workers)]
+        delayed, failed = replies[-2:]
+        return {
+            "queues": {name: {"pending": int(n)} for name, n in zip(names, pending)},
+            "running": int(sum(inflight)),
+            "delayed": int(delayed),
+            "failed": int(failed),
+            "workers": len(self.worker_ids()),
+        }
+
+    def function_names(self, digests: Sequence[str | None]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for digest in digests:
+            pipe.hget(self.keys.blob(digest or "-"), job.BLOB_NAME)
+        return [_text(n) for n in pipe.execute()]
+
+    def records(self, job_ids: Sequence[str]) -> list[job.JobRecord | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+        records = [job.JobRecord.from_hash(job_id, fields) if fields else None
+                   for job_id, fields in zip(job_ids, pipe.execute())]
+        names = self.function_names([r.function if r else None for r in records])
+        for record, name in zip(records, names):
+            if record is not None:
+                record.function = name
+        return records
+
+    def show(self, job_id: str) -> dict[str, Any]:
+        record = self.records([job_id])[0]
+        if record is None:
+            raise UserError(f"unknown job id {job_id!r} (never submitted, or finished and expired)")
+        return self._row(record) | {"state": record.state}
+
+    def failed(self) -> list[dict[str, Any]]:
+        ids = [_text(j) or "" for j in self.redis.zrange(self.keys.failed, 0, -1)]
+        return [self._row(r) for r in self.records(ids) if r is not None]
+
+    @staticmethod
+    def _row(record: job.JobRecord) -> dict[str, Any]:
+        failed = record.state == job.FAILED
+        return {"id": record.id, "function": record.function, "attempts": record.attempts,
+                "reason": record.reason if failed else None, "error": record.error if failed else None}
+
+
+# -- subcommands --------------------------------------------------------------------
+
+
+def cmd_status(inspector: Inspector, args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(inspector, args.interval)
+    status = inspector.status()
+    if args.json:
+        print(json.dumps(status))
+        return EXIT_OK
+    print(_status_text(status, inspector.worker_infos()))
+    return EXIT_OK
+
+
+def _status_text(status: dict[str, Any], workers: list[dict[str, str]], rate: float | None = None) -> str:
+    lines = [f"workers {status['workers']}   running {status['running']}   delayed {status['delayed']}   "
+             f"failed {status['failed']}" + (f"   {rate:.1f} jobs/s" if rate is not None else "")]
+    lines.append("queue                pending")
+    for name, q in status["queues"].items():
+        lines.append(f"{name:<20} {q['pending']:>7}")
+    if workers:
+        lines.append("worker                                  host              concurrency  running")
+        for w in workers:
+            running = w.get("running", "")
+            lines.append(f"{w['id']:<39} {w.get('host', '?'):<17} {w.get('concurrency', '?'):>11}  {running or '-'}")
+    return "\n".join(lines)
+
+
+def _watch(inspector: Inspector, interval: float) -> int:
+    previous: tuple[float, int] | None = None
+    try:
+        while True:
+            status = inspector.status()
+            done = int(inspector.redis.hget(inspector.keys.stats, "done") or 0)
+            now = time.monotonic()
+            rate = (done - previous[1]) / (now - previous[0]) if previous else None
+            previous = (now, done)
+            sys.stdout.write("\x1b[H\x1b[2J" + _status_text(status, inspector.worker_infos(), rate) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_failed(inspector: Inspector, args: argparse.Namespace) -> int:
+    rows = inspector.failed()
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print("no failed jobs")
+    else:
+        for row in rows:
+            print(f"{row['id']}  {row['function']}  attempts={row['attempts']}  {row['reason']}: {row['error']}")
+    return EXIT_OK
+
+
+def cmd_show(inspector: Inspector, args: argparse.Namespace) -> int:
+    row = inspector.show(args.jobid)
+    if args.json:
+        print(json.dumps({k: row[k] for k in ("id", "state", "function", "attempts", "reason", "error")}))
+        return EXIT_OK
+    for key in ("id", "state", "function", "attempts", "reason", "error"):
+        print(f"{key:<9} {row[key] if row[key] is not None else '-'}")
+    record = inspector.records([args.jobid])[0]
+    if record is not None and record.traceback and record.state == job.FAILED:
+        print("traceback:\n" + record.traceback)
+    return EXIT_OK
+
+
+def _change_failed(inspector: Inspector, args: argparse.Namespace, action: str) -> int:
+    scripts = Scripts(inspector.redis, inspector.keys)
+    run: Callable[..., int] = scripts.requeue_failed if action == "requeued" else scripts.purge_failed
+    try:
+        count = run(inspector.redis, args.jobids)
+    except ScriptRefused as exc:
+        raise UserError(f"{exc.job_id}: {exc.why}; nothing changed") from None
+    print(json.dumps({action: count}) if args.json else f"{action} {count} job(s)")
+    return EXIT_OK
+
+
+def cmd_requeue_failed(inspector: Inspector, args: argparse.Namespace) -> int:
+    return _change_failed(inspector, args, "requeued")
+
+
+def cmd_purge_failed(inspector: Inspector, args: argparse.Namespace) -> int:
+    return _change_failed(inspector, args, "purged")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="cw-admin", parents=[common],
+                                     description="Inspect and repair cwredis queues.")
+    parser.add_argument("--url", default=None, help="Redis URL (default: $CWREDIS_URL, $CWREDIS_HOME/url, localhost)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", parents=[common], help="queues, running, delayed, failed, live workers")
+    status.add_argument("--watch", action="store_true", help="refresh a live view until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
+    status.set_defaults(run=cmd_status)
+    sub.add_parser("failed", parents=[common], help="list failed jobs").set_defaults(run=cmd_failed)
+    requeue = sub.add_parser("requeue-failed", parents=[common], help="put failed jobs back (all, or the named)")
+    requeue.add_argument("jobids", nargs="*", metavar="JOBID")
+    requeue.set_defaults(run=cmd_requeue_failed)
+    purge = sub.add_parser("purge-failed", parents=[common], help="delete failed jobs (all, or the named)")
+    purge.add_argument("jobids", nargs="*", metavar="JOBID")
+    purge.set_defaults(run=cmd_purge_failed)
+    show = sub.add_parser("show", parents=[common], help="one job")
+    show.add_argument("jobid", metavar="JOBID")
+    show.set_defaults(run=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    url = config.resolve_url(args.url)
+    try:
+        client = connect(url, "admin")
+        check_reachable(client, url)
+    except ConfigError as exc:
+        print(f"cw-admin: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        return int(args.run(Inspector(client), args))
+    except UserError as exc:
+        print(f"cw-admin: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"cw-admin: lost Redis at {config.mask_url(url)}: {describe(exc)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
