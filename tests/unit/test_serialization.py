@@ -1,0 +1,88 @@
+"""Signing, pickling errors, environment capture, URL and secret resolution."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cwredis import config
+from cwredis.errors import SerializationError
+from cwredis.serialization import (ARGS, FUNCTION, RESULT, Corrupt, Rejected, Signer, capture_env, decode_error,
+                                   dumps_call, encode_error, parse_env)
+
+
+def test_a_signed_blob_opens_only_with_the_same_secret_and_kind():
+    blob = Signer(b"k1").seal(ARGS, b"data")
+    assert Signer(b"k1").open(ARGS, blob) == b"data"
+    with pytest.raises(Rejected):
+        Signer(b"k2").open(ARGS, blob)
+    with pytest.raises(Rejected):
+        Signer(b"k1").open(FUNCTION, blob)  # a tag for args cannot pass as a function
+    with pytest.raises(Rejected):
+        Signer(b"k1").open(ARGS, blob[:-1] + b"X")
+    assert Signer(None).open(ARGS, blob) == b"data"  # no secret: cannot verify, accepts
+
+
+def test_a_side_with_a_secret_refuses_unsigned_blobs():
+    blob = Signer(None).seal(RESULT, b"data")
+    assert Signer(None).open(RESULT, blob) == b"data"
+    with pytest.raises(Rejected):
+        Signer(b"k").open(RESULT, blob)
+
+
+@pytest.mark.parametrize("blob", [None, b"", b"S123", b"Zjunk"])
+def test_malformed_blobs_are_corrupt(blob):
+    with pytest.raises(Corrupt):
+        Signer(b"k").open(ARGS, blob)
+
+
+def test_an_unpicklable_argument_is_named():
+    def f(x, y):
+        return x
+
+    with pytest.raises(SerializationError, match="argument 1") as info:
+        dumps_call(f, (1, threading.Lock()), {})
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(SerializationError, match="'lock'"):
+        dumps_call(f, (), {"lock": threading.Lock()})
+
+
+def test_environment_round_trips_and_garbage_is_corrupt():
+    cwd, path = parse_env(capture_env())
+    assert cwd and path
+    for bad in (b"not json", b"{}", b'{"cwd": 1, "path": []}'):
+        with pytest.raises(Corrupt):
+            parse_env(bad)
+
+
+def test_error_records_round_trip_and_garbage_still_decodes():
+    assert decode_error(encode_error("timeout", "E: x", "tb")) == ("timeout", "E: x", "tb")
+    assert decode_error(b"\xff")[0] == "corrupt"
+
+
+def test_url_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("CWREDIS_HOME", str(tmp_path))
+    monkeypatch.delenv("CWREDIS_URL", raising=False)
+    assert config.resolve_url() == config.DEFAULT_URL
+    (tmp_path / "url").write_text("redis://file:1/0\n")
+    assert config.resolve_url() == "redis://file:1/0"
+    monkeypatch.setenv("CWREDIS_URL", "redis://env:1/0")
+    assert config.resolve_url() == "redis://env:1/0"
+    assert config.resolve_url("redis://arg:1/0") == "redis://arg:1/0"
+
+
+def test_secret_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("CWREDIS_HOME", str(tmp_path))
+    monkeypatch.delenv("CWREDIS_SECRET", raising=False)
+    assert config.resolve_secret() is None
+    (tmp_path / "secret").write_text("  s3cret \n")
+    assert config.resolve_secret() == b"s3cret"
+    monkeypatch.setenv("CWREDIS_SECRET", "env")
+    assert config.resolve_secret() == b"env"
+
+
+def test_passwords_are_masked():
+    assert config.mask_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert config.mask_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
+    assert config.mask_url("redis://h:1/0") == "redis://h:1/0"
