@@ -1,13 +1,15 @@
 """ClientThread: submit jobs, and a background thread that delivers their outcomes.
 
-Outcomes wait durably in the client's list in Redis (``keys.results``); the
-pub/sub channel only wakes the thread. The thread reads a batch with LRANGE,
-runs the callbacks, then LTRIMs exactly what it delivered -- only this client
-trims its list and workers only append, so the head it trims is the head it
-read. If the connection drops before the trim, the trim is retried on
-reconnect; an outcome seen twice anyway (a server restart that lost a trim)
-is recognised by its job id and generation and dropped, so each job gets one
-callback.
+Outcomes wait durably in the client's list in Redis (``keys.results``),
+numbered by a per-client sequence. Each is also published on the client's
+channel, so a listening client runs the callback straight from the message,
+and later LTRIMs the delivered prefix of its list by count: only this client
+trims and workers only append, so numbers map to positions exactly. Pub/sub is
+only a shortcut: after any (re)subscription, or when a message says the
+outcome was too big to publish, the thread reads the list itself (LRANGE) and
+trims what it read. An outcome seen twice (published and read, or after a
+server restart lost a trim) is recognised by its job id and generation and
+dropped, so each job gets one callback.
 """
 
 from __future__ import annotations
@@ -85,12 +87,16 @@ class ClientThread(threading.Thread):
             self._redis, self._scripts, keys, self._signer, self._reconnector,
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts)
         self._results_key = keys.results(self.client_id)
+        self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
         self._cond = threading.Condition()
         self._pending: dict[str, int] = {}  # job id -> generation awaited
         self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
         self._first_error: RemoteError | None = None
-        self._untrimmed = 0  # outcomes delivered but not yet trimmed from Redis
+        # Our outcome list holds entries numbered _trimmed+1, _trimmed+2, ...; _consumed
+        # holds the numbers delivered from pub/sub, trimmed once they form a prefix.
+        self._trimmed = 0
+        self._consumed: set[int] = set()
 
     # -- submitting ----------------------------------------------------------
 
@@ -182,59 +188,95 @@ class ClientThread(threading.Thread):
                     self._drain()  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
                 message = pubsub.get_message(timeout=0.5)
-                if message is not None or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
+                needs_drain = False
+                while message is not None:
+                    needs_drain = self._on_published(message["data"]) or needs_drain
+                    message = pubsub.get_message(timeout=0.0)
+                if needs_drain or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
                     self._drain()
                     last_drain = time.monotonic()
+                else:
+                    self._trim_consumed()
                 self._reconnector.succeeded()
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("client %s: unexpected error in the results thread", self.client_id)
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:
-                        pass
+                self._close_quietly(pubsub)
                 pubsub = None
                 self._reconnector.failed(exc)
+        self._close_quietly(pubsub)
+
+    @staticmethod
+    def _close_quietly(pubsub: "redis.client.PubSub | None") -> None:
         if pubsub is not None:
             try:
                 pubsub.close()
             except Exception:
                 pass
 
+    def _on_published(self, data: bytes) -> bool:
+        """Deliver a published outcome; True if it was too big to publish and must be read from the list."""
+        seq, job_id, generation, kind, body = self._parse(data)
+        if kind == b"big":
+            return True
+        if seq > self._trimmed:
+            self._consumed.add(seq)
+        if job_id is not None:
+            self._deliver(job_id, generation, kind, body)
+        return False
+
+    def _trim_consumed(self) -> None:
+        """LTRIM the head of our list that has been delivered: entries _trimmed+1 ... without a gap."""
+        count = 0
+        while self._trimmed + count + 1 in self._consumed:
+            count += 1
+        if count:
+            self._redis.ltrim(self._results_key, count, -1)
+            for seq in range(self._trimmed + 1, self._trimmed + count + 1):
+                self._consumed.discard(seq)
+            self._trimmed += count
+
     def _drain(self) -> None:
-        """Deliver every outcome waiting in Redis, trimming each batch after its callbacks ran."""
+        """Deliver every outcome in our list and trim what was read; resynchronises the sequence count."""
         while True:
-            pipe = self._redis.pipeline(transaction=False)
-            if self._untrimmed:
-                pipe.ltrim(self._results_key, self._untrimmed, -1)
+            pipe = self._redis.pipeline(transaction=True)  # counter, length and entries from one instant
+            pipe.get(self._seq_key)
+            pipe.llen(self._results_key)
             pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            entries = pipe.execute()[-1]
-            self._untrimmed = 0
-            if not entries:
-                return
+            raw_seq, length, entries = pipe.execute()
             for entry in entries:
-                self._deliver(entry)
-            self._untrimmed = len(entries)
+                _, job_id, generation, kind, body = self._parse(entry)
+                if job_id is not None:
+                    self._deliver(job_id, generation, kind, body)
+            if entries:
+                self._redis.ltrim(self._results_key, len(entries), -1)
+            try:
+                last_seq = int(raw_seq or 0)
+            except ValueError:
+                last_seq = 0
+            # Entries are numbered consecutively up to the counter; we trimmed the first len(entries).
+            self._trimmed = last_seq - (int(length) - len(entries))
+            self._consumed = {seq for seq in self._consumed if seq > self._trimmed}
             if len(entries) < config.RESULT_BATCH:
-                self._redis.ltrim(self._results_key, self._untrimmed, -1)
-                self._untrimmed = 0
                 return
 
-    def _deliver(self, entry: bytes) -> None:
+    def _parse(self, entry: bytes) -> tuple[int, str | None, int, bytes, bytes]:
+        """An outcome entry "seq\\njob_id\\ngeneration\\nkind\\nbody"; job_id None if undecodable."""
         try:
-            raw_id, raw_gen, kind, body = entry.split(b"\n", 3)
-            job_id, generation = raw_id.decode(), int(raw_gen)
+            raw_seq, raw_id, raw_gen, kind, body = entry.split(b"\n", 4)
+            return int(raw_seq), raw_id.decode(), int(raw_gen), kind, body
         except ValueError:
             log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, entry[:80])
-            return
+            return 0, None, 0, b"", b""
+
+    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes) -> None:
         with self._cond:
             if job_id in self._pending:
                 self._pending.pop(job_id)
             elif self._failed_seen.get(job_id, generation) < generation:
                 pass  # requeued by cw-admin after we saw it fail: a new outcome
             else:
-                return  # a duplicate, or not ours
+                return  # a duplicate (published and read from the list), or not ours
             self._failed_seen.pop(job_id, None)
         try:
             if kind == b"ok":

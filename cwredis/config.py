@@ -39,6 +39,15 @@ RECONNECT_MAX_S = 5.0
 RETRY_DELAY_S = 0.5
 RETRY_DELAY_MAX_S = 30.0
 
+#: Prefetch: a worker whose jobs take less than SLOW_JOB_S on average holds
+#: several claimed jobs per slot -- enough for about PREFETCH_WINDOW_S of
+#: work, at most MAX_PREFETCH -- so a child never waits for a Redis round trip
+#: between short jobs. Slow jobs are claimed one per slot, so idle workers
+#: elsewhere get them (fan-out stays fair).
+SLOW_JOB_S = 0.02
+PREFETCH_WINDOW_S = 0.005
+MAX_PREFETCH = 32
+
 #: Default queue, attempts and URL, as the contract fixes them.
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3

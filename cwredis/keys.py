@@ -24,6 +24,7 @@ key                    type    holds
 ``cw:delayed``         ZSET    job id -> time (ms) it may start
 ``cw:failed``          ZSET    job id -> time (ms) it failed
 ``cw:results:<c>``     LIST    outcomes waiting for client ``c``
+``cw:rseq:<c>``        STRING  sequence number of client ``c``'s last outcome
 ``cw:chan:<c>``        pubsub  wakes client ``c`` when an outcome is pushed
 ``cw:config``          HASH    settings the coordinator publishes (lease_ms)
 ``cw:stats``           HASH    counters: done, failed (for ``status``)
@@ -68,6 +69,9 @@ class Keys:
     def channel(self, client_id: str) -> str:
         return self._key("chan", client_id)
 
+    def result_seq(self, client_id: str) -> str:
+        return self._key("rseq", client_id)
+
     @property
     def workers(self) -> str:
         return self._key("workers")
@@ -98,7 +102,7 @@ class Keys:
         return key[len(self._key("queue", "")):]
 
     def prefixes(self) -> list[str]:
-        """Key prefixes for scripts that discover ids: job, spec, queue, results, channel, inflight."""
+        """Key prefixes for scripts that discover ids: job, spec, queue, results, channel, inflight, result_seq."""
         return [
             self._key("job", ""),
             self._key("spec", ""),
@@ -106,6 +110,7 @@ class Keys:
             self._key("results", ""),
             self._key("chan", ""),
             self._key("inflight", ""),
+            self._key("rseq", ""),
         ]
 
 

@@ -59,8 +59,7 @@ class Completion:
 
     id: str
     token: str
-    results_key: str
-    channel: str
+    client: str
     kind: str
     body: bytes
     reason: str = ""
@@ -92,7 +91,7 @@ class Scripts:
         self._scripts: dict[str, Script] = {name: client.register_script(_load(name)) for name in self.NAMES}
         p = keys.prefixes()
         self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
-        self._results_prefix, self._channel_prefix = p[3], p[4]
+        self._results_prefix, self._channel_prefix, self._seq_prefix = p[3], p[4], p[6]
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args), client=client)
@@ -159,13 +158,17 @@ class Scripts:
         return claimed, [_text(d) for d in dropped]
 
     def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
-                 result_ttl_ms: int, now_ms: int | None = None) -> Any:
-        """Record outcomes; the reply is one flag per outcome (1 recorded, 0 refused: lease lost)."""
+                 result_ttl_ms: int, publish_max_bytes: int = 8192, now_ms: int | None = None) -> Any:
+        """Record outcomes; the reply is one flag per outcome (1 recorded, 0 refused: lease lost).
+
+        An outcome whose ``client`` is '' (its spec was unreadable) is recorded but delivered to no one.
+        """
         keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
-        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms]
+        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes]
         for c in outcomes:
-            keys += [self.keys.job(c.id), c.results_key]
-            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.channel]
+            keys += [self.keys.job(c.id), self.keys.results(c.client), self.keys.result_seq(c.client)]
+            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback,
+                     self.keys.channel(c.client) if c.client else ""]
         return self._run("complete", client, keys, args)
 
     def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None) -> Any:
@@ -198,7 +201,7 @@ class Scripts:
              self.keys.failed, self.keys.stats],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
-             self._channel_prefix],
+             self._channel_prefix, self._seq_prefix],
         )
         return int(requeued), int(lost)
 

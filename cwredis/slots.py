@@ -3,6 +3,12 @@
 Each slot owns a long-lived ``python -m cwredis.child`` process and two pipes.
 The slot remembers which functions and which environment its child already
 holds, so those are sent once per child, not once per job.
+
+A slot runs one job at a time, but for short jobs it may hold a few more,
+already claimed, in ``jobs`` (a FIFO whose head is running): the child then
+starts the next one the moment it finishes, without waiting for a round trip
+to Redis. At most ``MAX_SENT`` of them are written to the child's pipe; the
+rest stay here, so a stopping worker can still hand them back unrun.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,23 +29,41 @@ from .scripts import Claimed
 
 @dataclass
 class Running:
-    """An attempt a slot's child is executing."""
+    """An attempt assigned to a slot, with its verified payload; ``started`` once it heads the slot."""
 
     claimed: Claimed
     spec: Spec
+    args: bytes = b""
+    function: bytes = b""
+    env: bytes = b""
     started: float = field(default_factory=time.monotonic)
+
+    def message(self, slot: "Slot") -> tuple[Any, ...]:
+        """The child's "run" message; function and environment only if the child lacks them."""
+        fn_digest, env_digest = self.claimed.function, self.spec.env
+        message = ("run", self.claimed.id, fn_digest, None if fn_digest in slot.functions else self.function,
+                   self.args, env_digest, None if slot.env == env_digest else self.env)
+        slot.functions.add(fn_digest)
+        slot.env = env_digest
+        return message
 
     @property
     def deadline(self) -> float | None:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
 
+#: Jobs written ahead into a child's pipe (the running one included).
+MAX_SENT = 2
+
+
 class Slot:
-    """One child process and the attempt it runs (``job``), if any."""
+    """One child process, the attempts assigned to it (``jobs``, head running) and how many were sent."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.job: Running | None = None
+        self.jobs: deque[Running] = deque()
+        self.sent = 0
+        self.reserved = False  # the fetcher is waiting for a job for this slot
         self.proc: subprocess.Popen[bytes] | None = None
         self.inbox: Connection | None = None  # we write jobs here
         self.outbox: Connection | None = None  # we read outcomes here
@@ -61,6 +86,15 @@ class Slot:
         self.outbox = Connection(out_r, writable=False)
         self.functions = set()
         self.env = None
+        self.sent = 0
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.jobs and not self.reserved
+
+    @property
+    def running(self) -> Running | None:
+        return self.jobs[0] if self.jobs and self.sent else None
 
     def send(self, message: tuple[Any, ...]) -> None:
         assert self.inbox is not None

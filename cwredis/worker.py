@@ -42,7 +42,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, Completion, Requeue, Scripts
 from .serialization import ARGS, Corrupt, Rejected, Signer, encode_error
-from .slots import Running, Slot
+from .slots import MAX_SENT, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
 
@@ -78,17 +78,16 @@ class Worker:
         self._reconnector = Reconnector(url, "worker", self._threads_stop)
         self.lease_ms = int(config.DEFAULT_LEASE_S * 1000)
         self._last_heartbeat = 0.0
-        self._lock = threading.Condition()  # guards slots' job/idle state
+        self._lock = threading.Condition()  # guards every slot's jobs/sent/reserved
         self._claim_lock = threading.Lock()  # claims and reconciliation never overlap
         self._slots: list[Slot] = []
-        self._idle: list[Slot] = []
-        self._fetcher_busy = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Outcomes and requeues not yet recorded (Redis away): retried, never dropped.
         self._unsent_outcomes: list[Completion] = []
         self._unsent_requeues: list[Requeue] = []
         self._needs_reconcile = False
+        self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
         self.jobs_done = 0
 
     # -- signals ---------------------------------------------------------------
@@ -118,7 +117,6 @@ class Worker:
                  "on" if self._signer.secret else "off")
         self._reconnector.call(self._heartbeat)
         self._slots = [Slot(i) for i in range(self.concurrency)]
-        self._idle = list(self._slots)
         threads = [threading.Thread(target=self._heartbeat_loop, name="cw-heartbeat", daemon=True),
                    threading.Thread(target=self._fetch_loop, name="cw-fetcher", daemon=True)]
         for thread in threads:
@@ -141,69 +139,87 @@ class Worker:
             if self._hard_stop.is_set():
                 self._stop_running_jobs()
                 return
+            if self._stopping.is_set():
+                self._give_back_unstarted()
             with self._lock:
-                busy = [slot for slot in self._slots if slot.job is not None]
-                drained = self._stopping.is_set() and not busy and not self._fetcher_busy
+                busy = [slot for slot in self._slots if slot.sent]
+                drained = self._stopping.is_set() and not any(s.jobs or s.reserved for s in self._slots)
             if drained:
                 if self._flush_pending():
                     return
                 continue
             timeout = 0.0 if (self._unsent_outcomes or self._unsent_requeues) else self._wait_timeout(busy)
             ready = wait_connections([s.outbox for s in busy if s.outbox] + [self._wake_r], timeout)
-            freed = 0
+            finished = 0
             for conn in ready:
                 if conn == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
                 slot = next(s for s in busy if s.outbox is conn)
-                self._collect(slot)
-                freed += 1
+                finished += self._collect(slot)
             self._enforce_timeouts()
-            self._record(claim_more=freed > 0)
+            self._record(claim_more=finished > 0)
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
-        deadlines = [s.job.deadline for s in busy if s.job and s.job.deadline is not None]
+        deadlines = [d for s in busy if s.jobs and (d := s.jobs[0].deadline) is not None]
         if not deadlines:
             return 0.5
         return max(0.0, min(0.5, min(deadlines) - time.monotonic()))
 
+    @property
+    def depth(self) -> int:
+        """Jobs a slot holds at once: 1 for slow jobs; more for short ones, so the child never waits for Redis."""
+        if self._avg_job_s >= config.SLOW_JOB_S:
+            return 1
+        return max(2, min(config.MAX_PREFETCH, int(config.PREFETCH_WINDOW_S / max(self._avg_job_s, 1e-5))))
+
     # -- outcomes ----------------------------------------------------------------
 
-    def _collect(self, slot: Slot) -> None:
-        """Read one finished attempt from a child (or notice the child died)."""
-        running = slot.job
-        assert running is not None
-        try:
-            message = slot.outbox.recv() if slot.outbox else None
-        except (EOFError, OSError):
-            message = None
-        if message is None:
-            code = slot.exit_code()
-            slot.close_pipes()
-            slot.spawn()
-            self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
-        elif message[0] == "ok":
-            self._outcome(running, "ok", message[2])
-        else:
-            _, _, reason, error, tb = message
-            self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb)
-        self._free(slot)
+    def _collect(self, slot: Slot) -> int:
+        """Read the outcomes the child has ready (or notice it died); returns how many attempts ended."""
+        ended = 0
+        while slot.sent and slot.outbox is not None:
+            try:
+                if ended and not slot.outbox.poll():
+                    break
+                message = slot.outbox.recv()
+            except (EOFError, OSError):
+                message = None
+            with self._lock:
+                running = slot.jobs.popleft()
+                slot.sent -= 1
+                if not slot.jobs:
+                    self._lock.notify_all()  # an idle slot: the fetcher may wait on the queue for it
+            now = time.monotonic()
+            self._avg_job_s += 0.2 * ((now - running.started) - self._avg_job_s)
+            ended += 1
+            self.jobs_done += 1
+            if message is None:
+                code = slot.exit_code()
+                self._respawn(slot)
+                self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
+                break
+            if message[0] == "ok":
+                self._outcome(running, "ok", message[2])
+            else:
+                _, _, reason, error, tb = message
+                self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb)
+            if slot.jobs:
+                slot.jobs[0].started = now
+        self._pump(slot)
+        return ended
 
-    def _free(self, slot: Slot) -> None:
-        with self._lock:
-            slot.job = None
-            self._idle.append(slot)
-            self._lock.notify_all()
-        self.jobs_done += 1
+    def _respawn(self, slot: Slot) -> None:
+        """A fresh child; jobs that were written to the dead one's pipe are written again."""
+        slot.close_pipes()
+        slot.spawn()
 
     def _outcome(self, running: Running, kind: str, body: bytes, reason: str = "", error: str = "",
                  tb: str = "") -> None:
         claimed, spec = running.claimed, running.spec
         if kind == "ok":
             body = self._signer.seal(b"result", body)
-        self._unsent_outcomes.append(Completion(
-            claimed.id, claimed.token, self._keys.results(spec.client), self._keys.channel(spec.client),
-            kind, body, reason, error, tb))
+        self._unsent_outcomes.append(Completion(claimed.id, claimed.token, spec.client, kind, body, reason, error, tb))
 
     def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
         """An attempt was cut short: try again if attempts remain, else fail with ``reason``."""
@@ -221,28 +237,28 @@ class Worker:
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for slot in self._slots:
-            running = slot.job
+            running = slot.running
             if running is None or running.deadline is None or now < running.deadline:
                 continue
             slot.kill()
-            slot.spawn()
+            with self._lock:
+                slot.jobs.popleft()
+                self._lock.notify_all()
+            self._respawn(slot)
+            self.jobs_done += 1
             delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
-            self._retry_or_fail(running, "timeout", f"the job ran longer than its timeout of {running.spec.timeout_s:g}s",
-                                delay)
-            self._free(slot)
+            self._retry_or_fail(running, "timeout",
+                                f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
+            self._pump(slot)
 
     def _record(self, claim_more: bool) -> None:
-        """Send unsent outcomes and requeues and, in the same round trip, claim work for idle slots."""
+        """Send unsent outcomes and requeues and, in the same round trip, claim work for hungry slots."""
         outcomes, requeues = self._unsent_outcomes, self._unsent_requeues
         if not outcomes and not requeues and not self._needs_reconcile:
             return
         if self._needs_reconcile and not self._reconcile():
             return
-        reserved: list[Slot] = []
-        if claim_more and not self._stopping.is_set():
-            with self._lock:  # reserve the slots first: the fetcher takes idle ones too
-                reserved, self._idle = self._idle, []
-        claim = bool(reserved)
+        want = self._hunger() if claim_more and not self._stopping.is_set() else 0
         with self._claim_lock:
             pipe = self._redis.pipeline(transaction=False)
             if outcomes:
@@ -251,9 +267,9 @@ class Worker:
                                        result_ttl_ms=config.RESULT_TTL_S * 1000)
             if requeues:
                 self._scripts.requeue(pipe, worker_id=self.worker_id, jobs=requeues)
-            if claim:
+            if want:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
-                                    max_count=len(reserved))
+                                    max_count=want)
             try:
                 replies = pipe.execute()
             except Exception as exc:
@@ -261,8 +277,7 @@ class Worker:
                     raise
                 # complete and requeue are fenced, so sending them again is safe;
                 # a claim whose reply was lost is undone by reconciliation.
-                self._needs_reconcile = self._needs_reconcile or claim
-                self._release(*reserved)
+                self._needs_reconcile = self._needs_reconcile or bool(want)
                 self._reconnector.failed(exc)
                 return
         if self._reconnector.succeeded():
@@ -270,8 +285,14 @@ class Worker:
         self._unsent_outcomes, self._unsent_requeues = [], []
         if outcomes:
             self._log_refused(outcomes, replies[0], "outcome")
-        if claim:
-            self._dispatch_claimed(replies[-1], reserved)
+        if want:
+            self._assign_claimed(replies[-1])
+
+    def _hunger(self) -> int:
+        """How many more jobs the slots not waiting on the fetcher can take."""
+        depth = self.depth
+        with self._lock:
+            return sum(max(0, depth - len(s.jobs)) for s in self._slots if not s.reserved)
 
     def _log_refused(self, items: Sequence[Completion | Requeue], flags: Sequence[int], what: str) -> None:
         for item, flag in zip(items, flags):
@@ -303,92 +324,85 @@ class Worker:
 
     def _owned_ids(self) -> list[str]:
         with self._lock:
-            ids = [s.job.claimed.id for s in self._slots if s.job is not None]
+            ids = [running.claimed.id for s in self._slots for running in s.jobs]
         ids += [c.id for c in self._unsent_outcomes] + [r.id for r in self._unsent_requeues]
         return ids
 
-    # -- claiming and dispatching -----------------------------------------------
+    # -- claiming and assigning ------------------------------------------------------
 
-    def _dispatch_claimed(self, reply: Any, reserved: list[Slot]) -> int:
-        """Start each claimed job on one of the ``reserved`` slots (claims never exceed them).
-
-        Slots left over go back to the idle list. Returns how many jobs started.
-        """
+    def _assign_claimed(self, reply: Any, reserved: Slot | None = None) -> int:
+        """Give each claimed job to a slot (``reserved`` first, then the emptiest); returns how many."""
         claimed, dropped = self._scripts.parse_claim(reply)
         for job_id in dropped:
             log.warning("worker %s: dropped queue entry %r: it names no pending job", self.worker_id, job_id)
-        if not claimed:
-            self._release(*reserved)
-            return 0
-        try:
-            self._catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
-            self._catalog.fetch([], [s.env for c in claimed if (s := self._catalog.spec(c.spec))])
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            self._reconnector.failed(exc)  # what is missing fails below as corrupt... unless we retry
-            self._catalog_retry(claimed)
-        started = 0
-        for slot, item in zip(reserved, claimed):
-            if self._start(slot, item):
-                started += 1
-            else:
-                self._release(slot)
-        self._release(*reserved[len(claimed):])
-        if started:
+        if claimed:
+            self._reconnector.call(lambda: self._load_records(claimed))
+        assigned = 0
+        for item in claimed:
+            running = self._prepare(item)
+            if running is None:
+                continue
+            with self._lock:
+                # (The fetcher may have reserved a slot since we claimed: then share it.)
+                slot = reserved or min(self._slots, key=lambda s: (s.reserved, len(s.jobs)))
+                slot.reserved = False if slot is reserved else slot.reserved
+                reserved = None
+                slot.jobs.append(running)
+            self._pump(slot)
+            assigned += 1
+        if reserved is not None:
+            self._release(reserved)
+        if assigned:
             self._wake()
-        return started
+        return assigned
 
-    def _catalog_retry(self, claimed: list[Claimed]) -> None:
-        def fetch() -> None:
-            self._catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
-            self._catalog.fetch([], [s.env for c in claimed if (s := self._catalog.spec(c.spec))])
-        self._reconnector.call(fetch)
+    def _load_records(self, claimed: list[Claimed]) -> None:
+        self._catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
+        self._catalog.fetch([], [s.env for c in claimed if (s := self._catalog.spec(c.spec))])
 
-    def _start(self, slot: Slot, claimed: Claimed) -> bool:
-        """Send a claimed job to ``slot``'s child; on bad input, fail the job instead (False)."""
+    def _prepare(self, claimed: Claimed) -> Running | None:
+        """Verify and gather a claimed job's payload; on bad input, fail the job instead (None)."""
         spec = self._catalog.spec(claimed.spec)
         if spec is None:
             log.warning("job %s: its spec is missing or garbage; failing it as corrupt", claimed.id)
             self._unsent_outcomes.append(Completion(
-                claimed.id, claimed.token, self._keys.results(""), "", "err", b"", "corrupt",
+                claimed.id, claimed.token, "", "err", b"", "corrupt",
                 "job spec is missing", "the job's shared record (client, queue, limits) is missing or invalid"))
-            return False
+            return None
         running = Running(claimed, spec)
         try:
-            args = self._signer.open(ARGS, claimed.args)
-            function = self._catalog.function(claimed.function)
-            env = self._catalog.env(spec.env)
+            running.args = self._signer.open(ARGS, claimed.args)
+            running.function = self._catalog.function(claimed.function)
+            running.env = self._catalog.env(spec.env)
         except Rejected as exc:
             self._fail_now(running, "rejected", f"RejectedError: {exc}")
-            return False
+            return None
         except Corrupt as exc:
             self._fail_now(running, "corrupt", f"CorruptError: {exc}")
-            return False
-        message = ("run", claimed.id, claimed.function,
-                   None if claimed.function in slot.functions else function, args, spec.env,
-                   None if slot.env == spec.env else env)
+            return None
+        return running
+
+    def _pump(self, slot: Slot) -> None:
+        """Write the slot's next jobs into its child's pipe, up to MAX_SENT ahead."""
         with self._lock:
-            slot.job = running
-        try:
-            slot.send(message)
-        except (OSError, ValueError):
-            # The child died between jobs; the main loop sees its pipe close and retries the job.
-            pass
-        slot.functions.add(claimed.function)
-        slot.env = spec.env
-        return True
+            while slot.sent < min(len(slot.jobs), MAX_SENT):
+                running = slot.jobs[slot.sent]
+                if slot.sent == 0:
+                    running.started = time.monotonic()
+                try:
+                    slot.send(running.message(slot))
+                except (OSError, ValueError, AssertionError):
+                    pass  # the child died; the main loop sees its pipe close and retries the job
+                slot.sent += 1
 
     def _fail_now(self, running: Running, reason: str, error: str) -> None:
         log.warning("job %s: failing it (%s): %s", running.claimed.id, reason, error)
         self._outcome(running, "err", encode_error(reason, error, error), reason, error, error)
 
-    def _release(self, *slots: Slot) -> None:
-        """Return reserved slots that got no job to the idle list."""
+    def _release(self, slot: Slot) -> None:
+        """The fetcher got no job for its reserved slot."""
         with self._lock:
-            for slot in slots:
-                if slot.job is None and slot not in self._idle:
-                    self._idle.append(slot)
+            slot.reserved = False
             self._lock.notify_all()
 
     # -- the fetcher thread --------------------------------------------------------
@@ -400,12 +414,12 @@ class Worker:
         turn = 0
         while not self._stopping.is_set():
             with self._lock:
-                while not self._idle and not self._stopping.is_set():
+                while not self._stopping.is_set() and not any(s.is_idle for s in self._slots):
                     self._lock.wait(0.5)
                 if self._stopping.is_set():
                     return
-                slot = self._idle.pop()
-                self._fetcher_busy = True
+                slot = next(s for s in self._slots if s.is_idle)
+                slot.reserved = True
             try:
                 got = self._fetch_one(slot, self.queues[turn % len(self.queues)], block_s)
             except Exception as exc:
@@ -418,9 +432,6 @@ class Worker:
                     self._reconnector.failed(exc)
                     self._wake()
                 got = True
-            finally:
-                with self._lock:
-                    self._fetcher_busy = False
             if not got:
                 turn += 1
                 if self.burst and self._is_idle():
@@ -429,7 +440,7 @@ class Worker:
                     self._wake()
 
     def _fetch_one(self, slot: Slot, queue: str, block_s: float) -> bool:
-        """Wait up to ``block_s`` for a job on ``queue`` and start it on ``slot``; False if none came."""
+        """Wait up to ``block_s`` for a job on ``queue`` for the reserved ``slot``; False if none came."""
         if time.monotonic() - self._last_heartbeat > self.lease_ms / 2000:
             self._heartbeat()  # be registered before taking anything, so a crash is recoverable
         if len(self.queues) > 1:
@@ -437,9 +448,8 @@ class Worker:
             with self._claim_lock:
                 reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
                                             lease_ms=self.lease_ms, max_count=1)
-            claimed, _ = self._scripts.parse_claim(reply)
-            if claimed:
-                self._dispatch_claimed(reply, [slot])
+            if reply[0]:
+                self._assign_claimed(reply, reserved=slot)
                 return True
         # BLMOVE, not BRPOP: the id lands in our in-flight list atomically, so if
         # we die before claim.lua runs, the coordinator's sweep of this worker
@@ -454,12 +464,12 @@ class Worker:
             reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=[], lease_ms=self.lease_ms,
                                         max_count=1, first_id=job_id.decode())
         self._reconnector.succeeded()
-        self._dispatch_claimed(reply, [slot])
+        self._assign_claimed(reply, reserved=slot)
         return True
 
     def _is_idle(self) -> bool:
         with self._lock:
-            return all(s.job is None for s in self._slots) and not self._unsent_outcomes
+            return all(not s.jobs for s in self._slots) and not self._unsent_outcomes
 
     # -- the heartbeat thread ----------------------------------------------------
 
@@ -468,7 +478,7 @@ class Worker:
         pipe = self._redis.pipeline(transaction=False)
         self._scripts.heartbeat(pipe, worker_id=self.worker_id, lease_ms=self.lease_ms, info={
             "host": socket.gethostname(), "pid": str(os.getpid()), "queues": ",".join(self.queues),
-            "concurrency": str(self.concurrency), "running": ",".join(self._owned_ids()[:50]),
+            "concurrency": str(self.concurrency), "running": ",".join(self._running_ids()),
         })
         pipe.hget(self._keys.config, "lease_ms")
         was_valid, lease = pipe.execute()
@@ -483,6 +493,10 @@ class Worker:
         if lease_ms > 0 and lease_ms != self.lease_ms:
             log.info("worker %s: lease timeout is %.1fs (set by the coordinator)", self.worker_id, lease_ms / 1000)
             self.lease_ms = lease_ms
+
+    def _running_ids(self) -> list[str]:
+        with self._lock:
+            return [r.claimed.id for s in self._slots if (r := s.running) is not None]
 
     def _heartbeat_loop(self) -> None:
         while not self._threads_stop.wait(self.lease_ms / 3000):
@@ -499,28 +513,38 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------
 
+    def _give_back_unstarted(self) -> None:
+        """Stopping: jobs claimed ahead but not yet written to a child go back unrun (attempt refunded)."""
+        with self._lock:
+            for slot in self._slots:
+                while len(slot.jobs) > slot.sent:
+                    running = slot.jobs.pop()
+                    self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                         self._keys.queue(running.spec.queue), "release"))
+
     def _stop_running_jobs(self) -> None:
         """Second signal: kill the children now and give their jobs back without using an attempt."""
-        with self._lock:
-            running = [(slot, slot.job) for slot in self._slots if slot.job is not None]
-        for slot, job in running:
-            slot.kill()
-            assert job is not None
-            self._unsent_requeues.append(Requeue(job.claimed.id, job.claimed.token,
-                                                 self._keys.queue(job.spec.queue), "release"))
+        stopped = 0
+        for slot in self._slots:
+            if slot.sent:
+                slot.kill()
             with self._lock:
-                slot.job = None
-        if running:
-            log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
-                        len(running))
+                while slot.jobs:
+                    running = slot.jobs.popleft()
+                    self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                         self._keys.queue(running.spec.queue), "release"))
+                    stopped += 1
+                slot.sent = 0
+        if stopped:
+            log.warning("worker %s: stopped %d job(s); they go back to their queues", self.worker_id, stopped)
 
     def _finish(self) -> None:
         """Record what is left, give back taken-but-unstarted ids, unregister, stop the children."""
         for slot in self._slots:
-            if slot.job is None:
-                slot.shutdown()
-            else:
+            if slot.jobs:
                 slot.kill()
+            else:
+                slot.shutdown()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -1,18 +1,23 @@
 -- complete.lua: record the outcomes of a batch of attempts, each only if that
 -- attempt still owns its job (fencing), and wake the submitting clients.
--- KEYS: inflight(worker), failed, stats, then per job: job, results(client)
--- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms,
+-- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)
+-- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
 --       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel
+-- An outcome entry is "seq\njob_id\ngeneration\nkind\nbody"; seq numbers a
+-- client's entries so it can trim exactly what it consumed. The entry is also
+-- published (or, above publish_max_bytes, just its header with kind 'big'), so
+-- a listening client needs no further round trip; the list stays the truth.
 -- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
 -- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
 -- Atomic: state, in-flight list, outcome list and the wake-up change together,
 -- so no crash can leave a job done without an outcome, or an outcome twice.
 local inflight, failed, stats = KEYS[1], KEYS[2], KEYS[3]
 local now, done_ttl, result_ttl = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local flags, channels = {}, {}
-local a, n = 4, 0
-for k = 4, #KEYS, 2 do
-  local job, results = KEYS[k], KEYS[k + 1]
+local publish_max = tonumber(ARGV[4])
+local flags = {}
+local a, n = 5, 0
+for k = 4, #KEYS, 3 do
+  local job, results, seq_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local reason, err, tb, channel = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   a = a + 8
@@ -32,16 +37,20 @@ for k = 4, #KEYS, 2 do
       redis.call('HINCRBY', stats, 'failed', 1)
     end
     if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
-      redis.call('RPUSH', results, job_id .. '\n' .. (f[3] or '0') .. '\n' .. kind .. '\n' .. body)
+      local seq = redis.call('INCR', seq_key)
+      redis.call('PEXPIRE', seq_key, result_ttl)
+      local head = seq .. '\n' .. job_id .. '\n' .. (f[3] or '0') .. '\n'
+      redis.call('RPUSH', results, head .. kind .. '\n' .. body)
       redis.call('PEXPIRE', results, result_ttl)
-      channels[channel] = true
+      if #body <= publish_max then
+        redis.call('PUBLISH', channel, head .. kind .. '\n' .. body)
+      else
+        redis.call('PUBLISH', channel, head .. 'big\n')
+      end
     end
     flags[n] = 1
   else
     flags[n] = 0
   end
-end
-for channel in pairs(channels) do
-  redis.call('PUBLISH', channel, '')
 end
 return flags

@@ -1,7 +1,7 @@
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
 -- KEYS: workers, inflight(worker), worker_info, failed, stats
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
---       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix
+--       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts; ids it had taken
 -- but not claimed go back unchanged. The whole sweep of one worker is one
@@ -15,7 +15,7 @@ local worker_id, now = ARGV[1], now_ms(ARGV[2])
 local forget_before = now - tonumber(ARGV[3])
 local result_ttl, lost_body, lost_error, lost_tb = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local job_prefix, spec_prefix, queue_prefix = ARGV[8], ARGV[9], ARGV[10]
-local results_prefix, channel_prefix = ARGV[11], ARGV[12]
+local results_prefix, channel_prefix, seq_prefix = ARGV[11], ARGV[12], ARGV[13]
 
 local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
 if not deadline or deadline > now then
@@ -36,10 +36,14 @@ for i = #ids, 1, -1 do
       redis.call('HDEL', job, 'w')
       redis.call('ZADD', failed, now, job_id)
       redis.call('HINCRBY', stats, 'failed', 1)
-      local results = results_prefix .. spec[3]
-      redis.call('RPUSH', results, job_id .. '\n' .. (f[5] or '0') .. '\nerr\n' .. lost_body)
+      -- The same outcome entry complete.lua writes (see there).
+      local results, seq_key = results_prefix .. spec[3], seq_prefix .. spec[3]
+      local seq = redis.call('INCR', seq_key)
+      redis.call('PEXPIRE', seq_key, result_ttl)
+      local entry = seq .. '\n' .. job_id .. '\n' .. (f[5] or '0') .. '\nerr\n' .. lost_body
+      redis.call('RPUSH', results, entry)
       redis.call('PEXPIRE', results, result_ttl)
-      redis.call('PUBLISH', channel_prefix .. spec[3], '')
+      redis.call('PUBLISH', channel_prefix .. spec[3], entry)
       lost = lost + 1
     else
       redis.call('HSET', job, 's', 'pending')

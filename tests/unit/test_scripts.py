@@ -47,7 +47,7 @@ def claim(s, r, worker="w1", n=1, first_id="", now=T0, queues=("default",)):
 
 
 def ok(claimed, body=b"R"):
-    return Completion(claimed.id, claimed.token, KEYS.results("c1"), KEYS.channel("c1"), "ok", body)
+    return Completion(claimed.id, claimed.token, "c1", "ok", body)
 
 
 def complete(s, r, *outcomes, worker="w1"):
@@ -116,7 +116,8 @@ def test_complete_records_once_and_refuses_a_stale_attempt(s, r):
     assert complete(s, r, ok(first)) == [0]  # the old attempt is fenced off
     assert complete(s, r, ok(second), worker="w2") == [1]
     assert complete(s, r, ok(second), worker="w2") == [0]  # a retried completion is not doubled
-    assert r.lrange(KEYS.results("c1"), 0, -1) == [b"a\n0\nok\nR"]
+    assert r.lrange(KEYS.results("c1"), 0, -1) == [b"1\na\n0\nok\nR"]
+    assert r.get(KEYS.result_seq("c1")) == b"1"
     assert state(r, "a") == "done" and r.hget(KEYS.job("a"), job.ARGS) is None
     assert r.ttl(KEYS.job("a")) > 0
 
@@ -124,7 +125,7 @@ def test_complete_records_once_and_refuses_a_stale_attempt(s, r):
 def test_a_failed_outcome_is_kept_until_requeued(s, r):
     submit(s, r, "a")
     (c,), _ = claim(s, r)
-    err = Completion(c.id, c.token, KEYS.results("c1"), KEYS.channel("c1"), "err", b"{}", "exception",
+    err = Completion(c.id, c.token, "c1", "err", b"{}", "exception",
                      "ValueError: boom", "Traceback...")
     assert complete(s, r, err) == [1]
     assert state(r, "a") == "failed" and r.zscore(KEYS.failed, "a") == T0
@@ -159,7 +160,7 @@ def test_expired_lease_requeues_then_fails_lost_after_max_attempts(s, r):
     claim(s, r, worker="w2", now=T0 + LEASE_MS + 2)  # attempt 2 of 2
     assert expire(s, r, worker="w2", now=T0 + 2 * LEASE_MS + 3) == (0, 1)
     assert state(r, "a") == "failed" and r.hget(KEYS.job("a"), job.REASON) == b"lost"
-    assert r.lrange(KEYS.results("c1"), 0, -1) == [b'a\n0\nerr\n{"reason": "lost"}']
+    assert r.lrange(KEYS.results("c1"), 0, -1) == [b'1\na\n0\nerr\n{"reason": "lost"}']
 
 
 def test_expired_sweep_returns_ids_taken_but_never_claimed(s, r):
@@ -190,7 +191,7 @@ def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
 def test_requeue_failed_checks_named_ids_first_and_bumps_the_generation(s, r):
     submit(s, r, "a", "b")
     for c in claim(s, r, n=2)[0]:
-        complete(s, r, Completion(c.id, c.token, KEYS.results("c1"), KEYS.channel("c1"), "err", b"{}",
+        complete(s, r, Completion(c.id, c.token, "c1", "err", b"{}",
                                   "exception", "E", "tb"))
     with pytest.raises(ScriptRefused):
         s.requeue_failed(r, ["a", "nope"])
@@ -207,7 +208,7 @@ def test_requeue_failed_checks_named_ids_first_and_bumps_the_generation(s, r):
 def test_purge_failed_deletes_only_failed_jobs(s, r):
     submit(s, r, "a", "b")
     (a,), _ = claim(s, r)
-    complete(s, r, Completion(a.id, a.token, KEYS.results("c1"), KEYS.channel("c1"), "err", b"{}", "exception",
+    complete(s, r, Completion(a.id, a.token, "c1", "err", b"{}", "exception",
                               "E", "tb"))
     with pytest.raises(ScriptRefused):
         s.purge_failed(r, ["b"])
