@@ -48,6 +48,12 @@ SLOW_JOB_S = 0.02
 PREFETCH_WINDOW_S = 0.005
 MAX_PREFETCH = 32
 
+#: While a worker's slots still have work queued, finished outcomes gather for
+#: at most this long (or up to MAX_RECORD_BATCH) before one round trip records
+#: them all; a slot running dry records at once.
+RECORD_DELAY_S = 0.002
+MAX_RECORD_BATCH = 256
+
 #: Default queue, attempts and URL, as the contract fixes them.
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3

@@ -7,7 +7,7 @@ holds, so those are sent once per child, not once per job.
 A slot runs one job at a time, but for short jobs it may hold a few more,
 already claimed, in ``jobs`` (a FIFO whose head is running): the child then
 starts the next one the moment it finishes, without waiting for a round trip
-to Redis. At most ``MAX_SENT`` of them are written to the child's pipe; the
+to Redis. Small ones are written into the child's pipe ahead of time; the
 rest stay here, so a stopping worker can still hand them back unrun.
 """
 
@@ -52,8 +52,9 @@ class Running:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
 
-#: Jobs written ahead into a child's pipe (the running one included).
-MAX_SENT = 2
+#: A job is written into a child's pipe ahead of time only if its arguments are
+#: this small (a pipe holds 64 KiB; a full one would block the worker's loop).
+MAX_SEND_AHEAD_BYTES = 4096
 
 
 class Slot:

@@ -42,7 +42,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, Completion, Requeue, Scripts
 from .serialization import ARGS, Corrupt, Rejected, Signer, encode_error
-from .slots import MAX_SENT, Running, Slot
+from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
 
@@ -88,6 +88,7 @@ class Worker:
         self._unsent_requeues: list[Requeue] = []
         self._needs_reconcile = False
         self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
+        self._first_unsent = 0.0  # when the oldest unsent outcome was produced
         self.jobs_done = 0
 
     # -- signals ---------------------------------------------------------------
@@ -148,23 +149,44 @@ class Worker:
                 if self._flush_pending():
                     return
                 continue
-            timeout = 0.0 if (self._unsent_outcomes or self._unsent_requeues) else self._wait_timeout(busy)
-            ready = wait_connections([s.outbox for s in busy if s.outbox] + [self._wake_r], timeout)
-            finished = 0
+            ready = wait_connections([s.outbox for s in busy if s.outbox] + [self._wake_r], self._wait_timeout(busy))
             for conn in ready:
                 if conn == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
                 slot = next(s for s in busy if s.outbox is conn)
-                finished += self._collect(slot)
+                self._collect(slot)
             self._enforce_timeouts()
-            self._record(claim_more=finished > 0)
+            if self._should_record():
+                self._record(claim_more=True)
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
         deadlines = [d for s in busy if s.jobs and (d := s.jobs[0].deadline) is not None]
+        if self._unsent_outcomes or self._unsent_requeues:
+            deadlines.append(self._first_unsent + config.RECORD_DELAY_S)
         if not deadlines:
             return 0.5
         return max(0.0, min(0.5, min(deadlines) - time.monotonic()))
+
+    def _should_record(self) -> bool:
+        """Record now, or let outcomes gather for one round trip? Now whenever a slot runs dry.
+
+        An idle slot means a waiting client or an empty queue: record at once
+        (latency). While every slot still has work queued, outcomes gather
+        until a slot is half empty, many are waiting, or RECORD_DELAY_S passed
+        (throughput: one round trip for many jobs).
+        """
+        if self._needs_reconcile or self._unsent_requeues:
+            return True
+        if not self._unsent_outcomes:
+            return False
+        if len(self._unsent_outcomes) >= config.MAX_RECORD_BATCH or self._stopping.is_set():
+            return True
+        if time.monotonic() - self._first_unsent >= config.RECORD_DELAY_S:
+            return True
+        low_water = self.depth // 2
+        with self._lock:
+            return any(len(s.jobs) <= low_water for s in self._slots)
 
     @property
     def depth(self) -> int:
@@ -219,6 +241,8 @@ class Worker:
         claimed, spec = running.claimed, running.spec
         if kind == "ok":
             body = self._signer.seal(b"result", body)
+        if not self._unsent_outcomes:
+            self._first_unsent = time.monotonic()
         self._unsent_outcomes.append(Completion(claimed.id, claimed.token, spec.client, kind, body, reason, error, tb))
 
     def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
@@ -383,10 +407,18 @@ class Worker:
         return running
 
     def _pump(self, slot: Slot) -> None:
-        """Write the slot's next jobs into its child's pipe, up to MAX_SENT ahead."""
+        """Write the slot's next jobs into its child's pipe.
+
+        The running job, plus -- for short jobs with small payloads -- the rest
+        of the slot's prefetched jobs, so the child keeps working while we
+        wait on Redis. Small: a full pipe would block this loop.
+        """
+        limit = self.depth
         with self._lock:
-            while slot.sent < min(len(slot.jobs), MAX_SENT):
+            while slot.sent < min(len(slot.jobs), limit):
                 running = slot.jobs[slot.sent]
+                if slot.sent and len(running.args) > MAX_SEND_AHEAD_BYTES:
+                    break
                 if slot.sent == 0:
                     running.started = time.monotonic()
                 try:

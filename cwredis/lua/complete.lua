@@ -24,7 +24,7 @@ for k = 4, #KEYS, 3 do
   n = n + 1
   local f = redis.call('HMGET', job, 's', 'k', 'g')
   if f[1] == 'running' and f[2] == token then
-    redis.call('LREM', inflight, 1, job_id)
+    redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     if kind == 'ok' then
       redis.call('HSET', job, 's', 'done')
       redis.call('HDEL', job, 'a', 'w')

@@ -15,7 +15,7 @@ for k = 3, #KEYS, 2 do
   n = n + 1
   local f = redis.call('HMGET', job, 's', 'k', 'n')
   if f[1] == 'running' and f[2] == token then
-    redis.call('LREM', inflight, 1, job_id)
+    redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     redis.call('HDEL', job, 'w')
     if mode == 'release' then
       redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
