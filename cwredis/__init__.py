@@ -6,6 +6,8 @@ The public API::
     Executor       the same as a concurrent.futures.Executor
     LocalCluster   server + coordinator + workers on this machine, for a with-block
     RemoteError    a job failed (.jobid, .reason, .traceback)
+    progress       inside a job: report how far it is (the client's progress_callback gets it)
+    current_job_id inside a job: its id
     SerializationError, CwredisError
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 from .client import ClientThread
 from .errors import CwredisError, RemoteError, SerializationError
 from .executor import Executor
+from .jobcontext import current_job_id, progress
 from .local import LocalCluster
 
-__all__ = ["ClientThread", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError"]
+__all__ = ["ClientThread", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError",
+           "current_job_id", "progress"]
 __version__ = "1.0.0"

@@ -188,8 +188,13 @@ def cmd_show(inspector: Inspector, args: argparse.Namespace) -> int:
     for key in ("id", "state", "function", "attempts", "reason", "error"):
         print(f"{key:<9} {row[key] if row[key] is not None else '-'}")
     record = inspector.records([args.jobid])[0]
-    if record is not None and record.traceback and record.state == job.FAILED:
-        print("traceback:\n" + record.traceback)
+    if record is not None and record.progress and record.state == job.RUNNING:
+        print(f"progress  {record.progress}")
+    if record is not None and record.state == job.FAILED:
+        if record.output:
+            print("output (tail):\n" + record.output.rstrip())
+        if record.traceback:
+            print("traceback:\n" + record.traceback.rstrip())
     return EXIT_OK
 
 

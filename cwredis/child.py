@@ -7,9 +7,13 @@ every signature; the child only decodes and runs.
 
 Messages (multiprocessing Connection framing over two pipes)::
 
-    in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None)
-    out: ("ok", job_id, result_pickle)
-         ("err", job_id, reason, error_line, traceback_text)
+    in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture)
+    out: ("progress", job_id, fraction, message | None)      any number, while the job runs
+         ("ok", job_id, result_pickle, output)
+         ("err", job_id, reason, error_line, traceback_text, output)
+
+With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
+(the last OUTPUT_TAIL_BYTES) and returned as ``output`` for the client.
 
 The child ignores SIGINT/SIGTERM (a Ctrl-C to the worker's process group is
 for the supervisor to handle gracefully) and dies with its supervisor
@@ -18,7 +22,9 @@ for the supervisor to handle gracefully) and dies with its supervisor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
 import os
 import pickle
@@ -31,6 +37,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from . import jobcontext
 from .serialization import Corrupt, error_line, parse_env
 
 log = logging.getLogger("cwredis.child")
@@ -39,6 +46,37 @@ log = logging.getLogger("cwredis.child")
 FUNCTION_CACHE_SIZE = 256
 
 _PR_SET_PDEATHSIG = 1
+
+#: How much of a job's output is kept for the client and for failed jobs.
+OUTPUT_TAIL_BYTES = 64 * 1024
+
+
+class _Tee(io.TextIOBase):
+    """Passes writes on to the worker's stream and keeps the tail for the client."""
+
+    def __init__(self, stream: Any, sink: list[str]) -> None:
+        self._stream = stream
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._sink.append(text)
+        if len(self._sink) > 256:  # keep the buffer a bounded tail
+            joined = "".join(self._sink)[-OUTPUT_TAIL_BYTES:]
+            self._sink[:] = [joined]
+        try:
+            self._stream.write(text)
+        except (OSError, ValueError):
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _die_with_parent() -> None:
@@ -91,8 +129,24 @@ class JobRunner:
             self._functions.popitem(last=False)
         return fn
 
-    def run(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json = message
+    def run(self, message: tuple[Any, ...], report: Callable[[str, float, str | None], None]) -> tuple[Any, ...]:
+        """Run one job; the reply tuple ends with the captured output ('' without capture)."""
+        job_id, capture = message[1], message[7]
+        sink: list[str] = []
+        jobcontext._enter(job_id, report)
+        try:
+            if capture:
+                with contextlib.redirect_stdout(_Tee(sys.stdout, sink)), \
+                        contextlib.redirect_stderr(_Tee(sys.stderr, sink)):
+                    reply = self._run(message)
+            else:
+                reply = self._run(message)
+        finally:
+            jobcontext._leave()
+        return (*reply, "".join(sink)[-OUTPUT_TAIL_BYTES:])
+
+    def _run(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json, _ = message
         try:
             self._apply_env(env_digest, env_json)
         except Corrupt as exc:
@@ -116,7 +170,9 @@ class JobRunner:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
-            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+            # tb_next: start the traceback at the user's function, not at this frame.
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+            return ("err", job_id, "exception", error_line(exc), text)
         try:
             return ("ok", job_id, cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as exc:
@@ -134,12 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
     runner = JobRunner()
+
+    def report(job_id: str, fraction: float, text: str | None) -> None:
+        outbox.send(("progress", job_id, fraction, text))
+
     while True:
         try:
             message = inbox.recv()
         except (EOFError, OSError):
             return  # the worker is gone or closed us: exit quietly
-        outbox.send(runner.run(message))
+        outbox.send(runner.run(message, report))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -29,13 +30,14 @@ from .connection import Reconnector, connect, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
-from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error
+from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error, unframe_outcome
 from .submitter import Submitter, new_job_id
 
 log = logging.getLogger("cwredis.client")
 
 ResultCallback = Callable[[str, Any], None]
 ErrorCallback = Callable[[str, RemoteError], None]
+ProgressCallback = Callable[[str, float, "str | None"], None]
 
 #: Even without a pub/sub wake-up (one lost in a blip), outstanding outcomes
 #: are looked for this often.
@@ -67,6 +69,8 @@ class ClientThread(threading.Thread):
         queue: str = config.DEFAULT_QUEUE,
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        progress_callback: ProgressCallback | None = None,
+        forward_output: bool = True,
         secret: bytes | str | None = None,
         keys: Keys = DEFAULT_KEYS,
     ) -> None:
@@ -74,6 +78,10 @@ class ClientThread(threading.Thread):
         self.url = _resolve(url, host)
         self.callback = callback
         self.error_callback = error_callback
+        self.progress_callback = progress_callback
+        self.forward_output = forward_output
+        self.done_count = 0
+        self.failed_count = 0
         self.client_id = secrets.token_urlsafe(9)
         self._keys = keys
         if isinstance(secret, str):
@@ -85,7 +93,8 @@ class ClientThread(threading.Thread):
         self._scripts = Scripts(self._redis, keys)
         self._submitter = Submitter(
             self._redis, self._scripts, keys, self._signer, self._reconnector,
-            client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts)
+            client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
+            forward_output=forward_output)
         self._results_key = keys.results(self.client_id)
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
@@ -216,6 +225,9 @@ class ClientThread(threading.Thread):
 
     def _on_published(self, data: bytes) -> bool:
         """Deliver a published outcome; True if it was too big to publish and must be read from the list."""
+        if data.startswith(b"P\n"):
+            self._on_progress(data)
+            return False
         seq, job_id, generation, kind, body = self._parse(data)
         if kind == b"big":
             return True
@@ -269,6 +281,18 @@ class ClientThread(threading.Thread):
             log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, entry[:80])
             return 0, None, 0, b"", b""
 
+    def _on_progress(self, data: bytes) -> None:
+        try:
+            _, raw_id, raw_fraction, message = data.decode("utf-8", "replace").split("\n", 3)
+            fraction = float(raw_fraction)
+        except ValueError:
+            return
+        if self.progress_callback is not None and raw_id in self._pending:
+            try:
+                self.progress_callback(raw_id, fraction, message or None)
+            except Exception:
+                log.exception("client %s: progress_callback for job %s raised", self.client_id, raw_id)
+
     def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes) -> None:
         with self._cond:
             if job_id in self._pending:
@@ -279,6 +303,12 @@ class ClientThread(threading.Thread):
                 return  # a duplicate (published and read from the list), or not ours
             self._failed_seen.pop(job_id, None)
         try:
+            try:
+                output, body = unframe_outcome(body)
+            except Corrupt as exc:
+                return self._deliver_error(job_id, generation, RemoteError(job_id, "corrupt", str(exc), str(exc)))
+            if output and self.forward_output:
+                self._print_output(job_id, output)
             if kind == b"ok":
                 self._deliver_result(job_id, generation, body)
             else:
@@ -288,6 +318,13 @@ class ClientThread(threading.Thread):
             with self._cond:
                 self._cond.notify_all()
 
+    @staticmethod
+    def _print_output(job_id: str, output: str) -> None:
+        """A job's captured stdout/stderr, each line prefixed with its job id."""
+        lines = output.splitlines()
+        sys.stdout.write("".join(f"[{job_id}] {line}\n" for line in lines))
+        sys.stdout.flush()
+
     def _deliver_result(self, job_id: str, generation: int, body: bytes) -> None:
         try:
             result = cloudpickle.loads(self._signer.open(RESULT, body))
@@ -296,10 +333,12 @@ class ClientThread(threading.Thread):
         except Exception as exc:
             error = f"result could not be decoded: {type(exc).__name__}: {exc}"
             return self._deliver_error(job_id, generation, RemoteError(job_id, "corrupt", error, traceback.format_exc()))
+        self.done_count += 1
         if self.callback is not None:
             self._call_user(self.callback, job_id, result)
 
     def _deliver_error(self, job_id: str, generation: int, error: RemoteError) -> None:
+        self.failed_count += 1
         with self._cond:
             self._failed_seen[job_id] = generation
             if self.error_callback is None and self._first_error is None:

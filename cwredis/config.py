@@ -54,6 +54,12 @@ MAX_PREFETCH = 32
 RECORD_DELAY_S = 0.002
 MAX_RECORD_BATCH = 256
 
+#: How often a worker passes on jobs' progress reports, at most.
+PROGRESS_INTERVAL_S = 0.2
+
+#: How much of a failed job's output is kept with it for ``cw-admin show``.
+FAILED_OUTPUT_TAIL_BYTES = 4096
+
 #: Default queue, attempts and URL, as the contract fixes them.
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3

@@ -27,7 +27,7 @@ from .connection import Reconnector, connect, describe, is_transient, setup_logg
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
-from .serialization import encode_error
+from .serialization import encode_error, frame_outcome
 from .server import EmbeddedServer, ensure_secret, write_private
 
 log = logging.getLogger("cwredis.coordinator")
@@ -55,7 +55,7 @@ class Coordinator:
         self._keys = keys
         self._redis = connect(url, "coordinator")
         self._scripts = Scripts(self._redis, keys)
-        self._lost_body = encode_error("lost", LOST_ERROR, LOST_TRACEBACK)
+        self._lost_body = frame_outcome("", encode_error("lost", LOST_ERROR, LOST_TRACEBACK))
 
     def publish_settings(self) -> None:
         """Tell workers the lease timeout (they renew every third of it)."""

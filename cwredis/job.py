@@ -17,7 +17,7 @@ State machine (every arrow is one Lua script in ``cwredis/lua``)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 # Field names of the job hash (kept short: see the module docstring).
@@ -32,6 +32,8 @@ GENERATION = "g"
 REASON = "r"
 ERROR = "x"
 TRACEBACK = "tb"
+OUTPUT = "o"  # output tail of a failed job
+PROGRESS = "pg"  # latest "fraction message" a running job reported
 
 # Field names of the spec hash.
 SPEC_CLIENT = "c"
@@ -39,6 +41,7 @@ SPEC_QUEUE = "q"
 SPEC_ENV = "e"
 SPEC_TIMEOUT = "t"
 SPEC_MAX_ATTEMPTS = "m"
+SPEC_FORWARD_OUTPUT = "o"
 
 # Field names of a blob hash.
 BLOB_DATA = "b"
@@ -89,7 +92,8 @@ class JobRecord:
     reason: str | None = None
     error: str | None = None
     traceback: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    output: str | None = None
+    progress: str | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, fields: Mapping[bytes | str, bytes | str]) -> "JobRecord":
@@ -107,6 +111,8 @@ class JobRecord:
             reason=_text(text.get(REASON)),
             error=_text(text.get(ERROR)),
             traceback=_text(text.get(TRACEBACK)),
+            output=_text(text.get(OUTPUT)),
+            progress=_text(text.get(PROGRESS)),
         )
 
 
@@ -119,6 +125,7 @@ class Spec:
     env: str
     timeout_s: float | None
     max_attempts: int
+    forward_output: bool = False
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -127,6 +134,7 @@ class Spec:
             SPEC_ENV: self.env,
             SPEC_TIMEOUT: "" if self.timeout_s is None else repr(float(self.timeout_s)),
             SPEC_MAX_ATTEMPTS: str(self.max_attempts),
+            SPEC_FORWARD_OUTPUT: "1" if self.forward_output else "0",
         }
 
     @classmethod
@@ -141,6 +149,7 @@ class Spec:
                 env=text[SPEC_ENV],
                 timeout_s=float(timeout) if timeout else None,
                 max_attempts=int(text[SPEC_MAX_ATTEMPTS]),
+                forward_output=text.get(SPEC_FORWARD_OUTPUT) == "1",
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"bad job spec: {exc!r}") from None

@@ -65,6 +65,7 @@ class Completion:
     reason: str = ""
     error: str = ""
     traceback: str = ""
+    output: str = ""  # tail kept with a failed job
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Scripts:
     """The Lua transitions, registered on one Redis client."""
 
     NAMES = (
-        "submit", "claim", "heartbeat", "complete", "requeue", "requeue_expired",
+        "submit", "claim", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
     )
 
@@ -104,7 +105,7 @@ class Scripts:
         *,
         queue: str,
         spec_digest: str,
-        spec_fields: Sequence[str] | None,
+        spec_fields: dict[str, str] | None,
         fn_digest: str,
         fn_blob: bytes | None,
         fn_name: str,
@@ -119,7 +120,8 @@ class Scripts:
         keys += [self.keys.job(job_id) for job_id, _ in jobs]
         args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms]
         if spec_fields is not None and fn_blob is not None and env_blob is not None:
-            args += ["1", *spec_fields, fn_blob, fn_name, env_blob]
+            args += ["1", fn_blob, fn_name, env_blob, len(spec_fields)]
+            args += [item for pair in spec_fields.items() for item in pair]
         else:
             args.append("0")
         for job_id, blob in jobs:
@@ -168,8 +170,16 @@ class Scripts:
         for c in outcomes:
             keys += [self.keys.job(c.id), self.keys.results(c.client), self.keys.result_seq(c.client)]
             args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback,
-                     self.keys.channel(c.client) if c.client else ""]
+                     self.keys.channel(c.client) if c.client else "", c.output]
         return self._run("complete", client, keys, args)
+
+    def progress(self, client: Any, *, job_id: str, token: str, client_id: str, fraction: float,
+                 message: str | None) -> Any:
+        """Store and publish a running job's progress; 0 if the attempt no longer owns the job."""
+        text = f"{fraction:.4f} {message or ''}".rstrip()
+        published = f"P\n{job_id}\n{fraction:.4f}\n{message or ''}"
+        return self._run("progress", client, [self.keys.job(job_id)],
+                         [token, text, self.keys.channel(client_id), published])
 
     def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None) -> Any:
         """Give back owned jobs (retry after a timeout, or release on a hard stop); flags per job."""

@@ -149,6 +149,24 @@ def error_line(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
 
 
+def frame_outcome(output: str, payload: bytes) -> bytes:
+    """An outcome body: the job's captured output, then the result or error payload."""
+    raw = output.encode("utf-8", "replace")
+    return b"%d\n" % len(raw) + raw + payload
+
+
+def unframe_outcome(body: bytes) -> tuple[str, bytes]:
+    """Inverse of frame_outcome; Corrupt if the framing is broken."""
+    size, sep, rest = body.partition(b"\n")
+    try:
+        n = int(size)
+    except ValueError:
+        raise Corrupt("outcome framing is broken") from None
+    if not sep or n < 0 or n > len(rest):
+        raise Corrupt("outcome framing is broken")
+    return rest[:n].decode("utf-8", "replace"), rest[n:]
+
+
 def encode_error(reason: str, error: str, tb: str) -> bytes:
     """Body of a failed job's outcome entry."""
     return json.dumps({"reason": reason, "error": error, "traceback": tb}).encode()

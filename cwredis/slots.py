@@ -42,7 +42,7 @@ class Running:
         """The child's "run" message; function and environment only if the child lacks them."""
         fn_digest, env_digest = self.claimed.function, self.spec.env
         message = ("run", self.claimed.id, fn_digest, None if fn_digest in slot.functions else self.function,
-                   self.args, env_digest, None if slot.env == env_digest else self.env)
+                   self.args, env_digest, None if slot.env == env_digest else self.env, self.spec.forward_output)
         slot.functions.add(fn_digest)
         slot.env = env_digest
         return message

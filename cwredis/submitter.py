@@ -8,7 +8,9 @@ its pickled arguments and two digests. That keeps a queued no-op job small.
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
@@ -30,7 +32,8 @@ class Submitter:
     """Queues jobs for one client; every method returns once the jobs are durable."""
 
     def __init__(self, client: redis.Redis, scripts: Scripts, keys: Keys, signer: Signer, reconnector: Reconnector,
-                 *, client_id: str, queue: str, timeout_s: float | None, max_attempts: int) -> None:
+                 *, client_id: str, queue: str, timeout_s: float | None, max_attempts: int,
+                 forward_output: bool = False) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if timeout_s is not None and timeout_s <= 0:
@@ -46,18 +49,20 @@ class Submitter:
         self._queue = queue
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
+        self._forward_output = forward_output
         # Digests of records this submitter has stored; submit.lua reports a
         # missing one (expired, or lost in a server restart) and we resend.
         self._stored: set[str] = set()
-        self._env_cache: tuple[bytes, bytes, str] | None = None  # raw env, sealed, digest
+        self._env_cache: tuple[tuple[str, tuple[str, ...]], bytes, str] | None = None  # (cwd, path), sealed, digest
         self._lock = threading.Lock()
 
     def _env(self) -> tuple[bytes, str]:
-        raw = capture_env()
+        """The sealed environment and its digest, recomputed only when cwd or sys.path changed."""
+        current = (os.getcwd(), tuple(sys.path))
         cached = self._env_cache
-        if cached is None or cached[0] != raw:
-            sealed = self._signer.seal(ENV, raw)
-            cached = self._env_cache = (raw, sealed, digest(sealed))
+        if cached is None or cached[0] != current:
+            sealed = self._signer.seal(ENV, capture_env())
+            cached = self._env_cache = (current, sealed, digest(sealed))
         return cached[1], cached[2]
 
     def prepare_function(self, fn: Callable[..., Any]) -> tuple[bytes, str, str]:
@@ -72,15 +77,16 @@ class Submitter:
         """Store ``jobs`` (id, sealed args) of one function durably, in batches, retrying through outages."""
         fn_blob, fn_digest, fn_name = prepared
         env_blob, env_digest = self._env()
-        spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts)
-        spec_fields = list(spec.to_hash().values())
-        spec_digest = digest("\0".join(spec_fields).encode())
+        spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
+                        self._forward_output)
+        spec_fields = spec.to_hash()
+        spec_digest = digest("\0".join(f"{k}={v}" for k, v in sorted(spec_fields.items())).encode())
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
             self._reconnector.call(lambda: self._submit_batch(
                 spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch))
 
-    def _submit_batch(self, spec_digest: str, spec_fields: list[str], fn_digest: str, fn_blob: bytes,
+    def _submit_batch(self, spec_digest: str, spec_fields: dict[str, str], fn_digest: str, fn_blob: bytes,
                       fn_name: str, env_digest: str, env_blob: bytes, batch: Sequence[tuple[str, bytes]]) -> None:
         known = {spec_digest, fn_digest, env_digest} <= self._stored
         for send_records in ((False, True) if known else (True,)):

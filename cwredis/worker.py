@@ -41,7 +41,7 @@ from .connection import Reconnector, connect, describe, is_transient, setup_logg
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, Completion, Requeue, Scripts
-from .serialization import ARGS, Corrupt, Rejected, Signer, encode_error
+from .serialization import ARGS, RESULT, Corrupt, Rejected, Signer, encode_error, frame_outcome
 from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
@@ -89,6 +89,9 @@ class Worker:
         self._needs_reconcile = False
         self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
         self._first_unsent = 0.0  # when the oldest unsent outcome was produced
+        # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
+        self._progress: dict[str, tuple[Running, float, str | None]] = {}
+        self._progress_sent = 0.0
         self.jobs_done = 0
 
     # -- signals ---------------------------------------------------------------
@@ -159,6 +162,8 @@ class Worker:
             self._enforce_timeouts()
             if self._should_record():
                 self._record(claim_more=True)
+            if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
+                self._send_progress()
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
         deadlines = [d for s in busy if s.jobs and (d := s.jobs[0].deadline) is not None]
@@ -199,14 +204,18 @@ class Worker:
 
     def _collect(self, slot: Slot) -> int:
         """Read the outcomes the child has ready (or notice it died); returns how many attempts ended."""
-        ended = 0
+        ended = read = 0
         while slot.sent and slot.outbox is not None:
             try:
-                if ended and not slot.outbox.poll():
+                if read and not slot.outbox.poll():
                     break
                 message = slot.outbox.recv()
             except (EOFError, OSError):
                 message = None
+            read += 1
+            if message is not None and message[0] == "progress":
+                self._progress[message[1]] = (slot.jobs[0], message[2], message[3])
+                continue
             with self._lock:
                 running = slot.jobs.popleft()
                 slot.sent -= 1
@@ -222,10 +231,10 @@ class Worker:
                 self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
                 break
             if message[0] == "ok":
-                self._outcome(running, "ok", message[2])
+                self._outcome(running, "ok", message[2], output=message[3])
             else:
-                _, _, reason, error, tb = message
-                self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb)
+                _, _, reason, error, tb, output = message
+                self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb, output)
             if slot.jobs:
                 slot.jobs[0].started = now
         self._pump(slot)
@@ -236,14 +245,18 @@ class Worker:
         slot.close_pipes()
         slot.spawn()
 
-    def _outcome(self, running: Running, kind: str, body: bytes, reason: str = "", error: str = "",
-                 tb: str = "") -> None:
+    def _outcome(self, running: Running, kind: str, payload: bytes, reason: str = "", error: str = "",
+                 tb: str = "", output: str = "") -> None:
+        """Queue an attempt's outcome for recording; the client gets ``output`` printed with it."""
         claimed, spec = running.claimed, running.spec
         if kind == "ok":
-            body = self._signer.seal(b"result", body)
+            payload = self._signer.seal(RESULT, payload)
         if not self._unsent_outcomes:
             self._first_unsent = time.monotonic()
-        self._unsent_outcomes.append(Completion(claimed.id, claimed.token, spec.client, kind, body, reason, error, tb))
+        self._progress.pop(claimed.id, None)
+        tail = output[-config.FAILED_OUTPUT_TAIL_BYTES:] if kind == "err" else ""
+        self._unsent_outcomes.append(Completion(claimed.id, claimed.token, spec.client, kind,
+                                                frame_outcome(output, payload), reason, error, tb, tail))
 
     def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
         """An attempt was cut short: try again if attempts remain, else fail with ``reason``."""
@@ -311,6 +324,21 @@ class Worker:
             self._log_refused(outcomes, replies[0], "outcome")
         if want:
             self._assign_claimed(replies[-1])
+
+    def _send_progress(self) -> None:
+        """Pass the latest progress of running jobs to their clients (best effort: never retried)."""
+        reports, self._progress = self._progress, {}
+        self._progress_sent = time.monotonic()
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, (running, fraction, message) in reports.items():
+            self._scripts.progress(pipe, job_id=job_id, token=running.claimed.token, client_id=running.spec.client,
+                                   fraction=fraction, message=message)
+        try:
+            pipe.execute()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.debug("progress reports dropped: %s", describe(exc))
 
     def _hunger(self) -> int:
         """How many more jobs the slots not waiting on the fetcher can take."""

@@ -2,7 +2,7 @@
 -- attempt still owns its job (fencing), and wake the submitting clients.
 -- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
---       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel
+--       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel, output_tail
 -- An outcome entry is "seq\njob_id\ngeneration\nkind\nbody"; seq numbers a
 -- client's entries so it can trim exactly what it consumed. The entry is also
 -- published (or, above publish_max_bytes, just its header with kind 'big'), so
@@ -19,19 +19,19 @@ local a, n = 5, 0
 for k = 4, #KEYS, 3 do
   local job, results, seq_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local reason, err, tb, channel = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-  a = a + 8
+  local reason, err, tb, channel, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
+  a = a + 9
   n = n + 1
   local f = redis.call('HMGET', job, 's', 'k', 'g')
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     if kind == 'ok' then
       redis.call('HSET', job, 's', 'done')
-      redis.call('HDEL', job, 'a', 'w')
+      redis.call('HDEL', job, 'a', 'w', 'pg')
       redis.call('PEXPIRE', job, done_ttl)
       redis.call('HINCRBY', stats, 'done', 1)
     else
-      redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb)
+      redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb, 'o', output)
       redis.call('HDEL', job, 'w')
       redis.call('ZADD', failed, now, job_id)
       redis.call('HINCRBY', stats, 'failed', 1)

@@ -1,8 +1,7 @@
 -- submit.lua: make a batch of jobs durable and queue them, in one atomic step.
 -- KEYS: queue, spec, fn_blob, env_blob, job_1 .. job_n
 -- ARGV: spec_digest, fn_digest, blob_ttl_ms, has_blobs,
---       [if has_blobs: spec_client, spec_queue, spec_env, spec_timeout, spec_max_attempts,
---        fn_blob, fn_name, env_blob],
+--       [if has_blobs: fn_blob, fn_name, env_blob, n, then n spec field/value pairs],
 --       then per job: job_id, args_blob
 -- Returns the number of jobs queued, or -1 (nothing written) when the spec or a
 -- blob is missing and the caller did not send it (send it and call again).
@@ -12,10 +11,11 @@ local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl = tonumber(ARGV[3])
 local i = 5
 if ARGV[4] == '1' then
-  redis.call('HSET', spec_key, 'c', ARGV[5], 'q', ARGV[6], 'e', ARGV[7], 't', ARGV[8], 'm', ARGV[9])
-  redis.call('HSET', fn_key, 'b', ARGV[10], 'n', ARGV[11])
-  redis.call('HSET', env_key, 'b', ARGV[12])
-  i = 13
+  redis.call('HSET', fn_key, 'b', ARGV[5], 'n', ARGV[6])
+  redis.call('HSET', env_key, 'b', ARGV[7])
+  local n = tonumber(ARGV[8])
+  redis.call('HSET', spec_key, unpack(ARGV, 9, 8 + 2 * n))
+  i = 9 + 2 * n
 elseif redis.call('EXISTS', spec_key) == 0 or redis.call('EXISTS', fn_key) == 0
     or redis.call('EXISTS', env_key) == 0 then
   return -1

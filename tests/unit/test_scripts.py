@@ -34,7 +34,7 @@ def s(r):
 
 
 def submit(s, r, *job_ids, spec=SPEC, send_records=True):
-    fields = list(spec.to_hash().values())
+    fields = spec.to_hash()
     return s.submit(r, queue=spec.queue, spec_digest="sp1", spec_fields=fields if send_records else None,
                     fn_digest="fn1", fn_blob=b"Ufn" if send_records else None, fn_name="m.f",
                     env_digest="e1", env_blob=b"Uenv" if send_records else None,
