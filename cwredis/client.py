@@ -25,7 +25,7 @@ from typing import Any, Callable
 import cloudpickle
 import redis
 
-from . import config
+from . import config, progressbar
 from .connection import Reconnector, connect, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
@@ -148,21 +148,33 @@ class ClientThread(threading.Thread):
         with self._cond:
             return len(self._pending)
 
-    def wait(self, timeout: float | None = None) -> None:
+    def wait(self, timeout: float | None = None, *, progress: bool | str = False) -> None:
         """Return when every job submitted so far has finished; TimeoutError if ``timeout`` passes first.
 
         Without an error_callback, raise the first RemoteError seen (once).
+        ``progress=True`` shows a live bar on a terminal (``"always"``: anywhere).
         """
         if not self.is_alive() and not self._stop_event.is_set():
             self.start()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(self._pending)} job(s) still unfinished after {timeout}s")
-                self._cond.wait(remaining if remaining is not None else 1.0)
-            error, self._first_error = self._first_error, None
+        bar = None
+        if progressbar.wanted(progress):
+            bar = progressbar.ProgressBar(self._redis, self._keys, self.outstanding)
+            base = (self.done_count, self.failed_count)
+        try:
+            with self._cond:
+                while self._pending:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"{len(self._pending)} job(s) still unfinished after {timeout}s")
+                    self._cond.wait(min(remaining, 0.2) if remaining is not None else 0.2)
+                    if bar is not None:
+                        bar.update(self.done_count - base[0], self.failed_count - base[1])
+                error, self._first_error = self._first_error, None
+        finally:
+            if bar is not None:
+                bar.update(self.done_count - base[0], self.failed_count - base[1])
+                bar.close()
         if error is not None:
             raise error
 

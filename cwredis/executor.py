@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from . import config
+from . import config, progressbar
 from .client import ClientThread
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
@@ -82,13 +82,14 @@ class Executor(concurrent.futures.Executor):
         return self._submit_many(fn, [(args, kwargs)])[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int = 1, progress: bool | str = False) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``, submitting lazily in pipelined batches.
 
         At most ``config.MAP_WINDOW`` jobs are submitted ahead of what the
         caller has consumed, so mapping over a huge generator keeps memory
         bounded. The first window is submitted before this returns.
         A failed element raises its RemoteError when iteration reaches it.
+        ``progress=True`` shows a live bar on a terminal (``"always"``: anywhere).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
@@ -113,19 +114,56 @@ class Executor(concurrent.futures.Executor):
                 for future in self._submit_many(func, batch_calls):
                     queued.append((future, is_chunk))
 
+        counts = [0, 0]  # items done, failed (chunks count their items)
+        bar = None
+        if progressbar.wanted(progress):
+            sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+            bar = progressbar.ProgressBar(self._client._redis, self._client._keys,
+                                          min(sizes) if len(sizes) == len(iterables) else None)
+
+        def count(items: int) -> Callable[[concurrent.futures.Future[Any]], None]:
+            def done(future: concurrent.futures.Future[Any]) -> None:
+                counts[1 if future.exception() is not None else 0] += items
+            return done
+
+        def refill() -> None:
+            while len(queued) < window:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                func, batch_calls, is_chunk = batch
+                for future, (call_args, _) in zip(self._submit_many(func, batch_calls), batch_calls):
+                    if bar is not None:
+                        future.add_done_callback(count(len(call_args[1]) if is_chunk else 1))
+                    queued.append((future, is_chunk))
+
+        def result_of(future: concurrent.futures.Future[Any]) -> Any:
+            while bar is not None and not future.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                concurrent.futures.wait([future], timeout=0.2)
+                bar.update(*counts)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            return future.result(remaining)
+
         refill()
 
         def results() -> Iterator[Any]:
-            while queued:
-                future, is_chunk = queued.popleft()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                value = future.result(remaining)
-                if len(queued) < window // 2:
-                    refill()
-                if is_chunk:
-                    yield from value
-                else:
-                    yield value
+            try:
+                while queued:
+                    future, is_chunk = queued.popleft()
+                    value = result_of(future)
+                    if bar is not None:
+                        bar.update(*counts)
+                    if len(queued) < window // 2:
+                        refill()
+                    if is_chunk:
+                        yield from value
+                    else:
+                        yield value
+            finally:
+                if bar is not None:
+                    bar.close()
 
         return results()
 

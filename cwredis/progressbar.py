@@ -1,0 +1,71 @@
+"""The live progress bar of ``Executor.map(progress=True)`` and ``ClientThread.wait(progress=True)``.
+
+It shows jobs done and failed, the rate and the ETA (tqdm), plus how many
+jobs are running on the whole cluster, read from Redis at most once a second.
+``progress=True`` shows it when stderr is a terminal; ``progress="always"``
+shows it anyway (e.g. in a log file).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import redis
+from tqdm import tqdm
+
+from .keys import Keys
+
+#: Seconds between reads of the cluster's running count.
+RUNNING_REFRESH_S = 1.0
+
+
+def wanted(progress: bool | str | None) -> bool:
+    """Whether a bar should be shown for this ``progress`` argument."""
+    if progress == "always":
+        return True
+    return bool(progress) and sys.stderr.isatty()
+
+
+class ProgressBar:
+    """A tqdm bar over ``total`` jobs (None: unknown) with done/failed/running counters."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, total: int | None, description: str = "jobs") -> None:
+        self._redis = client
+        self._keys = keys
+        self._bar: Any = tqdm(total=total, desc=description, unit="job", dynamic_ncols=True, file=sys.stderr)
+        self._done = self._failed = 0
+        self._running: int | None = None
+        self._running_read = 0.0
+
+    def update(self, done: int, failed: int) -> None:
+        """Move the bar to ``done + failed`` finished jobs."""
+        advance = (done + failed) - (self._done + self._failed)
+        self._done, self._failed = done, failed
+        now = time.monotonic()
+        if now - self._running_read >= RUNNING_REFRESH_S:
+            self._running_read = now
+            self._running = self._read_running()
+        postfix = {"done": done, "failed": failed}
+        if self._running is not None:
+            postfix["running"] = self._running
+        self._bar.set_postfix(postfix, refresh=False)
+        if advance > 0:
+            self._bar.update(advance)
+        else:
+            self._bar.refresh()
+
+    def _read_running(self) -> int | None:
+        """Jobs running on the cluster now (all clients): the live workers' in-flight lists."""
+        try:
+            workers = self._redis.zrangebyscore(self._keys.workers, "-inf", "+inf")
+            pipe = self._redis.pipeline(transaction=False)
+            for worker_id in workers:
+                pipe.llen(self._keys.inflight(worker_id.decode()))
+            return int(sum(pipe.execute()))
+        except (redis.ConnectionError, redis.TimeoutError):
+            return None
+
+    def close(self) -> None:
+        self._bar.close()
