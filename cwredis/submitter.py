@@ -24,8 +24,8 @@ from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dum
 
 
 def new_job_id() -> str:
-    """16 URL-safe characters: unique without coordination."""
-    return secrets.token_urlsafe(12)
+    """14 URL-safe characters (80 random bits): unique without coordination."""
+    return secrets.token_urlsafe(10)
 
 
 class Submitter:

@@ -29,8 +29,9 @@ for k = 5, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
   i = i + 2
   if redis.call('EXISTS', KEYS[k]) == 0 then
-    redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args,
-               'n', 0, 'k', 0, 'g', 0)
+    -- Attempts (n), token (k) and generation (g) start absent, read as 0:
+    -- a queued job's memory is mostly field names.
+    redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args)
     redis.call('LPUSH', queue, job_id)
     queued = queued + 1
   end
