@@ -8,6 +8,7 @@ its pickled arguments and two digests. That keeps a queued no-op job small.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import sys
@@ -24,8 +25,8 @@ from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dum
 
 
 def new_job_id() -> str:
-    """14 URL-safe characters (80 random bits): unique without coordination."""
-    return secrets.token_urlsafe(10)
+    """16 characters of [a-z2-7] (80 random bits): unique without coordination, never starting with '-'."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
 
 
 class Submitter:
