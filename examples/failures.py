@@ -37,7 +37,7 @@ def main() -> None:
             lock.notify_all()
 
     def on_error(jobid: str, error: cwredis.RemoteError) -> None:
-        print(f"{jobid} failed ({error.reason}): {error}")
+        print(error)  # "job ID failed (REASON): TYPE: MESSAGE"
         with lock:
             failed.append(jobid)
             lock.notify_all()
