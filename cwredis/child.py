@@ -171,7 +171,8 @@ class JobRunner:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
             # tb_next: start the traceback at the user's function, not at this frame.
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
             return ("err", job_id, "exception", error_line(exc), text)
         try:
             return ("ok", job_id, cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))

@@ -67,7 +67,9 @@ class Coordinator:
             seconds, micros = self._redis.time()
             now_ms = seconds * 1000 + micros // 1000
         requeued = lost = 0
-        for raw in self._redis.zrangebyscore(self._keys.workers, "-inf", now_ms, start=0, num=100):
+        expired: list[bytes] = self._redis.zrangebyscore(  # type: ignore[assignment]
+            self._keys.workers, "-inf", now_ms, start=0, num=100)
+        for raw in expired:
             worker_id = raw.decode()
             r, lo = self._scripts.requeue_expired(
                 self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,

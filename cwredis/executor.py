@@ -105,15 +105,6 @@ class Executor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         queued: collections.deque[tuple[concurrent.futures.Future[Any], int]] = collections.deque()
 
-        def refill() -> None:
-            while len(queued) < window:
-                batch = next(batches, None)
-                if batch is None:
-                    return
-                func, batch_calls, is_chunk = batch
-                for future in self._submit_many(func, batch_calls):
-                    queued.append((future, is_chunk))
-
         counts = [0, 0]  # items done, failed (chunks count their items)
         bar = None
         if progressbar.wanted(progress):

@@ -59,7 +59,7 @@ class ProgressBar:
     def _read_running(self) -> int | None:
         """Jobs running on the cluster now (all clients): the live workers' in-flight lists."""
         try:
-            workers = self._redis.zrangebyscore(self._keys.workers, "-inf", "+inf")
+            workers: list[bytes] = self._redis.zrangebyscore(self._keys.workers, "-inf", "+inf")  # type: ignore[assignment]
             pipe = self._redis.pipeline(transaction=False)
             for worker_id in workers:
                 pipe.llen(self._keys.inflight(worker_id.decode()))

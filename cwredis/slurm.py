@@ -135,7 +135,7 @@ def state_file() -> Path:
 def read_state() -> dict[str, Any]:
     """The recorded job ids; SlurmError when no allocation was started from this home."""
     try:
-        state = json.loads(state_file().read_text())
+        state: dict[str, Any] = json.loads(state_file().read_text())
     except FileNotFoundError:
         raise SlurmError(f"no allocation recorded in {state_file()}: run `cw-slurm start` first") from None
     except ValueError as exc:
@@ -151,15 +151,22 @@ def write_state(state: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: a concurrent `status` never reads half a file
 
 
+def read_url() -> str:
+    """The content of ``$CWREDIS_HOME/url``, or "" while there is none (the coordinator writes it atomically)."""
+    try:
+        return config.url_file().read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def master_host() -> str:
     """The host of the URL in ``$CWREDIS_HOME/url``: the node running the coordinator.
 
     Kept from cluster-workers, where scripts used it to reach the master node.
     """
-    try:
-        url = config.url_file().read_text().strip()
-    except FileNotFoundError:
-        raise SlurmError(f"no {config.url_file()}: is the coordinator running?") from None
+    url = read_url()
+    if not url:
+        raise SlurmError(f"no {config.url_file()}: is the coordinator running?")
     host = urlsplit(url).hostname
     if not host:
         raise SlurmError(f"{config.url_file()} holds no host: {config.mask_url(url)}")
@@ -278,8 +285,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     write_state({"job": job_id, "worker_jobs": [], "log": log, "script_args": script_args})
     print(f"submitted job {job_id}; waiting for the coordinator ({log})", file=sys.stderr)
     deadline = time.monotonic() + args.wait
-    while not (url_file.exists() and url_file.read_text().strip()):
+    last_state = None
+    while not read_url():
         state = job_state(job_id)
+        if state != last_state:
+            print(f"job {job_id}: {state}", file=sys.stderr)
+            last_state = state
         if not is_active(state):
             raise SlurmError(f"job {job_id} ended ({state or 'gone'}) before the coordinator "
                              f"wrote {url_file}; see {log}")
@@ -287,14 +298,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             raise SlurmError(f"job {job_id} is {state}; no URL after {args.wait:g} s "
                              "(it stays queued; see `cw-slurm status`)")
         time.sleep(POLL_S)
-    print(config.mask_url(url_file.read_text().strip()))
+    print(config.mask_url(read_url()))
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Submit a worker-only job that finds the running coordinator through $CWREDIS_HOME/url."""
     state = read_state()
-    if not is_active(job_state(state["job"])) or not config.url_file().exists():
+    if not is_active(job_state(state["job"])) or not read_url():
         raise SlurmError(f"the coordinator job {state['job']} is not running: `cw-slurm start` first")
     script_args = ["--workers-only"]
     for queue in args.queue or _queues(state):
@@ -316,10 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Job states, masked URL and live workers (asked with ``cw-admin status``)."""
     state = read_state()
     main_state = job_state(state["job"])
-    try:
-        url = config.url_file().read_text().strip()
-    except FileNotFoundError:
-        url = ""
+    url = read_url()
     workers = live_workers(url) if url and is_active(main_state) else None
     report = {
         "job": state["job"],
@@ -428,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cw-slurm: -n must be at least 1", file=sys.stderr)
         return 1
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except SlurmError as exc:
         print(f"cw-slurm: {exc}", file=sys.stderr)
         return 1

@@ -514,8 +514,8 @@ class Worker:
         # BLMOVE, not BRPOP: the id lands in our in-flight list atomically, so if
         # we die before claim.lua runs, the coordinator's sweep of this worker
         # puts it back on its queue.
-        job_id = self._redis.blmove(self._keys.queue(queue), self._keys.inflight(self.worker_id), block_s,
-                                    "RIGHT", "LEFT")
+        job_id: bytes | None = self._redis.blmove(  # type: ignore[assignment]
+            self._keys.queue(queue), self._keys.inflight(self.worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         if job_id is None or self._stopping.is_set():
             # (A job taken while stopping stays in our in-flight list; _finish gives it back.)
             self._release(slot)
