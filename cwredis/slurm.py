@@ -186,8 +186,13 @@ def _slurm(argv: Sequence[str]) -> str:
         raise SlurmError(f"{argv[0]} did not answer within 60 s") from None
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit code {done.returncode}"]
-        raise SlurmError(f"{argv[0]}: {lines[0]}")
+        raise SlurmError(_prefixed(argv[0], lines[0]))
     return done.stdout
+
+
+def _prefixed(command: str, line: str) -> str:
+    """``line`` naming the command that printed it, once."""
+    return line if line.startswith(command) else f"{command}: {line}"
 
 
 def job_state(job_id: str) -> str | None:
@@ -246,7 +251,7 @@ def submit(ntasks: int, script_args: Sequence[str], args: argparse.Namespace, jo
         raise SlurmError("sbatch not found: is SLURM installed and on PATH?") from None
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        raise SlurmError(f"sbatch: {lines[-1]}")
+        raise SlurmError(_prefixed("sbatch", lines[-1]))
     return done.stdout.strip().split(";")[0]  # --parsable prints JOBID[;CLUSTER]
 
 
