@@ -232,3 +232,20 @@ def test_allocation_survives_a_lost_worker_and_stops_cleanly(slurm_home, tmp_pat
             recorded = json.loads((slurm_home / "slurm.json").read_text())
             for job in [recorded["job"], *recorded.get("worker_jobs", [])]:
                 subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def test_slurm_sweep_example_runs_end_to_end(slurm_home, tmp_path):
+    """examples/slurm_sweep.sh: start an allocation, sweep from the 'login node', stop; nothing left."""
+    out_file = tmp_path / "sweep.csv"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "CWREDIS_LOG_LEVEL": "WARNING"}
+    done = subprocess.run(["bash", str(REPO / "examples" / "slurm_sweep.sh"), "2", "--points", "3",
+                           "--out", str(out_file)], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr + job_logs(slurm_home)
+    assert "wrote 9 rows" in done.stdout
+    assert len(out_file.read_text().splitlines()) == 10
+    state = json.loads((slurm_home / "slurm.json").read_text())
+    for job_id in [state["job"], *state["worker_jobs"]]:
+        wait_for(lambda: not processes_of_job(job_id), timeout=30, message=f"job {job_id} left processes")
