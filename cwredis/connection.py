@@ -111,13 +111,13 @@ class Reconnector:
         log.warning("%s: reconnected to %s after %.1fs", self.role, self.url, seconds)
         return True
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until it works, riding out transient errors; raise once stopped."""
+    def call(self, fn: Callable[[], T], retry_if: Callable[[BaseException], bool] | None = None) -> T:
+        """Run ``fn`` until it works, riding out transient errors (those ``retry_if`` also accepts)."""
         while True:
             try:
                 result = fn()
             except Exception as exc:
-                if not is_transient(exc) or self.stop.is_set():
+                if not is_transient(exc) or self.stop.is_set() or (retry_if is not None and not retry_if(exc)):
                     raise
                 self.failed(exc)
                 continue

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from . import config, job
-from .connection import Reconnector
+from .connection import Reconnector, describe
+from .errors import CwredisError
 from .keys import Keys
 from .scripts import Scripts
 from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dumps_call, dumps_function, function_name
@@ -84,8 +85,13 @@ class Submitter:
         spec_digest = digest("\0".join(f"{k}={v}" for k, v in sorted(spec_fields.items())).encode())
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
-            self._reconnector.call(lambda: self._submit_batch(
-                spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch))
+            try:
+                self._reconnector.call(lambda: self._submit_batch(
+                    spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch),
+                    retry_if=lambda exc: not str(exc).startswith("OOM"))
+            except redis.ResponseError as exc:
+                raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued; "
+                                   "free memory on the server or raise its maxmemory") from None
 
     def _submit_batch(self, spec_digest: str, spec_fields: dict[str, str], fn_digest: str, fn_blob: bytes,
                       fn_name: str, env_digest: str, env_blob: bytes, batch: Sequence[tuple[str, bytes]]) -> None:
