@@ -13,11 +13,30 @@ The public API::
 
 from __future__ import annotations
 
-from .client import ClientThread
+from typing import TYPE_CHECKING, Any
+
 from .errors import CwredisError, RemoteError, SerializationError
-from .executor import Executor
 from .jobcontext import current_job_id, progress
-from .local import LocalCluster
+
+if TYPE_CHECKING:
+    from .client import ClientThread
+    from .executor import Executor
+    from .local import LocalCluster
+
+# Imported on first use, so a worker's job processes (which import cwredis
+# for cwredis.progress) start without loading the client side and redis-py.
+_LAZY = {"ClientThread": "client", "Executor": "executor", "LocalCluster": "local"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cwredis' has no attribute {name!r}")
+
 
 __all__ = ["ClientThread", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError",
            "current_job_id", "progress"]

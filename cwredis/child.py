@@ -9,6 +9,7 @@ Messages (multiprocessing Connection framing over two pipes)::
 
     in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture)
     out: ("progress", job_id, fraction, message | None)      any number, while the job runs
+         ("resend", job_id)    the function or environment was left out but is not held here
          ("ok", job_id, result_pickle, output)
          ("err", job_id, reason, error_line, traceback_text, output)
 
@@ -98,10 +99,9 @@ class JobRunner:
         self._warned_cwds: set[str] = set()
 
     def _apply_env(self, digest: str, env_json: bytes | None) -> None:
-        if digest == self._env_digest:
+        if digest == self._env_digest or env_json is None:
             return
-        if env_json is None:
-            raise Corrupt("environment record was not sent")
+        self._env_digest = None  # until this one is applied
         cwd, path = parse_env(env_json)
         if os.path.isdir(cwd):
             os.chdir(cwd)
@@ -121,8 +121,7 @@ class JobRunner:
         if fn is not None:
             self._functions.move_to_end(digest)
             return fn
-        if blob is None:
-            raise Corrupt("function was not sent")
+        assert blob is not None  # run() asked for a resend otherwise
         fn = cloudpickle.loads(blob)
         self._functions[digest] = fn
         if len(self._functions) > FUNCTION_CACHE_SIZE:
@@ -131,7 +130,11 @@ class JobRunner:
 
     def run(self, message: tuple[Any, ...], report: Callable[[str, float, str | None], None]) -> tuple[Any, ...]:
         """Run one job; the reply tuple ends with the captured output ('' without capture)."""
-        job_id, capture = message[1], message[7]
+        job_id, fn_digest, fn_blob, env_digest, env_json, capture = (message[1], message[2], message[3],
+                                                                      message[5], message[6], message[7])
+        if (fn_blob is None and fn_digest not in self._functions) or \
+                (env_json is None and env_digest != self._env_digest):
+            return ("resend", job_id)
         sink: list[str] = []
         jobcontext._enter(job_id, report)
         try:

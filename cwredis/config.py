@@ -60,6 +60,10 @@ PROGRESS_INTERVAL_S = 0.2
 #: How much of a failed job's output is kept with it for ``cw-admin show``.
 FAILED_OUTPUT_TAIL_BYTES = 4096
 
+#: Python's thread switch interval in the worker (default 5 ms): short, so the
+#: loop feeding the children is never held up long by the Redis-facing threads.
+WORKER_SWITCH_INTERVAL_S = 0.0005
+
 #: Default queue, attempts and URL, as the contract fixes them.
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3

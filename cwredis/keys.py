@@ -18,7 +18,8 @@ key                    type    holds
                                environment, timeout, max_attempts
 ``cw:blob:<digest>``   HASH    a pickled function or environment, stored once:
                                ``b`` the signed blob, ``n`` its display name
-``cw:inflight:<w>``    LIST    ids worker ``w`` has taken (claimed or about to)
+``cw:inflight:<w>``    LIST    ids worker ``w`` has claimed (or is claiming)
+``cw:taken:<w>``       LIST    ids worker ``w``'s blocking BLMOVE parked, not yet claimed
 ``cw:workers``         ZSET    worker id -> lease deadline (ms since epoch)
 ``cw:worker:<w>``      HASH    host, pid, queues, concurrency (for ``status``)
 ``cw:delayed``         ZSET    job id -> time (ms) it may start
@@ -59,6 +60,9 @@ class Keys:
 
     def inflight(self, worker_id: str) -> str:
         return self._key("inflight", worker_id)
+
+    def taken(self, worker_id: str) -> str:
+        return self._key("taken", worker_id)
 
     def worker(self, worker_id: str) -> str:
         return self._key("worker", worker_id)

@@ -132,13 +132,17 @@ class Scripts:
 
     def claim(
         self, client: Any, *, worker_id: str, queues: Sequence[str], lease_ms: int,
-        max_count: int, first_id: str = "", now_ms: int | None = None,
+        max_count: int, now_ms: int | None = None,
     ) -> Any:
-        """Start attempts on up to ``max_count`` jobs (renewing the lease); parse with :meth:`parse_claim`."""
+        """Start attempts on up to ``max_count`` jobs, oldest taken first (renewing the lease).
+
+        Parse the reply with :meth:`parse_claim`.
+        """
         return self._run(
             "claim", client,
-            [self.keys.inflight(worker_id), self.keys.workers, *(self.keys.queue(q) for q in queues)],
-            [worker_id, lease_ms, max_count, first_id, self._job_prefix, _clock(now_ms)],
+            [self.keys.workers, self.keys.inflight(worker_id), self.keys.taken(worker_id),
+             *(self.keys.queue(q) for q in queues)],
+            [worker_id, lease_ms, max_count, self._job_prefix, _clock(now_ms)],
         )
 
     def heartbeat(self, client: Any, *, worker_id: str, lease_ms: int, info: dict[str, str],
@@ -157,7 +161,7 @@ class Scripts:
                     int(rows[i + 5]), int(rows[i + 6] or 0))
             for i in range(0, len(rows), 7)
         ]
-        return claimed, [_text(d) for d in dropped]
+        return claimed, [d.decode("utf-8", "replace") if isinstance(d, bytes) else str(d) for d in dropped]
 
     def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
                  result_ttl_ms: int, publish_max_bytes: int = 8192, now_ms: int | None = None) -> Any:
@@ -194,7 +198,8 @@ class Scripts:
         """Give back in-flight ids this worker is not running (all but ``keep``)."""
         return int(self._run(
             "release_inflight", client,
-            [self.keys.inflight(worker_id), self.keys.workers, self.keys.worker(worker_id)],
+            [self.keys.inflight(worker_id), self.keys.workers, self.keys.worker(worker_id),
+             self.keys.taken(worker_id)],
             [worker_id, "1" if unregister else "0", self._job_prefix, self._spec_prefix,
              self._queue_prefix, *keep],
         ))
@@ -208,7 +213,7 @@ class Scripts:
         requeued, lost = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
-             self.keys.failed, self.keys.stats],
+             self.keys.failed, self.keys.stats, self.keys.taken(worker_id)],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
              self._channel_prefix, self._seq_prefix],

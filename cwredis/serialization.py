@@ -18,7 +18,6 @@ import hmac
 import json
 import os
 import pickle
-import pickletools
 import sys
 import traceback
 from typing import Any, Callable
@@ -31,9 +30,6 @@ FUNCTION = b"fn"
 ARGS = b"args"
 ENV = b"env"
 RESULT = b"result"
-
-#: Pickles below this size are optimized (pickletools) before being queued.
-SMALL_PICKLE_BYTES = 1024
 
 _SIGNED = b"S"
 _UNSIGNED = b"U"
@@ -114,14 +110,9 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """cloudpickle ``(args, kwargs)``; on failure, name the argument that cannot be pickled.
-
-    Small calls are optimized (pickletools drops the frame header and unused
-    memo entries: a queued job's arguments often shrink by a third).
-    """
+    """cloudpickle ``(args, kwargs)``; on failure, name the argument that cannot be pickled."""
     try:
-        data = cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        return pickletools.optimize(data) if len(data) < SMALL_PICKLE_BYTES else data
+        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         for index, arg in enumerate(args):
             try:

@@ -1,14 +1,10 @@
 """A worker's child processes: one slot per unit of ``--concurrency``.
 
-Each slot owns a long-lived ``python -m cwredis.child`` process and two pipes.
-The slot remembers which functions and which environment its child already
-holds, so those are sent once per child, not once per job.
-
-A slot runs one job at a time, but for short jobs it may hold a few more,
-already claimed, in ``jobs`` (a FIFO whose head is running): the child then
-starts the next one the moment it finishes, without waiting for a round trip
-to Redis. Small ones are written into the child's pipe ahead of time; the
-rest stay here, so a stopping worker can still hand them back unrun.
+Each slot owns a long-lived ``python -m cwredis.child`` process and two pipes,
+and runs one job at a time (``job``). The slot remembers which functions and
+which environment its child already holds, so those are sent once per child,
+not once per job; if the child says it lacks one (it evicted it, or failed
+to load it), the job is sent again in full.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -52,19 +47,12 @@ class Running:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
 
-#: A job is written into a child's pipe ahead of time only if its arguments are
-#: this small (a pipe holds 64 KiB; a full one would block the worker's loop).
-MAX_SEND_AHEAD_BYTES = 4096
-
-
 class Slot:
-    """One child process, the attempts assigned to it (``jobs``, head running) and how many were sent."""
+    """One child process and the attempt it runs (``job``), if any."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.jobs: deque[Running] = deque()
-        self.sent = 0
-        self.reserved = False  # the fetcher is waiting for a job for this slot
+        self.job: Running | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.inbox: Connection | None = None  # we write jobs here
         self.outbox: Connection | None = None  # we read outcomes here
@@ -87,15 +75,20 @@ class Slot:
         self.outbox = Connection(out_r, writable=False)
         self.functions = set()
         self.env = None
-        self.sent = 0
 
-    @property
-    def is_idle(self) -> bool:
-        return not self.jobs and not self.reserved
+    def start(self, running: Running) -> None:
+        """Hand ``running`` to the child; its timeout counts from now."""
+        self.job = running
+        running.started = time.monotonic()
+        try:
+            self.send(running.message(self))
+        except (OSError, ValueError, AssertionError):
+            pass  # the child died: the worker's loop sees its pipe close and retries the job
 
-    @property
-    def running(self) -> Running | None:
-        return self.jobs[0] if self.jobs and self.sent else None
+    def forget_cache(self) -> None:
+        """The child lacks something we thought it held: send everything next time."""
+        self.functions = set()
+        self.env = None
 
     def send(self, message: tuple[Any, ...]) -> None:
         assert self.inbox is not None

@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
@@ -56,6 +57,8 @@ class Submitter:
         # missing one (expired, or lost in a server restart) and we resend.
         self._stored: set[str] = set()
         self._env_cache: tuple[tuple[str, tuple[str, ...]], bytes, str] | None = None  # (cwd, path), sealed, digest
+        self._specs: dict[str, tuple[dict[str, str], str]] = {}  # env digest -> spec fields, spec digest
+        self._by_reference: weakref.WeakKeyDictionary[Any, tuple[bytes, str, str]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def _env(self) -> tuple[bytes, str]:
@@ -67,10 +70,32 @@ class Submitter:
             cached = self._env_cache = (current, sealed, digest(sealed))
         return cached[1], cached[2]
 
+    def _spec(self, env_digest: str) -> tuple[dict[str, str], str]:
+        """The spec hash for jobs submitted in this environment, and its content digest."""
+        cached = self._specs.get(env_digest)
+        if cached is None:
+            spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
+                            self._forward_output)
+            fields = spec.to_hash()
+            cached = self._specs[env_digest] = (
+                fields, digest("\0".join(f"{k}={v}" for k, v in sorted(fields.items())).encode()))
+        return cached
+
     def prepare_function(self, fn: Callable[..., Any]) -> tuple[bytes, str, str]:
-        """Pickle and seal ``fn`` once: (sealed blob, digest, display name)."""
-        sealed = self._signer.seal(FUNCTION, dumps_function(fn))
-        return sealed, digest(sealed), function_name(fn)
+        """Pickle and seal ``fn``: (sealed blob, digest, display name).
+
+        A function importable by name pickles as a reference, which cannot go
+        stale, so that is cached; anything else (``__main__`` functions,
+        closures, lambdas) is pickled by value on every call, so it carries
+        the globals and closure values of the moment it was submitted.
+        """
+        cached = self._by_reference.get(fn) if _importable(fn) else None
+        if cached is None:
+            sealed = self._signer.seal(FUNCTION, dumps_function(fn))
+            cached = (sealed, digest(sealed), function_name(fn))
+            if _importable(fn):
+                self._by_reference[fn] = cached
+        return cached
 
     def seal_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         return self._signer.seal(ARGS, dumps_call(fn, args, kwargs))
@@ -79,10 +104,7 @@ class Submitter:
         """Store ``jobs`` (id, sealed args) of one function durably, in batches, retrying through outages."""
         fn_blob, fn_digest, fn_name = prepared
         env_blob, env_digest = self._env()
-        spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
-                        self._forward_output)
-        spec_fields = spec.to_hash()
-        spec_digest = digest("\0".join(f"{k}={v}" for k, v in sorted(spec_fields.items())).encode())
+        spec_fields, spec_digest = self._spec(env_digest)
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
             try:
@@ -108,6 +130,19 @@ class Submitter:
                     self._stored.update((spec_digest, fn_digest, env_digest))
                 return
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
+
+
+def _importable(fn: Any) -> bool:
+    """True if ``fn`` is reachable as ``module.qualname`` (outside ``__main__``): pickled by reference."""
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    module = sys.modules.get(module_name or "")
+    if module is None or module_name == "__main__" or "<" in qualname:
+        return False
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target is fn
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -1,27 +1,36 @@
 """The worker: ``python -m cwredis.worker [REDIS_URL] [--concurrency N] [--queue NAME]...``.
 
 One supervisor process runs up to N jobs at once, each in a long-lived child
-process (:mod:`cwredis.slots`). Three threads, each with its own Redis
-connection from the pool, so none waits behind another's blocking call:
+process (:mod:`cwredis.slots`). Four threads, each Redis-facing one with its
+own connection from the pool, so none waits behind another's blocking call:
 
-* the **main loop** collects outcomes from the children, records them
-  (``complete.lua``) and, in the same round trip, claims the next jobs for
-  the slots that just freed up; it also enforces job timeouts;
-* the **fetcher** waits for work with a blocking ``BLMOVE`` while a slot is
-  idle and the queues are empty -- never polling;
+* the **main loop** hands ready jobs to idle children, collects outcomes and
+  enforces job timeouts -- it never waits on Redis;
+* the **recorder** records outcomes (``complete.lua``) and, in the same round
+  trip, claims the next jobs (``claim.lua``); outcomes that finish while a
+  round trip is under way simply go in the next one;
+* the **fetcher** waits for work with a blocking ``BLMOVE`` while a child is
+  idle and nothing is ready -- never polling;
 * the **heartbeat** renews this worker's lease (one lease for all its jobs).
   It lives in the supervisor, not in the job's interpreter, so a job stuck in
   C code holding its GIL cannot lose its lease.
 
-A job's lifecycle here: queue --BLMOVE/LMOVE--> our in-flight list
---claim.lua--> running in a child --complete.lua--> done or failed. Every
-step is one atomic script or command; an id is always in a queue or in our
-in-flight list, where the coordinator finds it if we die.
+Claimed jobs wait in one FIFO (``ready``) that any idle child takes from, so
+jobs start in the order they were taken and a short job never waits behind a
+long one while a child is free. For short jobs the worker claims a few more
+than it has children (prefetch), so children never wait for a round trip.
+
+A job's path: queue --LMOVE (or the fetcher's BLMOVE, via the taken list)-->
+our in-flight list --claim.lua--> ready --> a child --complete.lua--> done or
+failed. Each step is one atomic command or script; an id is always in a
+queue, our taken list or our in-flight list, where the coordinator finds it
+if we die.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import signal
@@ -33,8 +42,6 @@ import uuid
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, Sequence
 
-import redis
-
 from . import config
 from .catalog import Catalog
 from .connection import Reconnector, connect, describe, is_transient, setup_logging
@@ -42,7 +49,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, Completion, Requeue, Scripts
 from .serialization import ARGS, RESULT, Corrupt, Rejected, Signer, encode_error, frame_outcome
-from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
+from .slots import Running, Slot
 
 log = logging.getLogger("cwredis.worker")
 
@@ -78,17 +85,21 @@ class Worker:
         self._reconnector = Reconnector(url, "worker", self._threads_stop)
         self.lease_ms = int(config.DEFAULT_LEASE_S * 1000)
         self._last_heartbeat = 0.0
-        self._lock = threading.Condition()  # guards every slot's jobs/sent/reserved
-        self._claim_lock = threading.Lock()  # claims and reconciliation never overlap
+        # _lock guards the slots, `ready` and the unsent lists; _claim_lock
+        # serialises claims (and reconciliation) so jobs start in taken order.
+        self._lock = threading.Condition()
+        self._claim_lock = threading.Lock()
         self._slots: list[Slot] = []
+        self._ready: collections.deque[Running] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Outcomes and requeues not yet recorded (Redis away): retried, never dropped.
         self._unsent_outcomes: list[Completion] = []
         self._unsent_requeues: list[Requeue] = []
+        self._sending: list[str] = []  # ids in the recorder's round trip right now
         self._needs_reconcile = False
+        self._queues_empty = False  # the last claim found nothing: the fetcher takes over
         self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
-        self._first_unsent = 0.0  # when the oldest unsent outcome was produced
         # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
         self._progress: dict[str, tuple[Running, float, str | None]] = {}
         self._progress_sent = 0.0
@@ -113,6 +124,9 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped (or, in burst mode, until the queues are empty); returns the exit code."""
+        # The main loop must get the GIL back quickly when a child answers,
+        # even while the recorder thread is busy packing a round trip.
+        sys.setswitchinterval(config.WORKER_SWITCH_INTERVAL_S)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -121,8 +135,9 @@ class Worker:
                  "on" if self._signer.secret else "off")
         self._reconnector.call(self._heartbeat)
         self._slots = [Slot(i) for i in range(self.concurrency)]
-        threads = [threading.Thread(target=self._heartbeat_loop, name="cw-heartbeat", daemon=True),
-                   threading.Thread(target=self._fetch_loop, name="cw-fetcher", daemon=True)]
+        threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in (
+            (self._heartbeat_loop, "cw-heartbeat"), (self._record_loop, "cw-recorder"),
+            (self._fetch_loop, "cw-fetcher"))]
         for thread in threads:
             thread.start()
         try:
@@ -143,120 +158,110 @@ class Worker:
             if self._hard_stop.is_set():
                 self._stop_running_jobs()
                 return
-            if self._stopping.is_set():
-                self._give_back_unstarted()
             with self._lock:
-                busy = [slot for slot in self._slots if slot.sent]
-                drained = self._stopping.is_set() and not any(s.jobs or s.reserved for s in self._slots)
-            if drained:
-                if self._flush_pending():
+                if self._stopping.is_set():
+                    self._give_back_ready()
+                busy = [slot for slot in self._slots if slot.job is not None]
+                if self._stopping.is_set() and not busy and self._all_recorded():
                     return
-                continue
             ready = wait_connections([s.outbox for s in busy if s.outbox] + [self._wake_r], self._wait_timeout(busy))
             for conn in ready:
                 if conn == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
-                slot = next(s for s in busy if s.outbox is conn)
-                self._collect(slot)
+                self._collect(next(s for s in busy if s.outbox is conn))
             self._enforce_timeouts()
-            if self._should_record():
-                self._record(claim_more=True)
+            self._dispatch()
             if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
                 self._send_progress()
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
-        deadlines = [d for s in busy if s.jobs and (d := s.jobs[0].deadline) is not None]
-        if self._unsent_outcomes or self._unsent_requeues:
-            deadlines.append(self._first_unsent + config.RECORD_DELAY_S)
+        deadlines = [d for s in busy if s.job is not None and (d := s.job.deadline) is not None]
         if not deadlines:
             return 0.5
         return max(0.0, min(0.5, min(deadlines) - time.monotonic()))
 
-    def _should_record(self) -> bool:
-        """Record now, or let outcomes gather for one round trip? Now whenever a slot runs dry.
+    def _all_recorded(self) -> bool:
+        return not (self._unsent_outcomes or self._unsent_requeues or self._sending)
 
-        An idle slot means a waiting client or an empty queue: record at once
-        (latency). While every slot still has work queued, outcomes gather
-        until a slot is half empty, many are waiting, or RECORD_DELAY_S passed
-        (throughput: one round trip for many jobs).
-        """
-        if self._needs_reconcile or self._unsent_requeues:
-            return True
-        if not self._unsent_outcomes:
-            return False
-        if len(self._unsent_outcomes) >= config.MAX_RECORD_BATCH or self._stopping.is_set():
-            return True
-        if time.monotonic() - self._first_unsent >= config.RECORD_DELAY_S:
-            return True
-        low_water = self.depth // 2
+    def _dispatch(self) -> None:
+        """Start ready jobs on idle children, oldest first."""
         with self._lock:
-            return any(len(s.jobs) <= low_water for s in self._slots)
+            for slot in self._slots:
+                if not self._ready:
+                    break
+                if slot.job is None and slot.outbox is not None:
+                    slot.start(self._ready.popleft())
+            if self._hunger():
+                self._lock.notify_all()  # the recorder (or fetcher) may claim more
 
     @property
-    def depth(self) -> int:
-        """Jobs a slot holds at once: 1 for slow jobs; more for short ones, so the child never waits for Redis."""
+    def capacity(self) -> int:
+        """Jobs to hold at once: one per child, plus a prefetch for short jobs so no child waits on Redis."""
         if self._avg_job_s >= config.SLOW_JOB_S:
-            return 1
-        return max(2, min(config.MAX_PREFETCH, int(config.PREFETCH_WINDOW_S / max(self._avg_job_s, 1e-5))))
+            return self.concurrency
+        per_child = max(2, min(config.MAX_PREFETCH, int(config.PREFETCH_WINDOW_S / max(self._avg_job_s, 1e-5))))
+        return self.concurrency * per_child
+
+    def _hunger(self) -> int:
+        """How many more jobs to claim now (call with _lock held)."""
+        if self._stopping.is_set():
+            return 0
+        held = len(self._ready) + sum(1 for s in self._slots if s.job is not None)
+        return max(0, self.capacity - held)
 
     # -- outcomes ----------------------------------------------------------------
 
-    def _collect(self, slot: Slot) -> int:
-        """Read the outcomes the child has ready (or notice it died); returns how many attempts ended."""
-        ended = read = 0
-        while slot.sent and slot.outbox is not None:
+    def _collect(self, slot: Slot) -> None:
+        """Read what the child has to say: progress, a resend request, the outcome, or its death."""
+        while slot.job is not None and slot.outbox is not None:
+            running = slot.job
             try:
-                if read and not slot.outbox.poll():
-                    break
                 message = slot.outbox.recv()
             except (EOFError, OSError):
                 message = None
-            read += 1
             if message is not None and message[0] == "progress":
-                self._progress[message[1]] = (slot.jobs[0], message[2], message[3])
-                continue
-            with self._lock:
-                running = slot.jobs.popleft()
-                slot.sent -= 1
-                if not slot.jobs:
-                    self._lock.notify_all()  # an idle slot: the fetcher may wait on the queue for it
-            now = time.monotonic()
-            self._avg_job_s += 0.2 * ((now - running.started) - self._avg_job_s)
-            ended += 1
-            self.jobs_done += 1
-            if message is None:
-                code = slot.exit_code()
-                self._respawn(slot)
-                self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
-                break
-            if message[0] == "ok":
-                self._outcome(running, "ok", message[2], output=message[3])
+                self._progress[message[1]] = (running, message[2], message[3])
+            elif message is not None and message[0] == "resend":
+                slot.forget_cache()
+                slot.start(running)
+                return
             else:
-                _, _, reason, error, tb, output = message
-                self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb, output)
-            if slot.jobs:
-                slot.jobs[0].started = now
-        self._pump(slot)
-        return ended
+                self._finish_attempt(slot, running, message)
+                return
+            if not slot.outbox.poll():
+                return
 
-    def _respawn(self, slot: Slot) -> None:
-        """A fresh child; jobs that were written to the dead one's pipe are written again."""
-        slot.close_pipes()
-        slot.spawn()
+    def _finish_attempt(self, slot: Slot, running: Running, message: tuple[Any, ...] | None) -> None:
+        now = time.monotonic()
+        self._avg_job_s += 0.2 * ((now - running.started) - self._avg_job_s)
+        self.jobs_done += 1
+        with self._lock:
+            slot.job = None
+        if message is None:
+            code = slot.exit_code()
+            slot.close_pipes()
+            slot.spawn()
+            self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
+        elif message[0] == "ok":
+            self._outcome(running, "ok", message[2], output=message[3])
+        else:
+            _, _, reason, error, tb, output = message
+            self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb, output)
 
     def _outcome(self, running: Running, kind: str, payload: bytes, reason: str = "", error: str = "",
                  tb: str = "", output: str = "") -> None:
-        """Queue an attempt's outcome for recording; the client gets ``output`` printed with it."""
+        """Queue an attempt's outcome for the recorder; the client gets ``output`` printed with it."""
         claimed, spec = running.claimed, running.spec
         if kind == "ok":
             payload = self._signer.seal(RESULT, payload)
-        if not self._unsent_outcomes:
-            self._first_unsent = time.monotonic()
         self._progress.pop(claimed.id, None)
         tail = output[-config.FAILED_OUTPUT_TAIL_BYTES:] if kind == "err" else ""
-        self._unsent_outcomes.append(Completion(claimed.id, claimed.token, spec.client, kind,
-                                                frame_outcome(output, payload), reason, error, tb, tail))
+        completion = Completion(claimed.id, claimed.token, spec.client, kind, frame_outcome(output, payload),
+                                reason, error, tb, tail)
+        with self._lock:
+            self._unsent_outcomes.append(completion)
+            self._lock.notify_all()
 
     def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
         """An attempt was cut short: try again if attempts remain, else fail with ``reason``."""
@@ -264,8 +269,10 @@ class Worker:
         if claimed.attempts < spec.max_attempts:
             log.warning("job %s: %s (attempt %d of %d); will retry", claimed.id, explanation,
                         claimed.attempts, spec.max_attempts)
-            self._unsent_requeues.append(Requeue(
-                claimed.id, claimed.token, self._keys.queue(spec.queue), "retry", int(delay_s * 1000)))
+            with self._lock:
+                self._unsent_requeues.append(Requeue(
+                    claimed.id, claimed.token, self._keys.queue(spec.queue), "retry", int(delay_s * 1000)))
+                self._lock.notify_all()
         else:
             error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
             log.warning("job %s: %s", claimed.id, error)
@@ -274,56 +281,17 @@ class Worker:
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for slot in self._slots:
-            running = slot.running
+            running = slot.job
             if running is None or running.deadline is None or now < running.deadline:
                 continue
             slot.kill()
+            slot.spawn()
             with self._lock:
-                slot.jobs.popleft()
-                self._lock.notify_all()
-            self._respawn(slot)
+                slot.job = None
             self.jobs_done += 1
             delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
             self._retry_or_fail(running, "timeout",
                                 f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
-            self._pump(slot)
-
-    def _record(self, claim_more: bool) -> None:
-        """Send unsent outcomes and requeues and, in the same round trip, claim work for hungry slots."""
-        outcomes, requeues = self._unsent_outcomes, self._unsent_requeues
-        if not outcomes and not requeues and not self._needs_reconcile:
-            return
-        if self._needs_reconcile and not self._reconcile():
-            return
-        want = self._hunger() if claim_more and not self._stopping.is_set() else 0
-        with self._claim_lock:
-            pipe = self._redis.pipeline(transaction=False)
-            if outcomes:
-                self._scripts.complete(pipe, worker_id=self.worker_id, outcomes=outcomes,
-                                       done_ttl_ms=config.DONE_TTL_S * 1000,
-                                       result_ttl_ms=config.RESULT_TTL_S * 1000)
-            if requeues:
-                self._scripts.requeue(pipe, worker_id=self.worker_id, jobs=requeues)
-            if want:
-                self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
-                                    max_count=want)
-            try:
-                replies = pipe.execute()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                # complete and requeue are fenced, so sending them again is safe;
-                # a claim whose reply was lost is undone by reconciliation.
-                self._needs_reconcile = self._needs_reconcile or bool(want)
-                self._reconnector.failed(exc)
-                return
-        if self._reconnector.succeeded():
-            self._needs_reconcile = True
-        self._unsent_outcomes, self._unsent_requeues = [], []
-        if outcomes:
-            self._log_refused(outcomes, replies[0], "outcome")
-        if want:
-            self._assign_claimed(replies[-1])
 
     def _send_progress(self) -> None:
         """Pass the latest progress of running jobs to their clients (best effort: never retried)."""
@@ -340,22 +308,77 @@ class Worker:
                 raise
             log.debug("progress reports dropped: %s", describe(exc))
 
-    def _hunger(self) -> int:
-        """How many more jobs the slots not waiting on the fetcher can take."""
-        depth = self.depth
-        with self._lock:
-            return sum(max(0, depth - len(s.jobs)) for s in self._slots if not s.reserved)
+    # -- the recorder thread ----------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._threads_stop.is_set() and not self._has_work_to_record():
+                    self._lock.wait(0.5)
+                if self._threads_stop.is_set():
+                    return
+            try:
+                self._record()
+            except Exception:
+                log.exception("worker %s: recording failed", self.worker_id)
+                self._threads_stop.wait(1.0)
+
+    def _has_work_to_record(self) -> bool:
+        """Outcomes to send, a reconnect to reconcile, or hungry children while the queues have work."""
+        return bool(self._unsent_outcomes or self._unsent_requeues or self._needs_reconcile
+                    or (self._hunger() and not self._queues_empty))
+
+    def _record(self) -> bool:
+        """One round trip: record outcomes and requeues, and claim what the children can take.
+
+        Returns False if Redis could not be reached (everything stays queued for the next try).
+        """
+        if self._needs_reconcile and not self._reconcile():
+            return False
+        with self._claim_lock:
+            with self._lock:
+                outcomes, self._unsent_outcomes = self._unsent_outcomes, []
+                requeues, self._unsent_requeues = self._unsent_requeues, []
+                self._sending = [c.id for c in outcomes] + [r.id for r in requeues]
+                want = self._hunger()
+            pipe = self._redis.pipeline(transaction=False)
+            if outcomes:
+                self._scripts.complete(pipe, worker_id=self.worker_id, outcomes=outcomes,
+                                       done_ttl_ms=config.DONE_TTL_S * 1000,
+                                       result_ttl_ms=config.RESULT_TTL_S * 1000)
+            if requeues:
+                self._scripts.requeue(pipe, worker_id=self.worker_id, jobs=requeues)
+            if want:
+                self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
+                                    max_count=want)
+            try:
+                replies = pipe.execute() if (outcomes or requeues or want) else []
+            except Exception as exc:
+                with self._lock:  # complete and requeue are fenced: sending them again is safe
+                    self._unsent_outcomes[:0] = outcomes
+                    self._unsent_requeues[:0] = requeues
+                    self._sending = []
+                if not is_transient(exc):
+                    raise
+                # A claim whose reply was lost is undone by reconciliation.
+                self._needs_reconcile = self._needs_reconcile or bool(want)
+                self._reconnector.failed(exc)
+                return False
+            if want:
+                self._accept_claimed(replies[-1], want)
+            with self._lock:
+                self._sending = []
+                self._lock.notify_all()
+        if self._reconnector.succeeded():
+            self._needs_reconcile = True
+        if outcomes:
+            self._log_refused(outcomes, replies[0], "outcome")
+        return True
 
     def _log_refused(self, items: Sequence[Completion | Requeue], flags: Sequence[int], what: str) -> None:
         for item, flag in zip(items, flags):
             if not int(flag):
                 log.warning("job %s: %s dropped: this attempt no longer owns the job (lease expired)", item.id, what)
-
-    def _flush_pending(self) -> bool:
-        """Before exiting: record what is unsent; False while Redis is away (caller loops)."""
-        if self._unsent_outcomes or self._unsent_requeues or self._needs_reconcile:
-            self._record(claim_more=False)
-        return not (self._unsent_outcomes or self._unsent_requeues or self._needs_reconcile)
 
     def _reconcile(self) -> bool:
         """After an outage, give back in-flight ids we are not running (a lost claim reply, a server restart)."""
@@ -376,37 +399,27 @@ class Worker:
 
     def _owned_ids(self) -> list[str]:
         with self._lock:
-            ids = [running.claimed.id for s in self._slots for running in s.jobs]
-        ids += [c.id for c in self._unsent_outcomes] + [r.id for r in self._unsent_requeues]
+            ids = [s.job.claimed.id for s in self._slots if s.job is not None]
+            ids += [r.claimed.id for r in self._ready] + list(self._sending)
+            ids += [c.id for c in self._unsent_outcomes] + [r.id for r in self._unsent_requeues]
         return ids
 
-    # -- claiming and assigning ------------------------------------------------------
+    # -- claiming ------------------------------------------------------------------
 
-    def _assign_claimed(self, reply: Any, reserved: Slot | None = None) -> int:
-        """Give each claimed job to a slot (``reserved`` first, then the emptiest); returns how many."""
+    def _accept_claimed(self, reply: Any, wanted: int) -> int:
+        """Verify claimed jobs and queue them as ready (call with _claim_lock held); returns how many were claimed."""
         claimed, dropped = self._scripts.parse_claim(reply)
         for job_id in dropped:
             log.warning("worker %s: dropped queue entry %r: it names no pending job", self.worker_id, job_id)
+        self._queues_empty = len(claimed) < wanted
         if claimed:
             self._reconnector.call(lambda: self._load_records(claimed))
-        assigned = 0
-        for item in claimed:
-            running = self._prepare(item)
-            if running is None:
-                continue
-            with self._lock:
-                # (The fetcher may have reserved a slot since we claimed: then share it.)
-                slot = reserved or min(self._slots, key=lambda s: (s.reserved, len(s.jobs)))
-                slot.reserved = False if slot is reserved else slot.reserved
-                reserved = None
-                slot.jobs.append(running)
-            self._pump(slot)
-            assigned += 1
-        if reserved is not None:
-            self._release(reserved)
-        if assigned:
+        accepted = [running for item in claimed if (running := self._prepare(item)) is not None]
+        with self._lock:
+            self._ready.extend(accepted)
+        if accepted:
             self._wake()
-        return assigned
+        return len(claimed)
 
     def _load_records(self, claimed: list[Claimed]) -> None:
         self._catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
@@ -416,10 +429,12 @@ class Worker:
         """Verify and gather a claimed job's payload; on bad input, fail the job instead (None)."""
         spec = self._catalog.spec(claimed.spec)
         if spec is None:
-            log.warning("job %s: its spec is missing or garbage; failing it as corrupt", claimed.id)
-            self._unsent_outcomes.append(Completion(
-                claimed.id, claimed.token, "", "err", b"", "corrupt",
-                "job spec is missing", "the job's shared record (client, queue, limits) is missing or invalid"))
+            log.warning("job %s: its spec is missing or garbage; failing it as corrupt (no client can be told)",
+                        claimed.id)
+            with self._lock:
+                self._unsent_outcomes.append(Completion(
+                    claimed.id, claimed.token, "", "err", b"", "corrupt", "job spec is missing",
+                    "the job's shared record (client, queue, limits) is missing or invalid"))
             return None
         running = Running(claimed, spec)
         try:
@@ -434,36 +449,9 @@ class Worker:
             return None
         return running
 
-    def _pump(self, slot: Slot) -> None:
-        """Write the slot's next jobs into its child's pipe.
-
-        The running job, plus -- for short jobs with small payloads -- the rest
-        of the slot's prefetched jobs, so the child keeps working while we
-        wait on Redis. Small: a full pipe would block this loop.
-        """
-        limit = self.depth
-        with self._lock:
-            while slot.sent < min(len(slot.jobs), limit):
-                running = slot.jobs[slot.sent]
-                if slot.sent and len(running.args) > MAX_SEND_AHEAD_BYTES:
-                    break
-                if slot.sent == 0:
-                    running.started = time.monotonic()
-                try:
-                    slot.send(running.message(slot))
-                except (OSError, ValueError, AssertionError):
-                    pass  # the child died; the main loop sees its pipe close and retries the job
-                slot.sent += 1
-
     def _fail_now(self, running: Running, reason: str, error: str) -> None:
         log.warning("job %s: failing it (%s): %s", running.claimed.id, reason, error)
         self._outcome(running, "err", encode_error(reason, error, error), reason, error, error)
-
-    def _release(self, slot: Slot) -> None:
-        """The fetcher got no job for its reserved slot."""
-        with self._lock:
-            slot.reserved = False
-            self._lock.notify_all()
 
     # -- the fetcher thread --------------------------------------------------------
 
@@ -472,26 +460,26 @@ class Worker:
         if self.burst:
             block_s = min(block_s, 0.1)
         turn = 0
-        while not self._stopping.is_set():
+        while True:
             with self._lock:
-                while not self._stopping.is_set() and not any(s.is_idle for s in self._slots):
+                # Wait until a child would sit idle: nothing ready, and the last claim found the queues empty.
+                while not self._stopping.is_set() and not (self._queues_empty and self._hunger()
+                                                           and not self._ready):
                     self._lock.wait(0.5)
                 if self._stopping.is_set():
                     return
-                slot = next(s for s in self._slots if s.is_idle)
-                slot.reserved = True
             try:
-                got = self._fetch_one(slot, self.queues[turn % len(self.queues)], block_s)
+                got = self._fetch(self.queues[turn % len(self.queues)], block_s)
             except Exception as exc:
-                self._release(slot)
                 if not is_transient(exc):
                     log.exception("worker %s: fetcher error", self.worker_id)
                     self._threads_stop.wait(1.0)
                 else:
                     self._needs_reconcile = True
                     self._reconnector.failed(exc)
-                    self._wake()
-                got = True
+                    with self._lock:
+                        self._lock.notify_all()
+                continue
             if not got:
                 turn += 1
                 if self.burst and self._is_idle():
@@ -499,37 +487,37 @@ class Worker:
                     self._stopping.set()
                     self._wake()
 
-    def _fetch_one(self, slot: Slot, queue: str, block_s: float) -> bool:
-        """Wait up to ``block_s`` for a job on ``queue`` for the reserved ``slot``; False if none came."""
+    def _fetch(self, queue: str, block_s: float) -> bool:
+        """Wait up to ``block_s`` for a job on ``queue``, then claim it (and what else is there); False if none came."""
         if time.monotonic() - self._last_heartbeat > self.lease_ms / 2000:
             self._heartbeat()  # be registered before taking anything, so a crash is recoverable
         if len(self.queues) > 1:
-            # Several queues: BLMOVE watches one, so first take from any, in priority order.
-            with self._claim_lock:
-                reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
-                                            lease_ms=self.lease_ms, max_count=1)
-            if reply[0]:
-                self._assign_claimed(reply, reserved=slot)
+            # Several queues: BLMOVE watches one, so first look at all, in priority order.
+            if self._claim_now():
                 return True
-        # BLMOVE, not BRPOP: the id lands in our in-flight list atomically, so if
-        # we die before claim.lua runs, the coordinator's sweep of this worker
-        # puts it back on its queue.
-        job_id: bytes | None = self._redis.blmove(  # type: ignore[assignment]
-            self._keys.queue(queue), self._keys.inflight(self.worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        if job_id is None or self._stopping.is_set():
-            # (A job taken while stopping stays in our in-flight list; _finish gives it back.)
-            self._release(slot)
-            return job_id is not None
-        with self._claim_lock:
-            reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=[], lease_ms=self.lease_ms,
-                                        max_count=1, first_id=job_id.decode())
+        # BLMOVE, not BRPOP: the id lands in our taken list atomically, so if we
+        # die before claim.lua runs, the coordinator's sweep of this worker puts
+        # it back on its queue. (Taken while stopping: _finish gives it back.)
+        job_id = self._redis.blmove(
+            self._keys.queue(queue), self._keys.taken(self.worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         self._reconnector.succeeded()
-        self._assign_claimed(reply, reserved=slot)
+        if job_id is None or self._stopping.is_set():
+            return job_id is not None
+        self._claim_now()
         return True
+
+    def _claim_now(self) -> bool:
+        """Claim what the children can take (the taken list first); True if anything was claimed."""
+        with self._claim_lock:
+            with self._lock:
+                want = max(1, self._hunger())
+            reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
+                                        lease_ms=self.lease_ms, max_count=want)
+            return self._accept_claimed(reply, want) > 0
 
     def _is_idle(self) -> bool:
         with self._lock:
-            return all(not s.jobs for s in self._slots) and not self._unsent_outcomes
+            return all(s.job is None for s in self._slots) and not self._ready and self._all_recorded()
 
     # -- the heartbeat thread ----------------------------------------------------
 
@@ -556,7 +544,7 @@ class Worker:
 
     def _running_ids(self) -> list[str]:
         with self._lock:
-            return [r.claimed.id for s in self._slots if (r := s.running) is not None]
+            return [s.job.claimed.id for s in self._slots if s.job is not None]
 
     def _heartbeat_loop(self) -> None:
         while not self._threads_stop.wait(self.lease_ms / 3000):
@@ -564,7 +552,8 @@ class Worker:
                 self._heartbeat()
                 if self._reconnector.succeeded():
                     self._needs_reconcile = True
-                    self._wake()
+                    with self._lock:
+                        self._lock.notify_all()
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("worker %s: heartbeat failed", self.worker_id)
@@ -573,43 +562,45 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------
 
-    def _give_back_unstarted(self) -> None:
-        """Stopping: jobs claimed ahead but not yet written to a child go back unrun (attempt refunded)."""
-        with self._lock:
-            for slot in self._slots:
-                while len(slot.jobs) > slot.sent:
-                    running = slot.jobs.pop()
-                    self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                         self._keys.queue(running.spec.queue), "release"))
+    def _give_back_ready(self) -> None:
+        """Stopping: claimed jobs that did not start go back unrun, attempt refunded (call with _lock held)."""
+        while self._ready:
+            running = self._ready.pop()
+            self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                 self._keys.queue(running.spec.queue), "release"))
+            self._lock.notify_all()
 
     def _stop_running_jobs(self) -> None:
         """Second signal: kill the children now and give their jobs back without using an attempt."""
         stopped = 0
+        with self._lock:
+            self._give_back_ready()
         for slot in self._slots:
-            if slot.sent:
-                slot.kill()
+            running = slot.job
+            if running is None:
+                continue
+            slot.kill()
             with self._lock:
-                while slot.jobs:
-                    running = slot.jobs.popleft()
-                    self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                         self._keys.queue(running.spec.queue), "release"))
-                    stopped += 1
-                slot.sent = 0
+                slot.job = None
+                self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                     self._keys.queue(running.spec.queue), "release"))
+            stopped += 1
         if stopped:
-            log.warning("worker %s: stopped %d job(s); they go back to their queues", self.worker_id, stopped)
+            log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
+                        stopped)
 
     def _finish(self) -> None:
         """Record what is left, give back taken-but-unstarted ids, unregister, stop the children."""
         for slot in self._slots:
-            if slot.jobs:
-                slot.kill()
-            else:
+            if slot.job is None:
                 slot.shutdown()
+            else:
+                slot.kill()
+        self._threads_stop.clear()  # let the reconnector back off below instead of giving up
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                self._record(claim_more=False)
-                if self._unsent_outcomes or self._unsent_requeues:
+                if (self._unsent_outcomes or self._unsent_requeues) and not self._record():
                     continue
                 with self._claim_lock:
                     self._scripts.release_inflight(self._redis, worker_id=self.worker_id, keep=[], unregister=True)

@@ -1,16 +1,17 @@
 -- claim.lua: take up to max_count jobs for a worker and start an attempt on each.
--- KEYS: inflight(worker), workers, queue_1 .. queue_n (priority order)
--- ARGV: worker_id, lease_ms, max_count, first_id, job_prefix, now_ms ('' = server time)
--- first_id is an id the worker's BLMOVE already moved into its in-flight list
--- ('' if none). Other ids are moved here with LMOVE, so an id is always either
--- in a queue or in this worker's in-flight list: a crash at any point leaves it
--- where the coordinator's sweep of this worker will find it.
+-- KEYS: workers, inflight(worker), taken(worker), queue_1 .. queue_n (priority order)
+-- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time)
+-- The worker's blocking BLMOVE parks ids in its taken list; they are the
+-- oldest it holds, so they are claimed first, then ids are moved from the
+-- queues. Every move is an LMOVE, so an id is always in a queue, the taken
+-- list or the in-flight list: a crash at any point leaves it where the
+-- coordinator's sweep of this worker finds it.
 -- Returns {claimed, dropped}: claimed is a flat list of
 -- (id, token, spec, fn, args, attempts, generation) per job; dropped lists
 -- queue entries that named no pending job (removed; the worker logs them).
-local inflight, workers = KEYS[1], KEYS[2]
-local worker_id, deadline = ARGV[1], now_ms(ARGV[6]) + tonumber(ARGV[2])
-local max_count, first_id, job_prefix = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local workers, inflight = KEYS[1], KEYS[2]
+local worker_id, deadline = ARGV[1], now_ms(ARGV[5]) + tonumber(ARGV[2])
+local max_count, job_prefix = tonumber(ARGV[3]), ARGV[4]
 -- Claiming renews the lease, and re-registers a worker whose lease the
 -- coordinator already expired (e.g. one that was SIGSTOPped and continued).
 redis.call('ZADD', workers, deadline, worker_id)
@@ -36,13 +37,9 @@ local function take(job_id)
   count = count + 1
 end
 
-if first_id ~= '' and redis.call('LPOS', inflight, first_id) then
-  -- LPOS: the coordinator may have swept this worker since the BLMOVE.
-  take(first_id)
-end
 -- Bounded: a queue full of garbage cannot keep the script running long.
 local budget = max_count + 100
-for q = 3, #KEYS do
+for q = 3, #KEYS do  -- the taken list, then the queues
   while count < max_count and budget > 0 do
     local job_id = redis.call('LMOVE', KEYS[q], inflight, 'RIGHT', 'LEFT')
     if not job_id then break end

@@ -1,5 +1,5 @@
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
--- KEYS: workers, inflight(worker), worker_info, failed, stats
+-- KEYS: workers, inflight(worker), worker_info, failed, stats, taken(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
 --       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix
 -- Each job the worker was running goes back to the front of its queue, or
@@ -10,7 +10,7 @@
 -- coordinators sweeping at once cannot requeue a job twice (the second finds
 -- the list empty, or the lease renewed).
 -- Returns {requeued, lost}.
-local workers, inflight, info, failed, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local workers, inflight, info, failed, stats, taken = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker_id, now = ARGV[1], now_ms(ARGV[2])
 local forget_before = now - tonumber(ARGV[3])
 local result_ttl, lost_body, lost_error, lost_tb = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
@@ -22,8 +22,11 @@ if not deadline or deadline > now then
   return {0, 0}  -- renewed since the caller looked: the worker is alive
 end
 local requeued, lost = 0, 0
--- LRANGE from the right: the oldest taken job goes back first.
+-- Oldest first: the taken list (ids BLMOVEd, never claimed), then the
+-- in-flight list read from the right.
 local ids = redis.call('LRANGE', inflight, 0, -1)
+local parked = redis.call('LRANGE', taken, 0, -1)
+for i = 1, #parked do ids[#ids + 1] = parked[i] end
 for i = #ids, 1, -1 do
   local job_id = ids[i]
   local job = job_prefix .. job_id
@@ -57,7 +60,7 @@ for i = #ids, 1, -1 do
     redis.call('ZADD', failed, now, job_id)
   end
 end
-redis.call('DEL', inflight)
+redis.call('DEL', inflight, taken)
 if deadline < forget_before then
   -- Long dead: stop sweeping it. (A worker that comes back re-registers on claim.)
   redis.call('ZREM', workers, worker_id)

@@ -41,9 +41,9 @@ def submit(s, r, *job_ids, spec=SPEC, send_records=True):
                     jobs=[(j, b"Uargs-" + j.encode()) for j in job_ids], blob_ttl_ms=60_000)
 
 
-def claim(s, r, worker="w1", n=1, first_id="", now=T0, queues=("default",)):
+def claim(s, r, worker="w1", n=1, now=T0, queues=("default",)):
     return s.parse_claim(s.claim(r, worker_id=worker, queues=list(queues), lease_ms=LEASE_MS, max_count=n,
-                                 first_id=first_id, now_ms=now))
+                                 now_ms=now))
 
 
 def ok(claimed, body=b"R"):
@@ -98,13 +98,19 @@ def test_claim_drops_queue_entries_that_name_no_pending_job(s, r):
     assert r.lrange(KEYS.inflight("w1"), 0, -1) == [b"a"]
 
 
-def test_claim_of_an_id_swept_away_after_blmove_does_nothing(s, r):
+def test_ids_parked_by_blmove_are_claimed_before_newer_queued_ones(s, r):
+    submit(s, r, "a", "b", "c")
+    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # the fetcher's BLMOVE parks a
+    claimed, _ = claim(s, r, n=2)
+    assert [c.id for c in claimed] == ["a", "b"]
+    assert r.llen(KEYS.taken("w1")) == 0
+
+
+def test_empty_and_binary_queue_entries_are_dropped(s, r):
     submit(s, r, "a")
-    r.lmove(KEYS.queue("default"), KEYS.inflight("w1"), "RIGHT", "LEFT")  # the worker's BLMOVE
-    r.delete(KEYS.inflight("w1"))  # ...then the coordinator swept it back
-    r.rpush(KEYS.queue("default"), "a")
-    claimed, _ = claim(s, r, n=1, first_id="a", queues=())
-    assert claimed == [] and state(r, "a") == "pending"
+    r.rpush(KEYS.queue("default"), b"", b"\xff\xfe")
+    claimed, dropped = claim(s, r, n=1)
+    assert sorted(dropped) == ["", "\ufffd\ufffd"] and [c.id for c in claimed] == ["a"]
 
 
 def test_complete_records_once_and_refuses_a_stale_attempt(s, r):
@@ -164,10 +170,12 @@ def test_expired_lease_requeues_then_fails_lost_after_max_attempts(s, r):
 
 
 def test_expired_sweep_returns_ids_taken_but_never_claimed(s, r):
-    submit(s, r, "a")
-    r.lmove(KEYS.queue("default"), KEYS.inflight("w1"), "RIGHT", "LEFT")
+    submit(s, r, "a", "b")
+    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # parked by BLMOVE
+    r.lmove(KEYS.queue("default"), KEYS.inflight("w1"), "RIGHT", "LEFT")  # mid-claim
     r.zadd(KEYS.workers, {"w1": T0})
-    assert expire(s, r) == (1, 0)
+    assert expire(s, r) == (2, 0)
+    assert r.llen(KEYS.taken("w1")) == 0 and r.llen(KEYS.queue("default")) == 2
     assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # absent: 0
 
 
@@ -179,10 +187,12 @@ def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
 
 
 def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
-    submit(s, r, "a", "b")
+    submit(s, r, "a", "b", "c")
     claim(s, r, n=2)
-    assert s.release_inflight(r, worker_id="w1", keep=["a"], unregister=False) == 1
+    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # c parked, never claimed
+    assert s.release_inflight(r, worker_id="w1", keep=["a"], unregister=False) == 2
     assert state(r, "a") == "running" and state(r, "b") == "pending"
+    assert r.llen(KEYS.queue("default")) == 2 and r.llen(KEYS.taken("w1")) == 0
     assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"0"
     assert s.release_inflight(r, worker_id="w1", keep=["a"], unregister=True) == 0
     assert r.zscore(KEYS.workers, "w1") is None
