@@ -1,0 +1,23 @@
+"""Job functions for the cwredis benchmarks.
+
+They live at module level in an importable module (not ``__main__``) so that
+cloudpickle sends them *by reference* (``jobs.noop``): workers import this
+module through the client's ``sys.path``, which cwredis replays on the worker.
+The payload per job is therefore just a name plus the arguments, which is what
+a real user's job usually looks like.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def noop(x=None):
+    """Do nothing; return the argument (so results can be checked)."""
+    return x
+
+
+def sleep(seconds: float = 0.05) -> float:
+    """Sleep ``seconds`` (the fan-out benchmark's unit of work)."""
+    time.sleep(seconds)
+    return seconds

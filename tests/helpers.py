@@ -1,0 +1,254 @@
+"""Helpers shared by the test suite: polling, free ports, and job functions.
+
+The job functions live at module level in this importable module, so
+cloudpickle sends them by reference (``helpers.square``); the worker finds
+this module because the client's ``sys.path`` (which holds ``tests/``) is
+replayed on the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 10,
+    interval: float = 0.05,
+    message: str = "",
+) -> object:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Raise AssertionError naming ``message`` when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {message or predicate!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs of the direct children of ``pid`` (read from /proc; empty if it is gone)."""
+    children: list[int] = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    if children:
+        return children
+    # Fallback: scan /proc for processes whose parent is pid.
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(")") + 2:].split()[0]
+    return state not in ("Z", "X")
+
+
+def read_markers(path: str | os.PathLike[str]) -> list[str]:
+    """Lines written by the ``*marker*`` job functions (one per run), or []."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+# ---------------------------------------------------------------- job functions
+
+
+def square(x):
+    return x * x
+
+
+def identity(x):
+    return x
+
+
+def sleep_then(x, seconds):
+    """Sleep ``seconds``, then return ``x``."""
+    time.sleep(seconds)
+    return x
+
+
+def boom(msg):
+    raise ValueError(msg)
+
+
+def kill_self():
+    """SIGKILL the process running the job (the worker's child)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_parent():
+    """SIGKILL the job's parent: the worker supervisor itself."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def _append_marker(path) -> None:
+    # O_APPEND writes of one short line are atomic, so concurrent runs interleave cleanly.
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()} {os.getppid()} {time.time():.3f}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def write_marker_then(path, x):
+    """Append one line (pid, ppid, time) to ``path``, then return ``x``."""
+    _append_marker(path)
+    return x
+
+
+def marker_sleep_then(path, x, seconds):
+    """Append one line to ``path``, sleep ``seconds``, return ``x``: a job a test can catch mid-run."""
+    _append_marker(path)
+    time.sleep(seconds)
+    return x
+
+
+def marker_kill_parent(path):
+    """Append one line to ``path``, then SIGKILL the worker supervisor (every attempt).
+
+    Exits right after: SIGKILL takes effect before the supervisor runs again, and
+    an orphan that lingered could otherwise look like a finished attempt.
+    """
+    _append_marker(path)
+    os.kill(os.getppid(), signal.SIGKILL)
+    os._exit(1)
+
+
+def first_run_slow(path, x, seconds):
+    """Append one line to ``path``; on the first run only, start a grandchild ``sleep``
+    (its PID ends the line) and sleep ``seconds``. Return ``x``.
+
+    Lets a test stop a job mid-run, check that its whole process tree is gone,
+    and then see the rerun finish quickly.
+    """
+    import subprocess
+
+    is_first = not read_markers(path)
+    grandchild = subprocess.Popen(["sleep", str(int(seconds) + 60)]) if is_first else None
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        extra = f" {grandchild.pid}" if grandchild else ""
+        os.write(fd, f"{os.getpid()} {os.getppid()} {time.time():.3f}{extra}\n".encode())
+    finally:
+        os.close(fd)
+    if grandchild is not None:
+        time.sleep(seconds)
+        grandchild.kill()
+    return x
+
+
+class Outcomes:
+    """Thread-safe record of every callback a ClientThread makes, for exactly-once checks."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.results: dict[str, list] = {}
+        self.errors: dict[str, list] = {}
+
+    def on_result(self, jobid, result) -> None:
+        with self._lock:
+            self.results.setdefault(jobid, []).append(result)
+
+    def on_error(self, jobid, error) -> None:
+        with self._lock:
+            self.errors.setdefault(jobid, []).append(error)
+
+    def count(self) -> int:
+        """Callbacks so far (results + errors, duplicates included)."""
+        with self._lock:
+            return sum(map(len, self.results.values())) + sum(map(len, self.errors.values()))
+
+    def duplicates(self) -> dict[str, int]:
+        """Job ids that got more than one callback, with how many."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for table in (self.results, self.errors):
+                for jobid, calls in table.items():
+                    counts[jobid] = counts.get(jobid, 0) + len(calls)
+            return {jobid: n for jobid, n in counts.items() if n > 1}
+
+    def assert_exactly_once(self, expected: dict) -> None:
+        """Every job in ``expected`` (id -> value) got exactly one result callback with
+        that value, no errors, and no callback came for any other id."""
+        with self._lock:
+            dup = {j: len(v) for j, v in self.results.items() if len(v) > 1}
+            errors = {j: [repr(e) for e in v] for j, v in self.errors.items()}
+            missing = [j for j in expected if j not in self.results]
+            unknown = [j for j in self.results if j not in expected]
+            wrong = {j: (v[0], expected[j]) for j, v in self.results.items()
+                     if j in expected and v[0] != expected[j]}
+        assert not errors, f"{len(errors)} error callbacks, e.g. {list(errors.items())[:3]}"
+        assert not dup, f"{len(dup)} jobs with duplicate callbacks, e.g. {list(dup.items())[:5]}"
+        assert not missing, f"{len(missing)} of {len(expected)} jobs got no callback, e.g. {missing[:5]}"
+        assert not unknown, f"callbacks for unknown job ids {unknown[:5]}"
+        assert not wrong, f"{len(wrong)} wrong values (got, expected), e.g. {list(wrong.items())[:5]}"
+
+
+# ------------------------------------------------------------- system-test bits
+
+#: Lease timeout the system tests give their coordinators, so expiry is quick.
+TEST_LEASE_S = 2
+
+
+def admin_json(url: str, *args: str, timeout: float = 30) -> object:
+    """Run ``cw-admin --url URL ARGS --json`` and return its parsed output (exit 0 asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cw_admin = Path(sys.executable).parent / "cw-admin"
+    done = subprocess.run([str(cw_admin), "--url", url, *args, "--json"],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"cw-admin {args} exited {done.returncode}: {done.stderr.strip()}"
+    return json.loads(done.stdout)
+
+
+def start_coordinator(procs, server, keys, *extra: str, lease_s: float = TEST_LEASE_S):
+    """Start a coordinator on ``server`` with a short lease; return once it has published its settings."""
+    proc = procs.coordinator(server.url, "--lease-timeout", str(lease_s), *extra)
+    client = server.client()
+    wait_for(lambda: client.exists(keys.config) or not proc.alive(), timeout=20,
+             message="coordinator publishes its settings")
+    assert proc.alive(), f"coordinator exited {proc.returncode}:\n{proc.log()}"
+    return proc

@@ -1,0 +1,158 @@
+"""Small helpers for the system tests in this folder (not fixtures, not job functions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+#: The installed console scripts live next to the interpreter of the venv.
+BIN_DIR = Path(sys.executable).parent
+
+#: How long one cw-admin call may take before the test calls it hung.
+ADMIN_TIMEOUT_S = 30
+
+
+def cw_admin(*args: str, env: dict[str, str] | None = None,
+             timeout: float = ADMIN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run the ``cw-admin`` console script; text output captured."""
+    child_env = dict(os.environ)
+    if env:
+        child_env.update(env)
+    return subprocess.run([str(BIN_DIR / "cw-admin"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=child_env, stdin=subprocess.DEVNULL)
+
+
+def admin_json(url: str, *args: str) -> Any:
+    """``cw-admin --url URL ARGS --json``; assert exit 0 and return the parsed JSON."""
+    done = cw_admin("--url", url, *args, "--json")
+    assert done.returncode == 0, (
+        f"cw-admin {' '.join(args)} --json exited {done.returncode}\n"
+        f"stdout: {done.stdout}\nstderr: {done.stderr}")
+    try:
+        return json.loads(done.stdout)
+    except ValueError as exc:
+        raise AssertionError(f"cw-admin {' '.join(args)} --json printed no JSON: "
+                             f"{done.stdout!r} ({exc})") from None
+
+
+def unique(prefix: str) -> str:
+    """A queue (or other) name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (free a moment ago)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def assert_one_line_user_error(stderr: str, *, secret: str | None = None) -> None:
+    """A user-facing error: exactly one non-empty line, no traceback, no password."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a one-line message on stderr, got {len(lines)} lines:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    if secret:
+        assert secret not in stderr, f"password leaked on stderr: {stderr!r}"
+
+
+def server_pids(port: int) -> list[int]:
+    """PIDs of live valkey/redis servers whose command line names ``port``.
+
+    valkey-server rewrites its process title to ``valkey-server 127.0.0.1:PORT``,
+    so this finds an embedded server whoever started it.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state = stat[stat.rfind(")") + 2:].split()[0]
+        if state in ("Z", "X"):
+            continue
+        if ("valkey" in comm or "redis" in comm) and re.search(
+                rf"(:|--port\s+){port}(\D|$)", cmdline):
+            found.append(int(entry))
+    return found
+
+
+class Outcomes:
+    """Collects ClientThread callbacks, checking they run one at a time on one thread."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.results: dict[str, Any] = {}
+        self.errors: dict[str, Any] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.threads: set[threading.Thread] = set()
+        self.max_active = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self.changed = threading.Condition()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+            self.threads.add(threading.current_thread())
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+        with self.changed:
+            self.changed.notify_all()
+
+    def on_result(self, jobid: str, result: Any) -> None:
+        self._enter()
+        try:
+            self.calls.append(("result", jobid))
+            self.results[jobid] = result
+        finally:
+            self._leave()
+
+    def on_error(self, jobid: str, error: Any) -> None:
+        self._enter()
+        try:
+            self.calls.append(("error", jobid))
+            self.errors[jobid] = error
+        finally:
+            self._leave()
+
+    def outcome_count(self, jobid: str) -> int:
+        return sum(1 for _, j in self.calls if j == jobid)
+
+    def wait_for(self, jobid: str, timeout: float = 30) -> None:
+        """Block until ``jobid`` has an outcome (result or error)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while jobid not in self.results and jobid not in self.errors:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no callback for job {jobid} within {timeout}s")
+                self.changed.wait(min(left, 0.2))
