@@ -325,3 +325,41 @@ def test_wrong_flag_is_an_argparse_usage_error(server, home):
         assert done.returncode == 2, (args, done)
         assert "usage" in done.stderr.lower(), (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_purge_failed_deletes_failed_jobs_only(server, procs, home):
+    procs.coordinator(server.url, "--lease-timeout", "2")
+    procs.worker(server.url)
+    errors = {}
+    with cwredis.ClientThread(None, url=server.url, error_callback=lambda j, e: errors.setdefault(j, e)) as t:
+        bad = t.submit(helpers.boom, "purge me")
+        good = t.submit(helpers.square, 3)
+    assert list(errors) == [bad]
+    done = cw_admin("--url", server.url, "purge-failed", good)
+    assert done.returncode == 1 and "not failed" in done.stderr  # nothing changed
+    assert admin_json(server.url, "show", good)["state"] == "done"
+    assert admin_json(server.url, "purge-failed") == {"purged": 1}
+    assert admin_json(server.url, "failed") == []
+    assert cw_admin("--url", server.url, "show", bad).returncode == 1
+
+
+def test_status_watch_refreshes_until_interrupted(server, procs, home):
+    import signal
+    import subprocess
+
+    procs.coordinator(server.url, "--lease-timeout", "2")
+    procs.worker(server.url)
+    wait_for(lambda: admin_json(server.url, "status")["workers"] == 1, timeout=10)
+    watch = subprocess.Popen([sys.executable, "-m", "cwredis.admin", "--url", server.url, "status", "--watch",
+                              "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert out.count("workers 1") >= 2  # refreshed at least twice
+    assert "Traceback" not in err
