@@ -83,7 +83,7 @@ class Scripts:
     """The Lua transitions, registered on one Redis client."""
 
     NAMES = (
-        "submit", "claim", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
+        "submit", "claim", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
     )
 
@@ -132,18 +132,26 @@ class Scripts:
 
     def claim(
         self, client: Any, *, worker_id: str, queues: Sequence[str], lease_ms: int,
-        max_count: int, now_ms: int | None = None,
+        max_count: int, start_count: int | None = None, now_ms: int | None = None,
     ) -> Any:
-        """Start attempts on up to ``max_count`` jobs, oldest taken first (renewing the lease).
+        """Claim up to ``max_count`` jobs, oldest taken first (renewing the lease).
 
+        The first ``start_count`` (default: all) are charged an attempt now;
+        the rest are claimed ahead and charged by :meth:`start` when they start.
         Parse the reply with :meth:`parse_claim`.
         """
         return self._run(
             "claim", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.taken(worker_id),
              *(self.keys.queue(q) for q in queues)],
-            [worker_id, lease_ms, max_count, self._job_prefix, _clock(now_ms)],
+            [worker_id, lease_ms, max_count, self._job_prefix, _clock(now_ms),
+             max_count if start_count is None else start_count],
         )
+
+    def start(self, client: Any, *, jobs: Sequence[tuple[str, str]]) -> Any:
+        """Charge jobs claimed ahead (id, token) the attempt they just started; returns how many."""
+        return self._run("start", client, [self.keys.job(job_id) for job_id, _ in jobs],
+                         [token for _, token in jobs])
 
     def heartbeat(self, client: Any, *, worker_id: str, lease_ms: int, info: dict[str, str],
                   now_ms: int | None = None) -> Any:

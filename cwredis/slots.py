@@ -32,6 +32,7 @@ class Running:
     function: bytes = b""
     env: bytes = b""
     started: float = field(default_factory=time.monotonic)
+    prefetched: bool = False  # claimed ahead: its start must be recorded (start.lua)
 
     def message(self, slot: "Slot") -> tuple[Any, ...]:
         """The child's "run" message; function and environment only if the child lacks them."""
@@ -61,13 +62,17 @@ class Slot:
         self.spawn()
 
     def spawn(self) -> None:
-        """Start a fresh child (after a kill, or at start)."""
+        """Start a fresh child (after a kill, or at start), in a process group of its own.
+
+        Its own group, so that killing it (a timeout, a second stop signal)
+        also kills whatever processes the job started.
+        """
         job_r, job_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cwredis.child", str(job_r), str(out_w)],
-                pass_fds=(job_r, out_w), stdin=subprocess.DEVNULL)
+                pass_fds=(job_r, out_w), stdin=subprocess.DEVNULL, process_group=0)
         finally:
             os.close(job_r)
             os.close(out_w)
@@ -95,14 +100,13 @@ class Slot:
         self.inbox.send(message)
 
     def kill(self) -> int | None:
-        """SIGKILL the child and reap it; returns its exit code."""
+        """SIGKILL the child's process group (the job's own subprocesses too) and reap it; returns its exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         code = self.proc.wait()
         self.close_pipes()
         return code

@@ -96,6 +96,7 @@ class Worker:
         # Outcomes and requeues not yet recorded (Redis away): retried, never dropped.
         self._unsent_outcomes: list[Completion] = []
         self._unsent_requeues: list[Requeue] = []
+        self._unsent_starts: list[tuple[str, str]] = []  # (id, token) of claimed-ahead jobs that started
         self._sending: list[str] = []  # ids in the recorder's round trip right now
         self._needs_reconcile = False
         self._queues_empty = False  # the last claim found nothing: the fetcher takes over
@@ -185,14 +186,17 @@ class Worker:
         return not (self._unsent_outcomes or self._unsent_requeues or self._sending)
 
     def _dispatch(self) -> None:
-        """Start ready jobs on idle children, oldest first."""
+        """Start ready jobs on idle children, oldest first (none once stopping: they go back)."""
         with self._lock:
             for slot in self._slots:
-                if not self._ready:
+                if not self._ready or self._stopping.is_set():
                     break
                 if slot.job is None and slot.outbox is not None:
-                    slot.start(self._ready.popleft())
-            if self._hunger():
+                    running = self._ready.popleft()
+                    slot.start(running)
+                    if running.prefetched:  # charge its attempt in the recorder's next round trip
+                        self._unsent_starts.append((running.claimed.id, running.claimed.token))
+            if self._hunger() or self._unsent_starts:
                 self._lock.notify_all()  # the recorder (or fetcher) may claim more
 
     @property
@@ -209,6 +213,15 @@ class Worker:
             return 0
         held = len(self._ready) + sum(1 for s in self._slots if s.job is not None)
         return max(0, self.capacity - held)
+
+    def _starting_now(self) -> int:
+        """Of the jobs claimed now, how many go straight to an idle child (call with _lock held).
+
+        Those are charged their attempt by the claim itself; the rest wait in
+        ``ready`` and are charged when they start.
+        """
+        idle = sum(1 for s in self._slots if s.job is None)
+        return max(0, idle - len(self._ready))
 
     # -- outcomes ----------------------------------------------------------------
 
@@ -325,8 +338,8 @@ class Worker:
 
     def _has_work_to_record(self) -> bool:
         """Outcomes to send, a reconnect to reconcile, or hungry children while the queues have work."""
-        return bool(self._unsent_outcomes or self._unsent_requeues or self._needs_reconcile
-                    or (self._hunger() and not self._queues_empty))
+        return bool(self._unsent_outcomes or self._unsent_requeues or self._unsent_starts
+                    or self._needs_reconcile or (self._hunger() and not self._queues_empty))
 
     def _record(self) -> bool:
         """One round trip: record outcomes and requeues, and claim what the children can take.
@@ -339,9 +352,13 @@ class Worker:
             with self._lock:
                 outcomes, self._unsent_outcomes = self._unsent_outcomes, []
                 requeues, self._unsent_requeues = self._unsent_requeues, []
+                starts, self._unsent_starts = self._unsent_starts, []
                 self._sending = [c.id for c in outcomes] + [r.id for r in requeues]
                 want = self._hunger()
+                start_count = self._starting_now()
             pipe = self._redis.pipeline(transaction=False)
+            if starts:  # first: a job that started and already finished is charged before it completes
+                self._scripts.start(pipe, jobs=starts)
             if outcomes:
                 self._scripts.complete(pipe, worker_id=self.worker_id, outcomes=outcomes,
                                        done_ttl_ms=config.DONE_TTL_S * 1000,
@@ -350,13 +367,14 @@ class Worker:
                 self._scripts.requeue(pipe, worker_id=self.worker_id, jobs=requeues)
             if want:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
-                                    max_count=want)
+                                    max_count=want, start_count=start_count)
             try:
-                replies = pipe.execute() if (outcomes or requeues or want) else []
+                replies = pipe.execute() if (starts or outcomes or requeues or want) else []
             except Exception as exc:
-                with self._lock:  # complete and requeue are fenced: sending them again is safe
+                with self._lock:  # start, complete and requeue are fenced: sending them again is safe
                     self._unsent_outcomes[:0] = outcomes
                     self._unsent_requeues[:0] = requeues
+                    self._unsent_starts[:0] = starts
                     self._sending = []
                 if not is_transient(exc):
                     raise
@@ -365,14 +383,14 @@ class Worker:
                 self._reconnector.failed(exc)
                 return False
             if want:
-                self._accept_claimed(replies[-1], want)
+                self._accept_claimed(replies[-1], want, start_count)
             with self._lock:
                 self._sending = []
                 self._lock.notify_all()
         if self._reconnector.succeeded():
             self._needs_reconcile = True
         if outcomes:
-            self._log_refused(outcomes, replies[0], "outcome")
+            self._log_refused(outcomes, replies[1 if starts else 0], "outcome")
         return True
 
     def _log_refused(self, items: Sequence[Completion | Requeue], flags: Sequence[int], what: str) -> None:
@@ -406,15 +424,23 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------------
 
-    def _accept_claimed(self, reply: Any, wanted: int) -> int:
-        """Verify claimed jobs and queue them as ready (call with _claim_lock held); returns how many were claimed."""
+    def _accept_claimed(self, reply: Any, wanted: int, start_count: int) -> int:
+        """Verify claimed jobs and queue them as ready (call with _claim_lock held); returns how many were claimed.
+
+        Jobs past the first ``start_count`` were claimed ahead: marked so their start is recorded.
+        """
         claimed, dropped = self._scripts.parse_claim(reply)
         for job_id in dropped:
             log.warning("worker %s: dropped queue entry %r: it names no pending job", self.worker_id, job_id)
         self._queues_empty = len(claimed) < wanted
         if claimed:
             self._reconnector.call(lambda: self._load_records(claimed))
-        accepted = [running for item in claimed if (running := self._prepare(item)) is not None]
+        accepted = []
+        for index, item in enumerate(claimed):
+            running = self._prepare(item)
+            if running is not None:
+                running.prefetched = index >= start_count
+                accepted.append(running)
         with self._lock:
             self._ready.extend(accepted)
         if accepted:
@@ -512,9 +538,10 @@ class Worker:
         with self._claim_lock:
             with self._lock:
                 want = max(1, self._hunger())
+                start_count = self._starting_now()
             reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
-                                        lease_ms=self.lease_ms, max_count=want)
-            return self._accept_claimed(reply, want) > 0
+                                        lease_ms=self.lease_ms, max_count=want, start_count=start_count)
+            return self._accept_claimed(reply, want, start_count) > 0
 
     def _is_idle(self) -> bool:
         with self._lock:

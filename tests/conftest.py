@@ -19,6 +19,7 @@ When a test fails, the tail of each process log it started is printed.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -279,8 +280,9 @@ class Procs:
         child_env["PYTHONUNBUFFERED"] = "1"
         if env:
             child_env.update(env)
-        name = Path(str(argv[-1] if len(argv) < 3 else argv[2])).name.replace("/", "_")
-        log_path = self.log_dir / f"{len(self.started):03d}-{name[:40]}.log"
+        label = str(argv[2] if len(argv) > 2 and argv[1] == "-m" else Path(str(argv[0])).name)
+        name = re.sub(r"[^\w.-]+", "_", label)[:40]
+        log_path = self.log_dir / f"{len(self.started):03d}-{name}.log"
         proc = Proc(argv, log_path, child_env)
         self.started.append(proc)
         return proc

@@ -94,6 +94,12 @@ def square(x):
     return x * x
 
 
+def square_after(x, seconds):
+    """x * x after sleeping ``seconds``: a short job that still keeps workers busy."""
+    time.sleep(seconds)
+    return x * x
+
+
 def identity(x):
     return x
 

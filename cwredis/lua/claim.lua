@@ -1,17 +1,22 @@
 -- claim.lua: take up to max_count jobs for a worker and start an attempt on each.
 -- KEYS: workers, inflight(worker), taken(worker), queue_1 .. queue_n (priority order)
--- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time)
+-- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time), start_count
+-- The first start_count jobs start at once and are charged an attempt now.
+-- The rest are claimed ahead (prefetched, for short jobs): they get their
+-- token but are marked 'pf' and charged only when start.lua records that they
+-- started -- so a worker that dies holding them does not use up their attempts.
 -- The worker's blocking BLMOVE parks ids in its taken list; they are the
 -- oldest it holds, so they are claimed first, then ids are moved from the
 -- queues. Every move is an LMOVE, so an id is always in a queue, the taken
 -- list or the in-flight list: a crash at any point leaves it where the
 -- coordinator's sweep of this worker finds it.
 -- Returns {claimed, dropped}: claimed is a flat list of
--- (id, token, spec, fn, args, attempts, generation) per job; dropped lists
+-- (id, token, spec, fn, args, attempts, generation) per job, attempts being
+-- the number this run has once started; dropped lists
 -- queue entries that named no pending job (removed; the worker logs them).
 local workers, inflight = KEYS[1], KEYS[2]
 local worker_id, deadline = ARGV[1], now_ms(ARGV[5]) + tonumber(ARGV[2])
-local max_count, job_prefix = tonumber(ARGV[3]), ARGV[4]
+local max_count, job_prefix, start_count = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
 -- Claiming renews the lease, and re-registers a worker whose lease the
 -- coordinator already expired (e.g. one that was SIGSTOPped and continued).
 redis.call('ZADD', workers, deadline, worker_id)
@@ -29,7 +34,11 @@ local function take(job_id)
   -- tonumber: a garbage counter must not abort the script half-way.
   local attempts = (tonumber(f[5]) or 0) + 1
   local token = (tonumber(f[6]) or 0) + 1
-  redis.call('HSET', job, 's', 'running', 'w', worker_id, 'n', attempts, 'k', token)
+  if count < start_count then
+    redis.call('HSET', job, 's', 'running', 'w', worker_id, 'n', attempts, 'k', token)
+  else
+    redis.call('HSET', job, 's', 'running', 'w', worker_id, 'k', token, 'pf', 1)
+  end
   local n = #claimed
   claimed[n + 1], claimed[n + 2], claimed[n + 3] = job_id, tostring(token), f[2] or ''
   claimed[n + 4], claimed[n + 5], claimed[n + 6] = f[3] or '', f[4] or '', tostring(attempts)

@@ -22,9 +22,13 @@ for k = 4, #KEYS, 3 do
   local reason, err, tb, channel, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = redis.call('HMGET', job, 's', 'k', 'g')
+  local f = redis.call('HMGET', job, 's', 'k', 'g', 'pf')
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
+    if f[4] then  -- claimed ahead and its start not yet recorded: it ran, so count it
+      redis.call('HINCRBY', job, 'n', 1)
+      redis.call('HDEL', job, 'pf')
+    end
     if kind == 'ok' then
       redis.call('HSET', job, 's', 'done')
       redis.call('HDEL', job, 'a', 'w', 'pg')

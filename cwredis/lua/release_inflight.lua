@@ -21,11 +21,14 @@ for i = #ids, 1, -1 do
   local job_id = ids[i]
   if not keep[job_id] then
     local job = job_prefix .. job_id
-    local f = redis.call('HMGET', job, 's', 'w', 'n', 'p')
+    local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'pf')
     local queue = redis.call('HGET', spec_prefix .. (f[4] or ''), 'q')
     redis.call('LREM', inflight, 1, job_id)
     if queue and (f[1] == 'pending' or (f[1] == 'running' and f[2] == worker_id)) then
-      if f[1] == 'running' then
+      if f[1] == 'running' and f[5] then  -- claimed ahead, never charged
+        redis.call('HSET', job, 's', 'pending')
+        redis.call('HDEL', job, 'w', 'pf')
+      elseif f[1] == 'running' then
         redis.call('HSET', job, 's', 'pending', 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
         redis.call('HDEL', job, 'w')
       end

@@ -13,12 +13,14 @@ for k = 3, #KEYS, 2 do
   local job_id, token, mode, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], now + tonumber(ARGV[a + 3])
   a = a + 4
   n = n + 1
-  local f = redis.call('HMGET', job, 's', 'k', 'n')
+  local f = redis.call('HMGET', job, 's', 'k', 'n', 'pf')
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
-    redis.call('HDEL', job, 'w')
-    if mode == 'release' then
+    redis.call('HDEL', job, 'w', 'pf')
+    if mode == 'release' and not f[4] then  -- a claimed-ahead job was never charged
       redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
+    elseif mode == 'retry' and f[4] then  -- it ran (and timed out) before its start was recorded
+      redis.call('HSET', job, 'n', (tonumber(f[3]) or 0) + 1)
     end
     if mode == 'retry' and due > now then
       redis.call('HSET', job, 's', 'delayed')

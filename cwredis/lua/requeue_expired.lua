@@ -4,7 +4,11 @@
 --       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts; ids it had taken
--- but not claimed go back unchanged. The whole sweep of one worker is one
+-- but not claimed go back unchanged. A job claimed ahead whose start was
+-- never recorded ('pf') is not charged an attempt -- it may never have run --
+-- but every death of a worker holding a job counts ('d'), and at twice
+-- max_attempts the job fails 'lost' anyway: a job that kills its worker the
+-- moment it starts cannot crash-loop through the prefetch either. The whole sweep of one worker is one
 -- script, so a coordinator killed mid-sweep leaves every job either still in
 -- the in-flight list or already requeued, never both, never neither; and two
 -- coordinators sweeping at once cannot requeue a job twice (the second finds
@@ -30,11 +34,14 @@ for i = 1, #parked do ids[#ids + 1] = parked[i] end
 for i = #ids, 1, -1 do
   local job_id = ids[i]
   local job = job_prefix .. job_id
-  local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'g')
+  local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'g', 'pf')
   local spec = redis.call('HMGET', spec_prefix .. (f[4] or ''), 'q', 'm', 'c')
   local running = f[1] == 'running' and f[2] == worker_id
   if (running or f[1] == 'pending') and spec[1] then
-    if running and (tonumber(f[3]) or 0) >= (tonumber(spec[2]) or 1) then
+    local max_attempts = tonumber(spec[2]) or 1
+    local deaths = running and redis.call('HINCRBY', job, 'd', 1) or 0
+    local charged = running and not f[6] and (tonumber(f[3]) or 0) >= max_attempts
+    if charged or deaths >= 2 * max_attempts then
       redis.call('HSET', job, 's', 'failed', 'r', 'lost', 'x', lost_error, 'tb', lost_tb)
       redis.call('HDEL', job, 'w')
       redis.call('ZADD', failed, now, job_id)
@@ -50,7 +57,7 @@ for i = #ids, 1, -1 do
       lost = lost + 1
     else
       redis.call('HSET', job, 's', 'pending')
-      redis.call('HDEL', job, 'w')
+      redis.call('HDEL', job, 'w', 'pf')
       redis.call('RPUSH', queue_prefix .. spec[1], job_id)
       requeued = requeued + 1
     end

@@ -27,7 +27,7 @@ for i, job_id in ipairs(ids) do
     local job = job_prefix .. job_id
     redis.call('HSET', job, 's', 'pending', 'n', 0)
     redis.call('HINCRBY', job, 'g', 1)
-    redis.call('HDEL', job, 'r', 'x', 'tb', 'w')
+    redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o')
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
     n = n + 1
   end

@@ -231,3 +231,35 @@ def test_garbage_counters_do_not_abort_a_claim_half_way(s, r):
     r.hset(KEYS.job("a"), mapping={job.ATTEMPTS: "x", job.TOKEN: "y"})
     (c,), _ = claim(s, r)
     assert c.attempts == 1 and c.token == "1" and state(r, "a") == "running"
+
+
+def test_jobs_claimed_ahead_are_charged_only_once_started(s, r):
+    submit(s, r, "a", "b", "c")
+    claimed, _ = s.parse_claim(s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=3,
+                                       start_count=1, now_ms=T0))
+    a, b, c = claimed
+    assert [x.attempts for x in claimed] == [1, 1, 1]  # the number each run has once started
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1" and r.hget(KEYS.job("b"), job.ATTEMPTS) is None
+    assert s.start(r, jobs=[("b", b.token)]) == 1
+    assert s.start(r, jobs=[("b", b.token)]) == 0  # a repeated round trip charges nothing twice
+    assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"1"
+    # The worker dies: a and b ran (charged), c never started and is not charged.
+    assert expire(s, r) == (3, 0)
+    assert [r.hget(KEYS.job(j), job.ATTEMPTS) for j in "abc"] == [b"1", b"1", None]
+
+
+def test_a_claimed_ahead_job_that_completes_before_its_start_is_recorded_is_charged(s, r):
+    submit(s, r, "a")
+    (a,), _ = s.parse_claim(s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=1,
+                                    start_count=0, now_ms=T0))
+    assert complete(s, r, ok(a)) == [1]
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
+
+
+def test_worker_deaths_end_a_job_lost_even_if_its_start_was_never_recorded(s, r):
+    submit(s, r, "a")  # max_attempts 2: lost after 4 deaths of uncharged holders
+    for death in range(4):
+        now = T0 + death * 2 * LEASE_MS
+        s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=1, start_count=0, now_ms=now)
+        expire(s, r, now=now + LEASE_MS + 1)
+    assert state(r, "a") == "failed" and r.hget(KEYS.job("a"), job.REASON) == b"lost"

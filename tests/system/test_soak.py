@@ -1,0 +1,90 @@
+"""Soak: many small jobs while workers keep dying and the coordinator restarts once."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+import cwredis
+import helpers
+from helpers import TEST_LEASE_S, Outcomes, start_coordinator
+
+pytestmark = [pytest.mark.system, pytest.mark.soak]
+
+JOBS = 10_000
+WORKERS = 3
+CONCURRENCY = "2"
+JOB_S = 0.005
+#: The whole run must finish well inside the suite's budget.
+DEADLINE_S = 120
+
+
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_soak_random_worker_kills_and_a_coordinator_restart(server, home, procs, keys):
+    # A fresh seed each run (printed, and settable to replay a failure's kill schedule).
+    seed = int(os.environ.get("CWREDIS_SOAK_SEED") or random.randrange(1 << 30))
+    print(f"\nsoak seed: CWREDIS_SOAK_SEED={seed}")
+    rng = random.Random(seed)
+    coordinator = start_coordinator(procs, server, keys)
+    workers = [procs.worker(server.url, "--concurrency", CONCURRENCY) for _ in range(WORKERS)]
+    outcomes = Outcomes()
+    stop = threading.Event()
+    stats = {"kills": 0, "coordinator_restarts": 0}
+    chaos_errors: list[BaseException] = []
+
+    def chaos() -> None:
+        """Every 1-2 s SIGKILL a random worker (with its jobs) and start a replacement;
+        once, a third of the way in, kill -9 the coordinator and restart it a second later."""
+        nonlocal coordinator
+        try:
+            while not stop.wait(rng.uniform(1.0, 2.0)):
+                victim = workers.pop(rng.randrange(len(workers)))
+                victim.signal_group(signal.SIGKILL)
+                victim.wait(10)
+                stats["kills"] += 1
+                workers.append(procs.worker(server.url, "--concurrency", CONCURRENCY))
+                if not stats["coordinator_restarts"] and outcomes.count() >= JOBS // 3:
+                    coordinator.signal(signal.SIGKILL)
+                    coordinator.wait(10)
+                    if stop.wait(1.0):
+                        break
+                    coordinator = procs.coordinator(server.url, "--lease-timeout", str(TEST_LEASE_S))
+                    stats["coordinator_restarts"] += 1
+        except BaseException as exc:  # surfaced in the test thread
+            chaos_errors.append(exc)
+
+    started = time.monotonic()
+    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
+    chaos_thread.start()
+    try:
+        with cwredis.ClientThread(outcomes.on_result, url=server.url,
+                                  error_callback=outcomes.on_error) as t:
+            # 5 ms each: short, yet the run lasts long enough for several kills.
+            # Default max_attempts (3): a job caught in three kills would fail 'lost'.
+            expected = {t.submit(helpers.square_after, i, JOB_S): i * i for i in range(JOBS)}
+            remaining = DEADLINE_S - (time.monotonic() - started)
+            try:
+                t.wait(timeout=remaining)
+            except TimeoutError:
+                raise AssertionError(f"only {outcomes.count()} of {JOBS} outcomes in {DEADLINE_S}s") from None
+            stop.set()
+            chaos_thread.join(30)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        chaos_thread.join(30)
+    seconds = time.monotonic() - started
+    # Informational only (the log wording is not part of the contract).
+    requeued = sum(int(n) for p in procs.started for n in re.findall(r"requeued (\d+) job", p.log()))
+    print(f"jobs={JOBS}, kills={stats['kills']}, coordinator_restarts={stats['coordinator_restarts']}, "
+          f"requeued_by_coordinator={requeued}, seconds={seconds:.1f}")
+    assert not chaos_errors, chaos_errors
+    outcomes.assert_exactly_once(expected)
+    assert stats["kills"] >= 3, "the run was too short to inject faults"
+    assert stats["coordinator_restarts"] == 1, "the coordinator was never killed and restarted"
