@@ -47,6 +47,9 @@ RETRY_DELAY_MAX_S = 30.0
 SLOW_JOB_S = 0.02
 PREFETCH_WINDOW_S = 0.005
 MAX_PREFETCH = 32
+#: Slow jobs: a child's next job is claimed this long before its current one
+#: should end (by the running average), so it starts without a gap.
+JIT_LEAD_S = 0.01
 
 #: While a worker's slots still have work queued, finished outcomes gather for
 #: at most this long (or up to MAX_RECORD_BATCH) before one round trip records

@@ -178,6 +178,10 @@ class Worker:
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
         deadlines = [d for s in busy if s.job is not None and (d := s.job.deadline) is not None]
+        if self._avg_job_s >= config.SLOW_JOB_S:  # wake to claim just in time (see capacity)
+            lead = max(0.0, self._avg_job_s - config.JIT_LEAD_S)
+            now = time.monotonic()
+            deadlines += [t for s in busy if s.job is not None and (t := s.job.started + lead) > now]
         if not deadlines:
             return 0.5
         return max(0.0, min(0.5, min(deadlines) - time.monotonic()))
@@ -188,6 +192,7 @@ class Worker:
     def _dispatch(self) -> None:
         """Start ready jobs on idle children, oldest first (none once stopping: they go back)."""
         with self._lock:
+            self._shed_excess()
             for slot in self._slots:
                 if not self._ready or self._stopping.is_set():
                     break
@@ -201,11 +206,22 @@ class Worker:
 
     @property
     def capacity(self) -> int:
-        """Jobs to hold at once: one per child, plus a prefetch for short jobs so no child waits on Redis."""
+        """Jobs to hold at once: one per child, plus a prefetch so no child waits on Redis.
+
+        Short jobs: several per child. Slow jobs: one more for each child whose
+        job should end within JIT_LEAD_S (by the running average), claimed just
+        in time -- a freed child starts at once, and no job waits long here
+        while a worker elsewhere could run it.
+        """
         if self._avg_job_s >= config.SLOW_JOB_S:
-            return self.concurrency
+            return self.concurrency + self._ending_soon()
         per_child = max(2, min(config.MAX_PREFETCH, int(config.PREFETCH_WINDOW_S / max(self._avg_job_s, 1e-5))))
         return self.concurrency * per_child
+
+    def _ending_soon(self) -> int:
+        """Children whose job should end within JIT_LEAD_S, by the running average (call with _lock held)."""
+        due = time.monotonic() - max(0.0, self._avg_job_s - config.JIT_LEAD_S)
+        return sum(1 for s in self._slots if s.job is not None and s.job.started <= due)
 
     def _hunger(self) -> int:
         """How many more jobs to claim now (call with _lock held)."""
@@ -213,6 +229,24 @@ class Worker:
             return 0
         held = len(self._ready) + sum(1 for s in self._slots if s.job is not None)
         return max(0, self.capacity - held)
+
+    def _shed_excess(self) -> None:
+        """Jobs turned out slow: give back what was claimed ahead beyond our capacity (call with _lock held).
+
+        Prefetch is for short jobs; when the running average says jobs are slow
+        after all, the surplus goes back to the front of its queue for idle
+        workers elsewhere, unrun and uncharged.
+        """
+        busy = sum(1 for s in self._slots if s.job is not None)
+        excess = len(self._ready) - max(0, self.capacity - busy)
+        slack = 1 if self._avg_job_s >= config.SLOW_JOB_S else self.concurrency  # no churn from a noisy average
+        if excess < slack:
+            return
+        # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
+        for running in [self._ready.pop() for _ in range(excess)]:
+            self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                 self._keys.queue(running.spec.queue), "release"))
+        self._lock.notify_all()
 
     def _starting_now(self) -> int:
         """Of the jobs claimed now, how many go straight to an idle child (call with _lock held).

@@ -5,6 +5,8 @@
 -- The rest are claimed ahead (prefetched, for short jobs): they get their
 -- token but are marked 'pf' and charged only when start.lua records that they
 -- started -- so a worker that dies holding them does not use up their attempts.
+-- A job that was already held by a worker that died ('d') is always charged
+-- at claim: it may be what killed it, and must not run uncounted.
 -- The worker's blocking BLMOVE parks ids in its taken list; they are the
 -- oldest it holds, so they are claimed first, then ids are moved from the
 -- queues. Every move is an LMOVE, so an id is always in a queue, the taken
@@ -24,7 +26,7 @@ local claimed, dropped, count = {}, {}, 0
 
 local function take(job_id)
   local job = job_prefix .. job_id
-  local f = redis.call('HMGET', job, 's', 'p', 'f', 'a', 'n', 'k', 'g')
+  local f = redis.call('HMGET', job, 's', 'p', 'f', 'a', 'n', 'k', 'g', 'd')
   if f[1] ~= 'pending' then
     -- Not a job (garbage), or a stale duplicate of one already taken.
     redis.call('LREM', inflight, 1, job_id)
@@ -34,7 +36,7 @@ local function take(job_id)
   -- tonumber: a garbage counter must not abort the script half-way.
   local attempts = (tonumber(f[5]) or 0) + 1
   local token = (tonumber(f[6]) or 0) + 1
-  if count < start_count then
+  if count < start_count or f[8] then
     redis.call('HSET', job, 's', 'running', 'w', worker_id, 'n', attempts, 'k', token)
   else
     redis.call('HSET', job, 's', 'running', 'w', worker_id, 'k', token, 'pf', 1)

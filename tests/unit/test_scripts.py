@@ -263,3 +263,13 @@ def test_worker_deaths_end_a_job_lost_even_if_its_start_was_never_recorded(s, r)
         s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=1, start_count=0, now_ms=now)
         expire(s, r, now=now + LEASE_MS + 1)
     assert state(r, "a") == "failed" and r.hget(KEYS.job("a"), job.REASON) == b"lost"
+
+
+def test_a_job_whose_worker_died_is_charged_at_claim_even_when_claimed_ahead(s, r):
+    submit(s, r, "a")
+    s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=1, start_count=0, now_ms=T0)
+    expire(s, r)  # w1 died holding it: not charged, but remembered
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) is None
+    s.claim(r, worker_id="w2", queues=["default"], lease_ms=LEASE_MS, max_count=1, start_count=0,
+            now_ms=T0 + LEASE_MS + 2)
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"  # it may be what killed w1: counted from now on
