@@ -8,7 +8,9 @@ every signature; the child only decodes and runs.
 Messages (multiprocessing Connection framing over two pipes)::
 
     in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture)
+         ("unsend", job_id)    give that job back if it has not started
     out: ("progress", job_id, fraction, message | None)      any number, while the job runs
+         ("unsent", job_id, given_back)
          ("resend", job_id)    the function or environment was left out but is not held here
          ("ok", job_id, result_pickle, output)
          ("err", job_id, reason, error_line, traceback_text, output)
@@ -23,6 +25,7 @@ for the supervisor to handle gracefully) and dies with its supervisor
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import io
@@ -31,6 +34,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from collections import OrderedDict
 from multiprocessing.connection import Connection
@@ -184,6 +188,42 @@ class JobRunner:
             return ("err", job_id, "exception", line, traceback.format_exc())
 
 
+class Mailbox:
+    """Jobs written to us, read by a thread of their own so an "unsend" is answered while a job runs."""
+
+    def __init__(self, inbox: Connection, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._inbox = inbox
+        self._send = send
+        self._jobs: collections.deque[tuple[Any, ...] | None] = collections.deque()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, name="cw-mailbox", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._inbox.recv()
+            except (EOFError, OSError):
+                message = None  # the worker is gone or closed us
+            with self._cond:
+                if message is not None and message[0] == "unsend":
+                    waiting = next((m for m in self._jobs if m is not None and m[1] == message[1]), None)
+                    if waiting is not None:
+                        self._jobs.remove(waiting)
+                    self._send(("unsent", message[1], waiting is not None))
+                    continue
+                self._jobs.append(message)
+                self._cond.notify()
+            if message is None:
+                return
+
+    def next(self) -> tuple[Any, ...] | None:
+        """The next job to run; None once the worker closed us."""
+        with self._cond:
+            while not self._jobs:
+                self._cond.wait()
+            return self._jobs.popleft()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -194,16 +234,21 @@ def main(argv: list[str] | None = None) -> None:
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
     runner = JobRunner()
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            outbox.send(message)
 
     def report(job_id: str, fraction: float, text: str | None) -> None:
-        outbox.send(("progress", job_id, fraction, text))
+        send(("progress", job_id, fraction, text))
 
+    mailbox = Mailbox(inbox, send)
     while True:
-        try:
-            message = inbox.recv()
-        except (EOFError, OSError):
+        message = mailbox.next()
+        if message is None:
             return  # the worker is gone or closed us: exit quietly
-        outbox.send(runner.run(message, report))
+        send(runner.run(message, report))
 
 
 if __name__ == "__main__":

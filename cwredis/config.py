@@ -47,6 +47,14 @@ RETRY_DELAY_MAX_S = 30.0
 SLOW_JOB_S = 0.02
 PREFETCH_WINDOW_S = 0.005
 MAX_PREFETCH = 32
+#: At most this many short jobs are written ahead to a busy child.
+MAX_AHEAD = 8
+
+#: A job written ahead to a child is asked back once the job before it has
+#: run STUCK_FACTOR times the average (at least STUCK_MIN_S).
+STUCK_FACTOR = 10
+STUCK_MIN_S = 0.01
+
 #: Slow jobs: a child's next job is claimed this long before its current one
 #: should end (by the running average), so it starts without a gap.
 JIT_LEAD_S = 0.01

@@ -51,7 +51,8 @@ def connect(url: str, role: str) -> redis.Redis:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that mean 'Redis is away or busy for now': retry later."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    # NoScriptError: a restarted server lost the scripts; Scripts.execute has reloaded them.
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)):
         return True
     if isinstance(exc, redis.ResponseError):
         return str(exc).startswith(_TRANSIENT_PREFIXES)

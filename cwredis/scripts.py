@@ -3,6 +3,11 @@
 Each wrapper takes the Redis client (or a pipeline, to batch several steps in
 one round trip) as ``client``; time is an argument (``now_ms``) so tests can
 move the clock. Return codes become booleans, counts or exceptions here.
+
+In a pipeline, a script is sent as a bare EVALSHA: redis-py would otherwise
+precede every pipeline with a SCRIPT EXISTS round trip. Run such pipelines
+with :meth:`Scripts.execute`, which reloads the scripts when the server lost
+them (a restart) and re-raises, so the caller retries as after any blip.
 """
 
 from __future__ import annotations
@@ -89,13 +94,30 @@ class Scripts:
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
+        self._client = client
         self._scripts: dict[str, Script] = {name: client.register_script(_load(name)) for name in self.NAMES}
         p = keys.prefixes()
         self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
         self._results_prefix, self._channel_prefix, self._seq_prefix = p[3], p[4], p[6]
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._scripts[name](keys=list(keys), args=list(args), client=client)
+        script = self._scripts[name]
+        if isinstance(client, redis.client.Pipeline):
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        return script(keys=list(keys), args=list(args), client=client)
+
+    def load(self) -> None:
+        """Load every script into the server (SCRIPT LOAD is idempotent)."""
+        for script in self._scripts.values():
+            self._client.script_load(script.script)
+
+    def execute(self, pipe: Any) -> list[Any]:
+        """Execute a pipeline holding scripts; on NOSCRIPT, reload them and re-raise (a transient error)."""
+        try:
+            return list(pipe.execute())
+        except redis.exceptions.NoScriptError:
+            self.load()
+            raise
 
     # -- client side ---------------------------------------------------------
 

@@ -1,10 +1,17 @@
 """A worker's child processes: one slot per unit of ``--concurrency``.
 
 Each slot owns a long-lived ``python -m cwredis.child`` process and two pipes,
-and runs one job at a time (``job``). The slot remembers which functions and
-which environment its child already holds, so those are sent once per child,
-not once per job; if the child says it lacks one (it evicted it, or failed
-to load it), the job is sent again in full.
+and runs one job at a time. For short jobs the worker writes a few more jobs
+ahead into the child's pipe (``sent`` holds them, the running one first), so
+the child goes on to the next the moment it finishes one -- no wait for the
+worker's loop or its round trips to Redis. If the running job turns out long,
+the worker asks for the ones ahead back ("unsend") and gives them to idle
+children: a short job never waits behind a long one while a child is free.
+
+The slot remembers which functions and which environment its child already
+holds, so those are sent once per child, not once per job; if the child says
+it lacks one (it evicted it, or failed to load it), the job is sent again in
+full.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -48,12 +56,18 @@ class Running:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
 
+#: A job is written ahead into a child's pipe only if its arguments are this
+#: small: a full pipe (64 KiB) would block the worker's loop.
+MAX_SEND_AHEAD_BYTES = 4096
+
+
 class Slot:
-    """One child process and the attempt it runs (``job``), if any."""
+    """One child process and the attempts written to it (``sent``: the running one first)."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.job: Running | None = None
+        self.sent: deque[Running] = deque()
+        self.asked_back: set[str] = set()  # ids of jobs ahead we asked the child to give back
         self.proc: subprocess.Popen[bytes] | None = None
         self.inbox: Connection | None = None  # we write jobs here
         self.outbox: Connection | None = None  # we read outcomes here
@@ -81,14 +95,35 @@ class Slot:
         self.functions = set()
         self.env = None
 
+    @property
+    def job(self) -> Running | None:
+        """The attempt the child is running, if any."""
+        return self.sent[0] if self.sent else None
+
     def start(self, running: Running) -> None:
-        """Hand ``running`` to the child; its timeout counts from now."""
-        self.job = running
+        """Write ``running`` to the child; its timeout counts from when it heads the slot."""
+        self.sent.append(running)
         running.started = time.monotonic()
+        self.resend(running)
+
+    def resend(self, running: Running) -> None:
         try:
             self.send(running.message(self))
         except (OSError, ValueError, AssertionError):
-            pass  # the child died: the worker's loop sees its pipe close and retries the job
+            pass  # the child died: the worker's loop sees its pipe close and handles its jobs
+
+    def take(self, job_id: str) -> Running | None:
+        """Remove and return the sent attempt ``job_id`` (the next one then runs, from now)."""
+        for index, running in enumerate(self.sent):
+            if running.claimed.id == job_id:
+                del self.sent[index]
+                if index == 0 and self.sent:
+                    self.sent[0].started = time.monotonic()
+                return running
+        return None
+
+    def find(self, job_id: str) -> Running | None:
+        return next((r for r in self.sent if r.claimed.id == job_id), None)
 
     def forget_cache(self) -> None:
         """The child lacks something we thought it held: send everything next time."""

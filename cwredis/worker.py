@@ -1,14 +1,15 @@
 """The worker: ``python -m cwredis.worker [REDIS_URL] [--concurrency N] [--queue NAME]...``.
 
 One supervisor process runs up to N jobs at once, each in a long-lived child
-process (:mod:`cwredis.slots`). Four threads, each Redis-facing one with its
-own connection from the pool, so none waits behind another's blocking call:
+process (:mod:`cwredis.slots`). Three threads, each with its own connection
+from the pool, so none waits behind another's blocking call:
 
-* the **main loop** hands ready jobs to idle children, collects outcomes and
-  enforces job timeouts -- it never waits on Redis;
-* the **recorder** records outcomes (``complete.lua``) and, in the same round
-  trip, claims the next jobs (``claim.lua``); outcomes that finish while a
-  round trip is under way simply go in the next one;
+* the **main loop** hands ready jobs to children, collects outcomes, enforces
+  job timeouts, and records outcomes (``complete.lua``) -- in the same round
+  trip claiming the next jobs (``claim.lua``). Outcomes gather while children
+  still have work, so one round trip carries many; when a child runs dry it
+  records at once (latency). Short jobs are written a few ahead into each
+  child's pipe, so children keep working during that round trip;
 * the **fetcher** waits for work with a blocking ``BLMOVE`` while a child is
   idle and nothing is ready -- never polling;
 * the **heartbeat** renews this worker's lease (one lease for all its jobs).
@@ -49,7 +50,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, Completion, Requeue, Scripts
 from .serialization import ARGS, RESULT, Corrupt, Rejected, Signer, encode_error, frame_outcome
-from .slots import Running, Slot
+from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
 
@@ -97,7 +98,9 @@ class Worker:
         self._unsent_outcomes: list[Completion] = []
         self._unsent_requeues: list[Requeue] = []
         self._unsent_starts: list[tuple[str, str]] = []  # (id, token) of claimed-ahead jobs that started
-        self._sending: list[str] = []  # ids in the recorder's round trip right now
+        self._sending: list[str] = []  # ids in a round trip right now
+        self._given_back: list[Running] = []  # jobs a child just gave back (see _collect)
+        self._first_unsent = 0.0  # when the oldest unsent outcome or start appeared
         self._needs_reconcile = False
         self._queues_empty = False  # the last claim found nothing: the fetcher takes over
         self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
@@ -126,7 +129,7 @@ class Worker:
     def run(self) -> int:
         """Serve until stopped (or, in burst mode, until the queues are empty); returns the exit code."""
         # The main loop must get the GIL back quickly when a child answers,
-        # even while the recorder thread is busy packing a round trip.
+        # even while the fetcher thread is busy with a claim.
         sys.setswitchinterval(config.WORKER_SWITCH_INTERVAL_S)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -134,11 +137,11 @@ class Worker:
         log.info("worker %s: queues %s, concurrency %d, Redis %s, signing %s", self.worker_id,
                  ",".join(self.queues), self.concurrency, config.mask_url(self.url),
                  "on" if self._signer.secret else "off")
+        self._reconnector.call(self._scripts.load)
         self._reconnector.call(self._heartbeat)
         self._slots = [Slot(i) for i in range(self.concurrency)]
         threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in (
-            (self._heartbeat_loop, "cw-heartbeat"), (self._record_loop, "cw-recorder"),
-            (self._fetch_loop, "cw-fetcher"))]
+            (self._heartbeat_loop, "cw-heartbeat"), (self._fetch_loop, "cw-fetcher"))]
         for thread in threads:
             thread.start()
         try:
@@ -172,16 +175,24 @@ class Worker:
                     continue
                 self._collect(next(s for s in busy if s.outbox is conn))
             self._enforce_timeouts()
+            self._ask_back_stuck()
             self._dispatch()
+            with self._lock:
+                due = self._record_due_in() <= 0
+            if due:
+                self._record()
             if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
                 self._send_progress()
 
     def _wait_timeout(self, busy: list[Slot]) -> float:
-        deadlines = [d for s in busy if s.job is not None and (d := s.job.deadline) is not None]
+        deadlines = [d for s in busy if (job := s.job) is not None and (d := job.deadline) is not None]
+        deadlines += [s.sent[0].started + self._stuck_s() for s in busy if len(s.sent) > 1 + len(s.asked_back)]
+        with self._lock:
+            deadlines.append(time.monotonic() + self._record_due_in())
         if self._avg_job_s >= config.SLOW_JOB_S:  # wake to claim just in time (see capacity)
             lead = max(0.0, self._avg_job_s - config.JIT_LEAD_S)
             now = time.monotonic()
-            deadlines += [t for s in busy if s.job is not None and (t := s.job.started + lead) > now]
+            deadlines += [t for s in busy if (job := s.job) is not None and (t := job.started + lead) > now]
         if not deadlines:
             return 0.5
         return max(0.0, min(0.5, min(deadlines) - time.monotonic()))
@@ -192,17 +203,52 @@ class Worker:
     def _dispatch(self) -> None:
         """Start ready jobs on idle children, oldest first (none once stopping: they go back)."""
         with self._lock:
-            self._shed_excess()
-            for slot in self._slots:
-                if not self._ready or self._stopping.is_set():
-                    break
-                if slot.job is None and slot.outbox is not None:
-                    running = self._ready.popleft()
-                    slot.start(running)
-                    if running.prefetched:  # charge its attempt in the recorder's next round trip
-                        self._unsent_starts.append((running.claimed.id, running.claimed.token))
+            if not self._stopping.is_set():
+                self._shed_excess()
+                for slot in self._slots:  # idle children first
+                    if self._ready and not slot.sent and slot.outbox is not None:
+                        running = self._ready.popleft()
+                        slot.start(running)
+                        self._mark_started(running)
+                ahead = self._ahead()
+                for slot in self._slots:  # then, for short jobs, a few ahead per child
+                    while (self._ready and 0 < len(slot.sent) <= ahead and not slot.asked_back
+                           and slot.outbox is not None and len(self._ready[0].args) <= MAX_SEND_AHEAD_BYTES):
+                        slot.start(self._ready.popleft())
             if self._hunger() or self._unsent_starts:
-                self._lock.notify_all()  # the recorder (or fetcher) may claim more
+                self._lock.notify_all()  # the fetcher may wait for work
+
+    def _mark_started(self, running: Running) -> None:
+        """A job heads its child now; if it was claimed ahead, charge its attempt (call with _lock held)."""
+        if running.prefetched:
+            running.prefetched = False
+            if not self._unsent_outcomes and not self._unsent_starts:
+                self._first_unsent = time.monotonic()
+            self._unsent_starts.append((running.claimed.id, running.claimed.token))
+
+    def _ahead(self) -> int:
+        """Jobs to write ahead to a busy child: enough short ones to cover a round trip to Redis, else none."""
+        if self._avg_job_s >= config.SLOW_JOB_S:
+            return 0
+        return max(1, min(config.MAX_AHEAD, int(config.PREFETCH_WINDOW_S / max(self._avg_job_s, 1e-5))))
+
+    def _ask_back_stuck(self) -> None:
+        """Jobs written ahead wait behind one that runs long: ask the child to give them back."""
+        stuck_before = time.monotonic() - self._stuck_s()
+        with self._lock:
+            for slot in self._slots:
+                if len(slot.sent) > 1 and slot.sent[0].started < stuck_before:
+                    for running in list(slot.sent)[1:]:
+                        if running.claimed.id not in slot.asked_back:
+                            slot.asked_back.add(running.claimed.id)
+                            try:
+                                slot.send(("unsend", running.claimed.id))
+                            except (OSError, ValueError, AssertionError):
+                                pass  # the child died; its pipe closing hands the jobs back
+
+    def _stuck_s(self) -> float:
+        """How long a running job may hold up the job written ahead of it: many times the average."""
+        return max(config.STUCK_FACTOR * self._avg_job_s, config.STUCK_MIN_S)
 
     @property
     def capacity(self) -> int:
@@ -221,13 +267,13 @@ class Worker:
     def _ending_soon(self) -> int:
         """Children whose job should end within JIT_LEAD_S, by the running average (call with _lock held)."""
         due = time.monotonic() - max(0.0, self._avg_job_s - config.JIT_LEAD_S)
-        return sum(1 for s in self._slots if s.job is not None and s.job.started <= due)
+        return sum(1 for s in self._slots if (job := s.job) is not None and job.started <= due)
 
     def _hunger(self) -> int:
         """How many more jobs to claim now (call with _lock held)."""
         if self._stopping.is_set():
             return 0
-        held = len(self._ready) + sum(1 for s in self._slots if s.job is not None)
+        held = len(self._ready) + sum(len(s.sent) for s in self._slots)
         return max(0, self.capacity - held)
 
     def _shed_excess(self) -> None:
@@ -237,7 +283,7 @@ class Worker:
         after all, the surplus goes back to the front of its queue for idle
         workers elsewhere, unrun and uncharged.
         """
-        busy = sum(1 for s in self._slots if s.job is not None)
+        busy = sum(len(s.sent) for s in self._slots)
         excess = len(self._ready) - max(0, self.capacity - busy)
         slack = 1 if self._avg_job_s >= config.SLOW_JOB_S else self.concurrency  # no churn from a noisy average
         if excess < slack:
@@ -260,37 +306,59 @@ class Worker:
     # -- outcomes ----------------------------------------------------------------
 
     def _collect(self, slot: Slot) -> None:
-        """Read what the child has to say: progress, a resend request, the outcome, or its death."""
-        while slot.job is not None and slot.outbox is not None:
-            running = slot.job
+        """Read what the child has to say: progress, a job given back or to resend, outcomes, or its death."""
+        while slot.sent and slot.outbox is not None:
             try:
                 message = slot.outbox.recv()
             except (EOFError, OSError):
-                message = None
-            if message is not None and message[0] == "progress":
-                self._progress[message[1]] = (running, message[2], message[3])
-            elif message is not None and message[0] == "resend":
-                slot.forget_cache()
-                slot.start(running)
+                self._child_died(slot)
                 return
+            kind, job_id = message[0], message[1]
+            if kind == "progress":
+                if (running := slot.find(job_id)) is not None:
+                    self._progress[job_id] = (running, message[2], message[3])
+            elif kind == "unsent":
+                with self._lock:
+                    slot.asked_back.discard(job_id)
+                    if message[2] and (running := slot.take(job_id)) is not None:
+                        self._given_back.append(running)
+            elif kind == "resend":
+                if (running := slot.find(job_id)) is not None:
+                    slot.forget_cache()
+                    slot.resend(running)
             else:
-                self._finish_attempt(slot, running, message)
-                return
+                with self._lock:
+                    running = slot.take(job_id)
+                    if slot.sent:
+                        self._mark_started(slot.sent[0])
+                    if not slot.sent:
+                        self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
+                if running is not None:
+                    self._finish_attempt(running, message)
             if not slot.outbox.poll():
-                return
+                break
+        with self._lock:  # jobs a child gave back go first in line, in their order
+            self._ready.extendleft(reversed(self._given_back))
+            self._given_back.clear()
 
-    def _finish_attempt(self, slot: Slot, running: Running, message: tuple[Any, ...] | None) -> None:
+    def _child_died(self, slot: Slot) -> None:
+        """The child's pipe closed: its running job was cut short; jobs written ahead go back to ``ready``."""
+        code = slot.exit_code()
+        with self._lock:
+            head, ahead = slot.sent.popleft(), list(slot.sent)
+            slot.sent.clear()
+            slot.asked_back.clear()
+            self._ready.extendleft(reversed(ahead))
+        slot.close_pipes()
+        slot.spawn()
+        self.jobs_done += 1
+        self._retry_or_fail(head, "lost", f"the process running the job died (exit code {code})", 0)
+
+    def _finish_attempt(self, running: Running, message: tuple[Any, ...]) -> None:
         now = time.monotonic()
         self._avg_job_s += 0.2 * ((now - running.started) - self._avg_job_s)
         self.jobs_done += 1
-        with self._lock:
-            slot.job = None
-        if message is None:
-            code = slot.exit_code()
-            slot.close_pipes()
-            slot.spawn()
-            self._retry_or_fail(running, "lost", f"the process running the job died (exit code {code})", 0)
-        elif message[0] == "ok":
+        if message[0] == "ok":
             self._outcome(running, "ok", message[2], output=message[3])
         else:
             _, _, reason, error, tb, output = message
@@ -298,7 +366,7 @@ class Worker:
 
     def _outcome(self, running: Running, kind: str, payload: bytes, reason: str = "", error: str = "",
                  tb: str = "", output: str = "") -> None:
-        """Queue an attempt's outcome for the recorder; the client gets ``output`` printed with it."""
+        """Queue an attempt's outcome for recording; the client gets ``output`` printed with it."""
         claimed, spec = running.claimed, running.spec
         if kind == "ok":
             payload = self._signer.seal(RESULT, payload)
@@ -307,6 +375,8 @@ class Worker:
         completion = Completion(claimed.id, claimed.token, spec.client, kind, frame_outcome(output, payload),
                                 reason, error, tb, tail)
         with self._lock:
+            if not self._unsent_outcomes and not self._unsent_starts:
+                self._first_unsent = time.monotonic()
             self._unsent_outcomes.append(completion)
             self._lock.notify_all()
 
@@ -334,7 +404,10 @@ class Worker:
             slot.kill()
             slot.spawn()
             with self._lock:
-                slot.job = None
+                slot.sent.popleft()
+                self._ready.extendleft(reversed(slot.sent))  # written ahead, never started
+                slot.sent.clear()
+                slot.asked_back.clear()
             self.jobs_done += 1
             delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
             self._retry_or_fail(running, "timeout",
@@ -349,31 +422,34 @@ class Worker:
             self._scripts.progress(pipe, job_id=job_id, token=running.claimed.token, client_id=running.spec.client,
                                    fraction=fraction, message=message)
         try:
-            pipe.execute()
+            self._scripts.execute(pipe)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.debug("progress reports dropped: %s", describe(exc))
 
-    # -- the recorder thread ----------------------------------------------------------
+    # -- recording: one round trip for outcomes, requeues, starts and claims ----------
 
-    def _record_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._threads_stop.is_set() and not self._has_work_to_record():
-                    self._lock.wait(0.5)
-                if self._threads_stop.is_set():
-                    return
-            try:
-                self._record()
-            except Exception:
-                log.exception("worker %s: recording failed", self.worker_id)
-                self._threads_stop.wait(1.0)
+    def _record_due_in(self) -> float:
+        """Seconds until the next round trip is worth making; 0: now (call with _lock held).
 
-    def _has_work_to_record(self) -> bool:
-        """Outcomes to send, a reconnect to reconcile, or hungry children while the queues have work."""
-        return bool(self._unsent_outcomes or self._unsent_requeues or self._unsent_starts
-                    or self._needs_reconcile or (self._hunger() and not self._queues_empty))
+        Now, when a child is (or is about to be) left without work -- the
+        latency case -- or there is a requeue or a reconnect to handle.
+        Otherwise outcomes and claims gather, so one round trip carries many:
+        until half the capacity can be claimed, MAX_RECORD_BATCH outcomes wait,
+        or the oldest outcome has waited RECORD_DELAY_S.
+        """
+        if self._needs_reconcile or self._unsent_requeues:
+            return 0.0
+        hunger = 0 if self._queues_empty else self._hunger()
+        starving = any(s.job is None for s in self._slots) and not self._ready
+        if hunger and (starving or len(self._ready) < self.concurrency or hunger >= self.capacity // 2):
+            return 0.0
+        if self._unsent_outcomes or self._unsent_starts:
+            if starving or len(self._unsent_outcomes) >= config.MAX_RECORD_BATCH:
+                return 0.0
+            return self._first_unsent + config.RECORD_DELAY_S - time.monotonic()
+        return 0.5
 
     def _record(self) -> bool:
         """One round trip: record outcomes and requeues, and claim what the children can take.
@@ -403,7 +479,7 @@ class Worker:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
                                     max_count=want, start_count=start_count)
             try:
-                replies = pipe.execute() if (starts or outcomes or requeues or want) else []
+                replies = self._scripts.execute(pipe) if (starts or outcomes or requeues or want) else []
             except Exception as exc:
                 with self._lock:  # start, complete and requeue are fenced: sending them again is safe
                     self._unsent_outcomes[:0] = outcomes
@@ -451,7 +527,7 @@ class Worker:
 
     def _owned_ids(self) -> list[str]:
         with self._lock:
-            ids = [s.job.claimed.id for s in self._slots if s.job is not None]
+            ids = [running.claimed.id for s in self._slots for running in s.sent]
             ids += [r.claimed.id for r in self._ready] + list(self._sending)
             ids += [c.id for c in self._unsent_outcomes] + [r.id for r in self._unsent_requeues]
         return ids
@@ -579,7 +655,7 @@ class Worker:
 
     def _is_idle(self) -> bool:
         with self._lock:
-            return all(s.job is None for s in self._slots) and not self._ready and self._all_recorded()
+            return all(not s.sent for s in self._slots) and not self._ready and self._all_recorded()
 
     # -- the heartbeat thread ----------------------------------------------------
 
@@ -591,7 +667,7 @@ class Worker:
             "concurrency": str(self.concurrency), "running": ",".join(self._running_ids()),
         })
         pipe.hget(self._keys.config, "lease_ms")
-        was_valid, lease = pipe.execute()
+        was_valid, lease = self._scripts.execute(pipe)
         if not int(was_valid) and self._last_heartbeat:
             log.warning("worker %s: our lease had expired (were we stopped or cut off?); the coordinator "
                         "requeued our jobs and their results from here will be refused", self.worker_id)
@@ -606,7 +682,7 @@ class Worker:
 
     def _running_ids(self) -> list[str]:
         with self._lock:
-            return [s.job.claimed.id for s in self._slots if s.job is not None]
+            return [job.claimed.id for s in self._slots if (job := s.job) is not None]
 
     def _heartbeat_loop(self) -> None:
         while not self._threads_stop.wait(self.lease_ms / 3000):
@@ -638,15 +714,15 @@ class Worker:
         with self._lock:
             self._give_back_ready()
         for slot in self._slots:
-            running = slot.job
-            if running is None:
+            if not slot.sent:
                 continue
             slot.kill()
             with self._lock:
-                slot.job = None
-                self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                     self._keys.queue(running.spec.queue), "release"))
-            stopped += 1
+                for running in slot.sent:
+                    self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
+                                                         self._keys.queue(running.spec.queue), "release"))
+                    stopped += 1
+                slot.sent.clear()
         if stopped:
             log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
                         stopped)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -12,6 +11,8 @@ import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from helpers import admin_json  # noqa: F401  (one implementation, re-exported for these tests)
 
 #: The installed console scripts live next to the interpreter of the venv.
 BIN_DIR = Path(sys.executable).parent
@@ -28,19 +29,6 @@ def cw_admin(*args: str, env: dict[str, str] | None = None,
         child_env.update(env)
     return subprocess.run([str(BIN_DIR / "cw-admin"), *args], capture_output=True, text=True,
                           timeout=timeout, env=child_env, stdin=subprocess.DEVNULL)
-
-
-def admin_json(url: str, *args: str) -> Any:
-    """``cw-admin --url URL ARGS --json``; assert exit 0 and return the parsed JSON."""
-    done = cw_admin("--url", url, *args, "--json")
-    assert done.returncode == 0, (
-        f"cw-admin {' '.join(args)} --json exited {done.returncode}\n"
-        f"stdout: {done.stdout}\nstderr: {done.stderr}")
-    try:
-        return json.loads(done.stdout)
-    except ValueError as exc:
-        raise AssertionError(f"cw-admin {' '.join(args)} --json printed no JSON: "
-                             f"{done.stdout!r} ({exc})") from None
 
 
 def unique(prefix: str) -> str:
