@@ -48,7 +48,7 @@ SLOW_JOB_S = 0.02
 PREFETCH_WINDOW_S = 0.005
 MAX_PREFETCH = 32
 #: At most this many short jobs are written ahead to a busy child.
-MAX_AHEAD = 8
+MAX_AHEAD = 32
 
 #: A job written ahead to a child is asked back once the job before it has
 #: run STUCK_FACTOR times the average (at least STUCK_MIN_S).

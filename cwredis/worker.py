@@ -462,7 +462,10 @@ class Worker:
             with self._lock:
                 outcomes, self._unsent_outcomes = self._unsent_outcomes, []
                 requeues, self._unsent_requeues = self._unsent_requeues, []
-                starts, self._unsent_starts = self._unsent_starts, []
+                # A job that started and already finished is charged by complete.lua itself.
+                finished = {c.id for c in outcomes}
+                starts = [start for start in self._unsent_starts if start[0] not in finished]
+                self._unsent_starts = []
                 self._sending = [c.id for c in outcomes] + [r.id for r in requeues]
                 want = self._hunger()
                 start_count = self._starting_now()
