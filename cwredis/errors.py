@@ -4,7 +4,9 @@
      +-- SerializationError (also TypeError)  a function/argument cannot be pickled
      +-- RemoteError                          a job failed: .jobid .reason .traceback
      +-- ConfigError                          bad URL, unreachable server at start (CLI)
-     +-- LeaseLost                            a completion from an attempt that no longer owns its job
+
+(A completion from an attempt that no longer owns its job is not an error
+anyone sees: complete.lua refuses it and the worker logs it.)
 """
 
 from __future__ import annotations
@@ -20,10 +22,6 @@ class SerializationError(CwredisError, TypeError):
 
 class ConfigError(CwredisError):
     """A setting is unusable (bad URL, wrong password); the message is one line for the user."""
-
-
-class LeaseLost(CwredisError):
-    """This attempt no longer owns its job: another attempt or a requeue replaced it."""
 
 
 class RemoteError(CwredisError):
