@@ -29,10 +29,6 @@ class UserError(Exception):
     """A mistake in what the user asked for; exit 1, nothing changed."""
 
 
-def _text(value: Any) -> str | None:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 class Inspector:
     """Read-only views of the queue state, as the admin JSON shapes them."""
 
@@ -45,7 +41,7 @@ class Inspector:
         return seconds * 1000 + micros // 1000
 
     def queue_names(self) -> list[str]:
-        names = {self.keys.queue_name(_text(k) or "") for k in self.redis.scan_iter(self.keys.queue_pattern, count=1000)}
+        names = {self.keys.queue_name(job.text(k) or "") for k in self.redis.scan_iter(self.keys.queue_pattern, count=1000)}
         for info in self.worker_infos():
             names.update(q for q in (info.get("queues") or "").split(",") if q)
         names.add(config.DEFAULT_QUEUE)
@@ -53,7 +49,7 @@ class Inspector:
 
     def worker_ids(self, live_only: bool = True) -> list[str]:
         low = f"({self.now_ms()}" if live_only else "-inf"
-        return [_text(w) or "" for w in self.redis.zrangebyscore(self.keys.workers, low, "+inf")]
+        return [job.text(w) or "" for w in self.redis.zrangebyscore(self.keys.workers, low, "+inf")]
 
     def worker_infos(self) -> list[dict[str, str]]:
         ids = self.worker_ids()
@@ -62,28 +58,31 @@ class Inspector:
             pipe.hgetall(self.keys.worker(worker_id))
         infos = []
         for worker_id, fields in zip(ids, pipe.execute()):
-            info = {_text(k) or "": _text(v) or "" for k, v in fields.items()}
+            info = {job.text(k) or "": job.text(v) or "" for k, v in fields.items()}
             info["id"] = worker_id
             infos.append(info)
         return infos
 
+    def running(self) -> int:
+        """Jobs held by workers now (all clients): the length of their in-flight lists."""
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in self.worker_ids(live_only=False):
+            pipe.llen(self.keys.inflight(worker_id))
+        return int(sum(pipe.execute()))
+
     def status(self) -> dict[str, Any]:
         names = self.queue_names()
-        all_workers = self.worker_ids(live_only=False)
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.llen(self.keys.queue(name))
-        for worker_id in all_workers:
-            pipe.llen(self.keys.inflight(worker_id))
         pipe.zcard(self.keys.delayed)
         pipe.zcard(self.keys.failed)
         replies = pipe.execute()
         pending = replies[: len(names)]
-        inflight = replies[len(names): len(names) + len(all_workers)]
         delayed, failed = replies[-2:]
         return {
             "queues": {name: {"pending": int(n)} for name, n in zip(names, pending)},
-            "running": int(sum(inflight)),
+            "running": self.running(),
             "delayed": int(delayed),
             "failed": int(failed),
             "workers": len(self.worker_ids()),
@@ -93,7 +92,7 @@ class Inspector:
         pipe = self.redis.pipeline(transaction=False)
         for digest in digests:
             pipe.hget(self.keys.blob(digest or "-"), job.BLOB_NAME)
-        return [_text(n) for n in pipe.execute()]
+        return [job.text(n) for n in pipe.execute()]
 
     def records(self, job_ids: Sequence[str]) -> list[job.JobRecord | None]:
         pipe = self.redis.pipeline(transaction=False)
@@ -114,7 +113,7 @@ class Inspector:
         return self._row(record) | {"state": record.state}
 
     def failed(self) -> list[dict[str, Any]]:
-        ids = [_text(j) or "" for j in self.redis.zrange(self.keys.failed, 0, -1)]
+        ids = [job.text(j) or "" for j in self.redis.zrange(self.keys.failed, 0, -1)]
         return [self._row(r) for r in self.records(ids) if r is not None]
 
     @staticmethod

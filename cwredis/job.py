@@ -63,7 +63,8 @@ CORRUPT = "corrupt"
 REASONS = (EXCEPTION, TIMEOUT, LOST, REJECTED, CORRUPT)
 
 
-def _text(value: object) -> str | None:
+def text(value: object) -> str | None:
+    """A Redis reply field as text (bytes decoded, undecodable bytes replaced); None stays None."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -73,7 +74,7 @@ def _text(value: object) -> str | None:
 
 def _int(value: object, default: int = 0) -> int:
     try:
-        return int(_text(value) or default)
+        return int(text(value) or default)
     except ValueError:
         return default
 
@@ -98,21 +99,21 @@ class JobRecord:
     @classmethod
     def from_hash(cls, job_id: str, fields: Mapping[bytes | str, bytes | str]) -> "JobRecord":
         """Decode a job hash; an unknown state reads as ``corrupt`` data, never raises."""
-        text = {_text(k) or "": v for k, v in fields.items()}
-        state = _text(text.get(STATE)) or "unknown"
+        named = {text(k) or "": v for k, v in fields.items()}
+        state = text(named.get(STATE)) or "unknown"
         return cls(
             id=job_id,
             state=state if state in STATES else "unknown",
-            spec=_text(text.get(SPEC)),
-            function=_text(text.get(FUNCTION)),
-            attempts=_int(text.get(ATTEMPTS)),
-            generation=_int(text.get(GENERATION)),
-            worker=_text(text.get(WORKER)),
-            reason=_text(text.get(REASON)),
-            error=_text(text.get(ERROR)),
-            traceback=_text(text.get(TRACEBACK)),
-            output=_text(text.get(OUTPUT)),
-            progress=_text(text.get(PROGRESS)),
+            spec=text(named.get(SPEC)),
+            function=text(named.get(FUNCTION)),
+            attempts=_int(named.get(ATTEMPTS)),
+            generation=_int(named.get(GENERATION)),
+            worker=text(named.get(WORKER)),
+            reason=text(named.get(REASON)),
+            error=text(named.get(ERROR)),
+            traceback=text(named.get(TRACEBACK)),
+            output=text(named.get(OUTPUT)),
+            progress=text(named.get(PROGRESS)),
         )
 
 
@@ -140,16 +141,16 @@ class Spec:
     @classmethod
     def from_hash(cls, fields: Mapping[bytes | str, bytes | str]) -> "Spec":
         """Decode a spec hash; raise ValueError when a field is missing or garbage."""
-        text = {_text(k) or "": _text(v) or "" for k, v in fields.items()}
+        named = {text(k) or "": text(v) or "" for k, v in fields.items()}
         try:
-            timeout = text.get(SPEC_TIMEOUT, "")
+            timeout = named.get(SPEC_TIMEOUT, "")
             return cls(
-                client=text[SPEC_CLIENT],
-                queue=text[SPEC_QUEUE],
-                env=text[SPEC_ENV],
+                client=named[SPEC_CLIENT],
+                queue=named[SPEC_QUEUE],
+                env=named[SPEC_ENV],
                 timeout_s=float(timeout) if timeout else None,
-                max_attempts=int(text[SPEC_MAX_ATTEMPTS]),
-                forward_output=text.get(SPEC_FORWARD_OUTPUT) == "1",
+                max_attempts=int(named[SPEC_MAX_ATTEMPTS]),
+                forward_output=named.get(SPEC_FORWARD_OUTPUT) == "1",
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"bad job spec: {exc!r}") from None

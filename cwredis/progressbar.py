@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
+from .admin import Inspector
 from .keys import Keys
 
 #: Seconds between reads of the cluster's running count.
@@ -57,13 +58,9 @@ class ProgressBar:
             self._bar.refresh()
 
     def _read_running(self) -> int | None:
-        """Jobs running on the cluster now (all clients): the live workers' in-flight lists."""
+        """Jobs running on the cluster now (all clients), as ``cw-admin status`` counts them."""
         try:
-            workers: list[bytes] = self._redis.zrangebyscore(self._keys.workers, "-inf", "+inf")  # type: ignore[assignment]
-            pipe = self._redis.pipeline(transaction=False)
-            for worker_id in workers:
-                pipe.llen(self._keys.inflight(worker_id.decode()))
-            return int(sum(pipe.execute()))
+            return Inspector(self._redis, self._keys).running()
         except (redis.ConnectionError, redis.TimeoutError):
             return None
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import redis
 from redis.commands.core import Script
 
+from . import job
 from .keys import Keys
 
 
@@ -39,10 +40,6 @@ def _load(name: str) -> str:
 def _clock(now_ms: int | None) -> str:
     """Scripts use the server's clock unless a test passes its own."""
     return "" if now_ms is None else str(int(now_ms))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -185,13 +182,16 @@ class Scripts:
     @staticmethod
     def parse_claim(reply: Any) -> tuple[list[Claimed], list[str]]:
         rows, dropped = reply
+        def text(value: Any) -> str:
+            return job.text(value) or ""
+
         claimed = [
-            Claimed(_text(rows[i]), _text(rows[i + 1]), _text(rows[i + 2]), _text(rows[i + 3]),
+            Claimed(text(rows[i]), text(rows[i + 1]), text(rows[i + 2]), text(rows[i + 3]),
                     rows[i + 4] if isinstance(rows[i + 4], bytes) else str(rows[i + 4]).encode(),
                     int(rows[i + 5]), int(rows[i + 6] or 0))
             for i in range(0, len(rows), 7)
         ]
-        return claimed, [d.decode("utf-8", "replace") if isinstance(d, bytes) else str(d) for d in dropped]
+        return claimed, [text(d) for d in dropped]
 
     def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
                  result_ttl_ms: int, publish_max_bytes: int = 8192, now_ms: int | None = None) -> Any:
@@ -271,5 +271,5 @@ class Scripts:
     @staticmethod
     def _count_or_refuse(reply: Any) -> int:
         if int(reply[0]) < 0:
-            raise ScriptRefused(_text(reply[1]), _text(reply[2]))
+            raise ScriptRefused(job.text(reply[1]) or "", job.text(reply[2]) or "")
         return int(reply[0])

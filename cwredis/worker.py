@@ -737,11 +737,11 @@ class Worker:
                 slot.shutdown()
             else:
                 slot.kill()
-        self._threads_stop.clear()  # let the reconnector back off below instead of giving up
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 if (self._unsent_outcomes or self._unsent_requeues) and not self._record():
+                    time.sleep(0.5)  # Redis away (the reconnector no longer waits: threads_stop is set)
                     continue
                 with self._claim_lock:
                     self._scripts.release_inflight(self._redis, worker_id=self.worker_id, keep=[], unregister=True)
