@@ -55,6 +55,10 @@ _PR_SET_PDEATHSIG = 1
 #: How much of a job's output is kept for the client and for failed jobs.
 OUTPUT_TAIL_BYTES = 64 * 1024
 
+#: While a job runs, the mailbox watcher looks up from the pipe this often (to
+#: notice that the job ended); a message wakes it at once.
+WATCH_POLL_S = 0.05
+
 
 class _Tee(io.TextIOBase):
     """Passes writes on to the worker's stream and keeps the tail for the client."""
@@ -189,39 +193,58 @@ class JobRunner:
 
 
 class Mailbox:
-    """Jobs written to us, read by a thread of their own so an "unsend" is answered while a job runs."""
+    """Jobs written to us, and the "unsend" protocol.
+
+    While idle, the main thread reads the pipe itself, so a job starts with no
+    hand-off between threads (the latency path). While a job runs, a watcher
+    thread reads instead, so an "unsend" is answered meanwhile. Whoever holds
+    ``_lock`` may read; the watcher reads only what is there (``poll``), so it
+    never holds the pipe when the main thread wants it back.
+    """
 
     def __init__(self, inbox: Connection, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._inbox = inbox
         self._send = send
         self._jobs: collections.deque[tuple[Any, ...] | None] = collections.deque()
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, name="cw-mailbox", daemon=True).start()
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
 
-    def _read(self) -> None:
+    def _receive(self) -> bool:
+        """Read one message (call with _lock held); False once the worker is gone or closed us."""
+        try:
+            message = self._inbox.recv()
+        except (EOFError, OSError):
+            self._jobs.append(None)
+            return False
+        if message[0] == "unsend":
+            waiting = next((m for m in self._jobs if m is not None and m[1] == message[1]), None)
+            if waiting is not None:
+                self._jobs.remove(waiting)
+            self._send(("unsent", message[1], waiting is not None))
+        else:
+            self._jobs.append(message)
+        return True
+
+    def _watch(self) -> None:
         while True:
-            try:
-                message = self._inbox.recv()
-            except (EOFError, OSError):
-                message = None  # the worker is gone or closed us
-            with self._cond:
-                if message is not None and message[0] == "unsend":
-                    waiting = next((m for m in self._jobs if m is not None and m[1] == message[1]), None)
-                    if waiting is not None:
-                        self._jobs.remove(waiting)
-                    self._send(("unsent", message[1], waiting is not None))
-                    continue
-                self._jobs.append(message)
-                self._cond.notify()
-            if message is None:
-                return
+            self._running.wait()
+            if not self._inbox.poll(WATCH_POLL_S):
+                continue
+            with self._lock:
+                if self._running.is_set() and self._inbox.poll(0) and not self._receive():
+                    return
 
     def next(self) -> tuple[Any, ...] | None:
         """The next job to run; None once the worker closed us."""
-        with self._cond:
+        self._running.clear()
+        with self._lock:
             while not self._jobs:
-                self._cond.wait()
-            return self._jobs.popleft()
+                self._receive()
+            message = self._jobs.popleft()
+            if message is not None:
+                self._running.set()
+            return message
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,12 @@ ProgressCallback = Callable[[str, float, "str | None"], None]
 #: are looked for this often.
 SAFETY_POLL_S = 2.0
 
+#: Delivered outcomes are trimmed from our list in batches: when this many
+#: form a prefix, or the oldest has waited TRIM_DELAY_S. A trim is a round
+#: trip; one per outcome would run beside the next submit, on the latency path.
+TRIM_BATCH = 256
+TRIM_DELAY_S = 0.1
+
 
 def _resolve(url: str | None, host: str | None) -> str:
     if url is not None and host is not None:
@@ -106,6 +112,7 @@ class ClientThread(threading.Thread):
         # holds the numbers delivered from pub/sub, trimmed once they form a prefix.
         self._trimmed = 0
         self._consumed: set[int] = set()
+        self._trim_due = 0.0  # when the delivered-but-untrimmed entries must go (0: none waiting)
 
     # -- submitting ----------------------------------------------------------
 
@@ -208,7 +215,8 @@ class ClientThread(threading.Thread):
                     pubsub.subscribe(self._channel)
                     self._drain()  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
-                message = pubsub.get_message(timeout=0.5)
+                wait_s = 0.5 if not self._trim_due else max(0.0, min(0.5, self._trim_due - time.monotonic()))
+                message = pubsub.get_message(timeout=wait_s)
                 needs_drain = False
                 while message is not None:
                     needs_drain = self._on_published(message["data"]) or needs_drain
@@ -216,7 +224,7 @@ class ClientThread(threading.Thread):
                 if needs_drain or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
                     self._drain()
                     last_drain = time.monotonic()
-                else:
+                elif self._consumed and (len(self._consumed) >= TRIM_BATCH or time.monotonic() >= self._trim_due):
                     self._trim_consumed()
                 self._reconnector.succeeded()
             except Exception as exc:
@@ -244,6 +252,8 @@ class ClientThread(threading.Thread):
         if kind == b"big":
             return True
         if seq > self._trimmed:
+            if not self._consumed:
+                self._trim_due = time.monotonic() + TRIM_DELAY_S
             self._consumed.add(seq)
         if job_id is not None:
             self._deliver(job_id, generation, kind, body)
@@ -259,6 +269,8 @@ class ClientThread(threading.Thread):
             for seq in range(self._trimmed + 1, self._trimmed + count + 1):
                 self._consumed.discard(seq)
             self._trimmed += count
+        # Left with a gap (an entry not seen on pub/sub yet): look again later, not in a busy loop.
+        self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
 
     def _drain(self) -> None:
         """Deliver every outcome in our list and trim what was read; resynchronises the sequence count."""
@@ -281,6 +293,7 @@ class ClientThread(threading.Thread):
             # Entries are numbered consecutively up to the counter; we trimmed the first len(entries).
             self._trimmed = last_seq - (int(length) - len(entries))
             self._consumed = {seq for seq in self._consumed if seq > self._trimmed}
+            self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
             if len(entries) < config.RESULT_BATCH:
                 return
 

@@ -22,12 +22,9 @@ RESULT_TTL_S = 7 * 24 * 3600
 #: How long the record of a finished (done) job stays for ``cw-admin show``.
 DONE_TTL_S = 3600
 
-#: How long a worker's BLMOVE blocks before it looks around (stop flag, other queues).
+#: How long a parked worker's BLMPOP on its inbox blocks before it looks around
+#: (stop flag) and claims once, which renews its parking.
 BLOCK_TIMEOUT_S = 1.0
-
-#: With several queues a worker cannot block on all of them at once (BLMOVE takes
-#: one source), so it blocks on each in turn for this long.
-MULTI_QUEUE_BLOCK_S = 0.05
 
 #: Back-off between reconnect attempts after Redis goes away: start, cap.
 RECONNECT_MIN_S = 0.1

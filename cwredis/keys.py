@@ -19,7 +19,12 @@ key                    type    holds
 ``cw:blob:<digest>``   HASH    a pickled function or environment, stored once:
                                ``b`` the signed blob, ``n`` its display name
 ``cw:inflight:<w>``    LIST    ids worker ``w`` has claimed (or is claiming)
-``cw:taken:<w>``       LIST    ids worker ``w``'s blocking BLMOVE parked, not yet claimed
+``cw:idle:<name>``     ZSET    worker id -> when it parked: workers that found
+                               queue ``name`` empty and wait for a hand-off
+``cw:parked:<w>``      STRING  how many jobs submit may hand worker ``w``
+                               straight away (its idle children); absent: none
+``cw:inbox:<w>``       LIST    what ``w``'s blocked fetcher receives: jobs
+                               handed to it (already claimed) or "wake"
 ``cw:workers``         ZSET    worker id -> lease deadline (ms since epoch)
 ``cw:worker:<w>``      HASH    host, pid, queues, concurrency (for ``status``)
 ``cw:delayed``         ZSET    job id -> time (ms) it may start
@@ -61,8 +66,14 @@ class Keys:
     def inflight(self, worker_id: str) -> str:
         return self._key("inflight", worker_id)
 
-    def taken(self, worker_id: str) -> str:
-        return self._key("taken", worker_id)
+    def idle(self, queue: str) -> str:
+        return self._key("idle", queue)
+
+    def parked(self, worker_id: str) -> str:
+        return self._key("parked", worker_id)
+
+    def inbox(self, worker_id: str) -> str:
+        return self._key("inbox", worker_id)
 
     def worker(self, worker_id: str) -> str:
         return self._key("worker", worker_id)
@@ -116,6 +127,14 @@ class Keys:
             self._key("inflight", ""),
             self._key("rseq", ""),
         ]
+
+    def handoff(self) -> list[str]:
+        """What a script that queues jobs needs to hand them to parked workers (see ``_prelude.lua``).
+
+        The workers key, then the prefixes of idle, parked, inbox and inflight keys.
+        """
+        return [self.workers, self._key("idle", ""), self._key("parked", ""), self._key("inbox", ""),
+                self._key("inflight", "")]
 
 
 DEFAULT_KEYS = Keys()

@@ -56,6 +56,57 @@ class Claimed:
 
 
 @dataclass
+class ClaimReply:
+    """What a claim (or a hand-off read from the inbox) gave a worker."""
+
+    claimed: list[Claimed]
+    dropped: list[str]  # queue entries that named no pending job
+    handed: int = 0  # the first `handed` of claimed came from the inbox (submit.lua claimed them ahead)
+    garbled: int = 0  # inbox messages that could not be read
+    room: int = 0  # jobs the worker is now parked for (0: not parked)
+
+
+def _claimed_row(row: Sequence[Any]) -> Claimed:
+    """(id, token, spec, fn, args, attempts, generation) -> Claimed."""
+    def text(value: Any) -> str:
+        return job.text(value) or ""
+
+    args = row[4] if isinstance(row[4], bytes) else str(row[4]).encode()
+    return Claimed(text(row[0]), text(row[1]), text(row[2]), text(row[3]), args, int(row[5]), int(row[6] or 0))
+
+
+def _unframe(message: bytes) -> list[bytes]:
+    """The fields of a hand-off message (frame() in _prelude.lua: each field as <length>:<bytes>)."""
+    fields, i = [], 0
+    while i < len(message):
+        colon = message.index(b":", i)
+        end = colon + 1 + int(message[i:colon])
+        if end > len(message):
+            raise ValueError("truncated field")
+        fields.append(message[colon + 1:end])
+        i = end
+    return fields
+
+
+def parse_handed(messages: Sequence[bytes]) -> tuple[list[Claimed], bool, int]:
+    """Inbox messages -> (jobs handed to us, whether one was a 'wake', how many were garbage)."""
+    claimed: list[Claimed] = []
+    wake, garbled = False, 0
+    for message in messages:
+        if message == b"wake":
+            wake = True
+            continue
+        try:
+            fields = _unframe(message)
+            if len(fields) != 7:
+                raise ValueError(f"{len(fields)} fields")
+            claimed.append(_claimed_row(fields))
+        except (ValueError, UnicodeDecodeError):
+            garbled += 1
+    return claimed, wake, garbled
+
+
+@dataclass
 class Completion:
     """One attempt's outcome for complete.lua; kind is 'ok' or 'err'."""
 
@@ -76,7 +127,7 @@ class Requeue:
 
     id: str
     token: str
-    queue_key: str
+    queue: str
     mode: str
     delay_ms: int = 0
 
@@ -96,6 +147,8 @@ class Scripts:
         p = keys.prefixes()
         self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
         self._results_prefix, self._channel_prefix, self._seq_prefix = p[3], p[4], p[6]
+        self._handoff = keys.handoff()
+        self._idle_prefix = self._handoff[1]
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._scripts[name]
@@ -137,7 +190,7 @@ class Scripts:
         keys = [self.keys.queue(queue), self.keys.spec(spec_digest), self.keys.blob(fn_digest),
                 self.keys.blob(env_digest)]
         keys += [self.keys.job(job_id) for job_id, _ in jobs]
-        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms]
+        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms, queue, *self._handoff]
         if spec_fields is not None and fn_blob is not None and env_blob is not None:
             args += ["1", fn_blob, fn_name, env_blob, len(spec_fields)]
             args += [item for pair in spec_fields.items() for item in pair]
@@ -151,20 +204,23 @@ class Scripts:
 
     def claim(
         self, client: Any, *, worker_id: str, queues: Sequence[str], lease_ms: int,
-        max_count: int, start_count: int | None = None, now_ms: int | None = None,
+        max_count: int, start_count: int | None = None, park: bool = False, now_ms: int | None = None,
     ) -> Any:
-        """Claim up to ``max_count`` jobs, oldest taken first (renewing the lease).
+        """Claim up to ``max_count`` jobs, oldest first (renewing the lease); jobs handed to us come first.
 
         The first ``start_count`` (default: all) are charged an attempt now;
         the rest are claimed ahead and charged by :meth:`start` when they start.
+        With ``park``, a claim short of ``start_count`` that found the queues
+        empty parks the worker: submit hands it new jobs through its inbox.
         Parse the reply with :meth:`parse_claim`.
         """
         return self._run(
             "claim", client,
-            [self.keys.workers, self.keys.inflight(worker_id), self.keys.taken(worker_id),
-             *(self.keys.queue(q) for q in queues)],
+            [self.keys.workers, self.keys.inflight(worker_id), self.keys.inbox(worker_id),
+             self.keys.parked(worker_id), *(self.keys.queue(q) for q in queues)],
             [worker_id, lease_ms, max_count, self._job_prefix, _clock(now_ms),
-             max_count if start_count is None else start_count],
+             max_count if start_count is None else start_count, "1" if park else "0", self._idle_prefix,
+             *queues],
         )
 
     def start(self, client: Any, *, jobs: Sequence[tuple[str, str]]) -> Any:
@@ -180,18 +236,13 @@ class Scripts:
                          [worker_id, lease_ms, 3 * lease_ms, _clock(now_ms), *fields])
 
     @staticmethod
-    def parse_claim(reply: Any) -> tuple[list[Claimed], list[str]]:
-        rows, dropped = reply
-        def text(value: Any) -> str:
-            return job.text(value) or ""
-
-        claimed = [
-            Claimed(text(rows[i]), text(rows[i + 1]), text(rows[i + 2]), text(rows[i + 3]),
-                    rows[i + 4] if isinstance(rows[i + 4], bytes) else str(rows[i + 4]).encode(),
-                    int(rows[i + 5]), int(rows[i + 6] or 0))
-            for i in range(0, len(rows), 7)
-        ]
-        return claimed, [text(d) for d in dropped]
+    def parse_claim(reply: Any) -> ClaimReply:
+        """claim.lua's reply; jobs handed to us (from the inbox) come first: they are the oldest."""
+        rows, dropped, handed, room = reply
+        claimed, _, garbled = parse_handed(handed)  # a 'wake' read here is answered by this very claim
+        count = len(claimed)
+        claimed += [_claimed_row(rows[i:i + 7]) for i in range(0, len(rows), 7)]
+        return ClaimReply(claimed, [job.text(d) or "" for d in dropped], count, garbled, int(room))
 
     def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
                  result_ttl_ms: int, publish_max_bytes: int = 8192, now_ms: int | None = None) -> Any:
@@ -218,20 +269,21 @@ class Scripts:
     def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None) -> Any:
         """Give back owned jobs (retry after a timeout, or release on a hard stop); flags per job."""
         keys = [self.keys.inflight(worker_id), self.keys.delayed]
-        args: list[Any] = [_clock(now_ms)]
+        args: list[Any] = [_clock(now_ms), *self._handoff]
         for r in jobs:
-            keys += [self.keys.job(r.id), r.queue_key]
-            args += [r.id, r.token, r.mode, r.delay_ms]
+            keys += [self.keys.job(r.id), self.keys.queue(r.queue)]
+            args += [r.id, r.token, r.mode, r.delay_ms, r.queue]
         return self._run("requeue", client, keys, args)
 
-    def release_inflight(self, client: Any, *, worker_id: str, keep: Sequence[str], unregister: bool) -> int:
-        """Give back in-flight ids this worker is not running (all but ``keep``)."""
+    def release_inflight(self, client: Any, *, worker_id: str, queues: Sequence[str], keep: Sequence[str],
+                         unregister: bool) -> int:
+        """Give back in-flight ids this worker is not running (all but ``keep``), and unpark it."""
         return int(self._run(
             "release_inflight", client,
             [self.keys.inflight(worker_id), self.keys.workers, self.keys.worker(worker_id),
-             self.keys.taken(worker_id)],
+             self.keys.inbox(worker_id)],
             [worker_id, "1" if unregister else "0", self._job_prefix, self._spec_prefix,
-             self._queue_prefix, *keep],
+             self._queue_prefix, *self._handoff, ",".join(queues), *keep],
         ))
 
     # -- coordinator side ----------------------------------------------------
@@ -243,24 +295,25 @@ class Scripts:
         requeued, lost = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
-             self.keys.failed, self.keys.stats, self.keys.taken(worker_id)],
+             self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
-             self._channel_prefix, self._seq_prefix],
+             self._channel_prefix, self._seq_prefix, *self._handoff],
         )
         return int(requeued), int(lost)
 
     def promote(self, client: Any, *, limit: int = 1000, now_ms: int | None = None) -> int:
         """Move due delayed jobs back to their queues; returns how many."""
         return int(self._run("promote", client, [self.keys.delayed],
-                             [_clock(now_ms), limit, self._job_prefix, self._spec_prefix, self._queue_prefix]))
+                             [_clock(now_ms), limit, self._job_prefix, self._spec_prefix, self._queue_prefix,
+                              *self._handoff]))
 
     # -- admin side ----------------------------------------------------------
 
     def requeue_failed(self, client: Any, job_ids: Sequence[str] = ()) -> int:
         """Requeue the named (or all) failed jobs; ScriptRefused names a bad id, nothing changed."""
         reply = self._run("requeue_failed", client, [self.keys.failed],
-                          [self._job_prefix, self._spec_prefix, self._queue_prefix, *job_ids])
+                          [self._job_prefix, self._spec_prefix, self._queue_prefix, *self._handoff, *job_ids])
         return self._count_or_refuse(reply)
 
     def purge_failed(self, client: Any, job_ids: Sequence[str] = ()) -> int:

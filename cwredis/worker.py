@@ -10,8 +10,11 @@ from the pool, so none waits behind another's blocking call:
   still have work, so one round trip carries many; when a child runs dry it
   records at once (latency). Short jobs are written a few ahead into each
   child's pipe, so children keep working during that round trip;
-* the **fetcher** waits for work with a blocking ``BLMOVE`` while a child is
-  idle and nothing is ready -- never polling;
+* the **fetcher** waits, while the worker is parked (a child idle, the
+  queues empty), with a blocking ``BLMPOP`` on the worker's inbox -- never
+  polling. There ``submit.lua`` hands it new jobs already claimed, so an idle
+  worker starts a job without a claim round trip; other paths that queue a
+  job (retries, recoveries) push a "wake", and the worker claims;
 * the **heartbeat** renews this worker's lease (one lease for all its jobs).
   It lives in the supervisor, not in the job's interpreter, so a job stuck in
   C code holding its GIL cannot lose its lease.
@@ -21,11 +24,11 @@ jobs start in the order they were taken and a short job never waits behind a
 long one while a child is free. For short jobs the worker claims a few more
 than it has children (prefetch), so children never wait for a round trip.
 
-A job's path: queue --LMOVE (or the fetcher's BLMOVE, via the taken list)-->
-our in-flight list --claim.lua--> ready --> a child --complete.lua--> done or
-failed. Each step is one atomic command or script; an id is always in a
-queue, our taken list or our in-flight list, where the coordinator finds it
-if we die.
+A job's path: queue --claim.lua--> our in-flight list and ``ready`` (or,
+while we are parked, submit.lua --> our in-flight list and inbox --BLMPOP-->
+``ready``) --> a child --complete.lua--> done or failed. Each step is one
+atomic script; an id is always in a queue or our in-flight list, where the
+coordinator finds it if we die.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ import argparse
 import collections
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
 import uuid
-from multiprocessing.connection import wait as wait_connections
 from typing import Any, Sequence
 
 from . import config
@@ -48,7 +51,7 @@ from .catalog import Catalog
 from .connection import Reconnector, connect, describe, is_transient, setup_logging
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
-from .scripts import Claimed, Completion, Requeue, Scripts
+from .scripts import Claimed, ClaimReply, Completion, Requeue, Scripts, parse_handed
 from .serialization import ARGS, RESULT, Corrupt, Rejected, Signer, encode_error, frame_outcome
 from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
@@ -86,6 +89,7 @@ class Worker:
         self._reconnector = Reconnector(url, "worker", self._threads_stop)
         self.lease_ms = int(config.DEFAULT_LEASE_S * 1000)
         self._last_heartbeat = 0.0
+        self._renewed = 0.0  # when the newest round trip that renewed our lease was sent (monotonic)
         # _lock guards the slots, `ready` and the unsent lists; _claim_lock
         # serialises claims (and reconciliation) so jobs start in taken order.
         self._lock = threading.Condition()
@@ -102,7 +106,9 @@ class Worker:
         self._given_back: list[Running] = []  # jobs a child just gave back (see _collect)
         self._first_unsent = 0.0  # when the oldest unsent outcome or start appeared
         self._needs_reconcile = False
-        self._queues_empty = False  # the last claim found nothing: the fetcher takes over
+        self._reconciles = 0  # how many reconciliations ran (a hand-off read across one may be stale)
+        self._queues_empty = False  # the last claim came up short
+        self._room = 0  # jobs submit may still hand us (parked while > 0): the fetcher waits on the inbox
         self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
         # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
         self._progress: dict[str, tuple[Running, float, str | None]] = {}
@@ -162,18 +168,28 @@ class Worker:
             if self._hard_stop.is_set():
                 self._stop_running_jobs()
                 return
+            if self._stopping.is_set() and self._room:
+                self._room = 0
+                self._reconcile()  # no more hand-offs; those not read yet go back
             with self._lock:
                 if self._stopping.is_set():
                     self._give_back_ready()
                 busy = [slot for slot in self._slots if slot.job is not None]
                 if self._stopping.is_set() and not busy and self._all_recorded():
                     return
-            ready = wait_connections([s.outbox for s in busy if s.outbox] + [self._wake_r], self._wait_timeout(busy))
-            for conn in ready:
-                if conn == self._wake_r:
+            # A fresh poll object each time: cheaper than multiprocessing's wait(), which builds a selector.
+            poller = select.poll()
+            watched: dict[int, Slot | None] = {self._wake_r: None}
+            poller.register(self._wake_r, select.POLLIN)
+            for slot in busy:
+                if slot.outbox is not None:
+                    watched[slot.outbox.fileno()] = slot
+                    poller.register(slot.outbox.fileno(), select.POLLIN)
+            for fd, _ in poller.poll(self._wait_timeout(busy) * 1000):
+                if (ready := watched[fd]) is None:
                     os.read(self._wake_r, 4096)
-                    continue
-                self._collect(next(s for s in busy if s.outbox is conn))
+                else:
+                    self._collect(ready)
             self._enforce_timeouts()
             self._ask_back_stuck()
             self._dispatch()
@@ -291,7 +307,7 @@ class Worker:
         # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
         for running in [self._ready.pop() for _ in range(excess)]:
             self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                 self._keys.queue(running.spec.queue), "release"))
+                                                 running.spec.queue, "release"))
         self._lock.notify_all()
 
     def _starting_now(self) -> int:
@@ -388,7 +404,7 @@ class Worker:
                         claimed.attempts, spec.max_attempts)
             with self._lock:
                 self._unsent_requeues.append(Requeue(
-                    claimed.id, claimed.token, self._keys.queue(spec.queue), "retry", int(delay_s * 1000)))
+                    claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000)))
                 self._lock.notify_all()
         else:
             error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
@@ -446,7 +462,9 @@ class Worker:
         if hunger and (starving or len(self._ready) < self.concurrency or hunger >= self.capacity // 2):
             return 0.0
         if self._unsent_outcomes or self._unsent_starts:
-            if starving or len(self._unsent_outcomes) >= config.MAX_RECORD_BATCH:
+            # A start marker alone is never urgent: it only counts the attempt, and
+            # a short job's outcome soon carries it (complete.lua charges it).
+            if (starving and self._unsent_outcomes) or len(self._unsent_outcomes) >= config.MAX_RECORD_BATCH:
                 return 0.0
             return self._first_unsent + config.RECORD_DELAY_S - time.monotonic()
         return 0.5
@@ -480,7 +498,8 @@ class Worker:
                 self._scripts.requeue(pipe, worker_id=self.worker_id, jobs=requeues)
             if want:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
-                                    max_count=want, start_count=start_count)
+                                    max_count=want, start_count=start_count, park=True)
+            sent = time.monotonic()
             try:
                 replies = self._scripts.execute(pipe) if (starts or outcomes or requeues or want) else []
             except Exception as exc:
@@ -496,7 +515,8 @@ class Worker:
                 self._reconnector.failed(exc)
                 return False
             if want:
-                self._accept_claimed(replies[-1], want, start_count)
+                self._renewed = max(self._renewed, sent)
+                self._accept_claimed(self._scripts.parse_claim(replies[-1]), want, start_count)
             with self._lock:
                 self._sending = []
                 self._lock.notify_all()
@@ -516,13 +536,15 @@ class Worker:
         with self._claim_lock:
             keep = self._owned_ids()
             try:
-                released = self._scripts.release_inflight(self._redis, worker_id=self.worker_id, keep=keep,
-                                                          unregister=False)
+                released = self._scripts.release_inflight(self._redis, worker_id=self.worker_id, queues=self.queues,
+                                                          keep=keep, unregister=False)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self._reconnector.failed(exc)
                 return False
+            self._reconciles += 1
+            self._room = 0  # unparked: the next claim parks us again
         self._needs_reconcile = False
         if released:
             log.warning("worker %s: gave back %d job(s) it had taken but was not running", self.worker_id, released)
@@ -537,22 +559,37 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------------
 
-    def _accept_claimed(self, reply: Any, wanted: int, start_count: int) -> int:
+    def _accept_claimed(self, reply: ClaimReply, wanted: int, start_count: int) -> int:
         """Verify claimed jobs and queue them as ready (call with _claim_lock held); returns how many were claimed.
 
         Jobs past the first ``start_count`` were claimed ahead: marked so their start is recorded.
         """
-        claimed, dropped = self._scripts.parse_claim(reply)
-        for job_id in dropped:
+        for job_id in reply.dropped:
             log.warning("worker %s: dropped queue entry %r: it names no pending job", self.worker_id, job_id)
-        self._queues_empty = len(claimed) < wanted
+        self._queues_empty = len(reply.claimed) < wanted
+        self._room = reply.room
+        return self._accept(reply.claimed, start_count, reply.handed, reply.garbled)
+
+    def _accept(self, claimed: list[Claimed], start_count: int, handed: int, garbled: int) -> int:
+        """Queue verified jobs as ready and start what idle children can take (call with _claim_lock held).
+
+        The first ``handed`` came through the inbox: claimed ahead by
+        submit.lua, like every job past the first ``start_count``, and so
+        marked for their start to be recorded. Garbled inbox messages name
+        jobs in our in-flight list that we cannot run: reconciliation gives
+        them back.
+        """
+        if garbled:
+            log.warning("worker %s: %d unreadable message(s) in our inbox; giving back what they held",
+                        self.worker_id, garbled)
+            self._needs_reconcile = True
         if claimed:
             self._reconnector.call(lambda: self._load_records(claimed))
         accepted = []
         for index, item in enumerate(claimed):
             running = self._prepare(item)
             if running is not None:
-                running.prefetched = index >= start_count
+                running.prefetched = index < handed or index >= start_count
                 accepted.append(running)
         with self._lock:
             self._ready.extend(accepted)
@@ -596,20 +633,32 @@ class Worker:
     # -- the fetcher thread --------------------------------------------------------
 
     def _fetch_loop(self) -> None:
-        block_s = config.BLOCK_TIMEOUT_S if len(self.queues) == 1 else config.MULTI_QUEUE_BLOCK_S
-        if self.burst:
-            block_s = min(block_s, 0.1)
-        turn = 0
+        """Keep idle children fed: park, then wait on the inbox for hand-offs and wakes."""
+        block_s = min(config.BLOCK_TIMEOUT_S, 0.1) if self.burst else config.BLOCK_TIMEOUT_S
         while True:
             with self._lock:
-                # Wait until a child would sit idle: nothing ready, and the last claim found the queues empty.
-                while not self._stopping.is_set() and not (self._queues_empty and self._hunger()
-                                                           and not self._ready):
+                # Wait until a child would sit idle: nothing ready, and the last claim came up short.
+                while not self._stopping.is_set() and not (self._queues_empty and self._starting_now()):
                     self._lock.wait(0.5)
                 if self._stopping.is_set():
                     return
+                epoch = self._reconciles
             try:
-                got = self._fetch(self.queues[turn % len(self.queues)], block_s)
+                if not self._room:
+                    self._claim_now()  # parks us if the queues are empty
+                    continue
+                # Everything there in one reply: a batch submit hands us a job per idle child.
+                got: Any = self._redis.blmpop(block_s, 1, self._keys.inbox(self.worker_id), direction="LEFT",
+                                              count=max(1, self._room))
+                self._reconnector.succeeded()
+                if got is not None:
+                    self._take_handed(got[1], epoch)
+                elif not self._claim_now() and self.burst and self._is_idle():
+                    # Quiet for block_s: the claim renewed our parking (and would catch
+                    # jobs queued with no wake, e.g. after a server restart forgot us).
+                    log.info("worker %s: queues empty (burst mode); stopping", self.worker_id)
+                    self._stopping.set()
+                    self._wake()
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("worker %s: fetcher error", self.worker_id)
@@ -619,42 +668,62 @@ class Worker:
                     self._reconnector.failed(exc)
                     with self._lock:
                         self._lock.notify_all()
-                continue
-            if not got:
-                turn += 1
-                if self.burst and self._is_idle():
-                    log.info("worker %s: queues empty (burst mode); stopping", self.worker_id)
-                    self._stopping.set()
-                    self._wake()
 
-    def _fetch(self, queue: str, block_s: float) -> bool:
-        """Wait up to ``block_s`` for a job on ``queue``, then claim it (and what else is there); False if none came."""
-        if time.monotonic() - self._last_heartbeat > self.lease_ms / 2000:
-            self._heartbeat()  # be registered before taking anything, so a crash is recoverable
-        if len(self.queues) > 1:
-            # Several queues: BLMOVE watches one, so first look at all, in priority order.
-            if self._claim_now():
-                return True
-        # BLMOVE, not BRPOP: the id lands in our taken list atomically, so if we
-        # die before claim.lua runs, the coordinator's sweep of this worker puts
-        # it back on its queue. (Taken while stopping: _finish gives it back.)
-        job_id = self._redis.blmove(
-            self._keys.queue(queue), self._keys.taken(self.worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        self._reconnector.succeeded()
-        if job_id is None or self._stopping.is_set():
-            return job_id is not None
-        self._claim_now()
-        return True
+    def _take_handed(self, messages: list[bytes], epoch: int) -> None:
+        """Messages from our inbox: jobs submit.lua handed us (start them now), or a wake (claim)."""
+        claimed, wake, garbled = parse_handed(messages)
+        if wake:
+            self._claim_now()
+            return
+        with self._claim_lock:
+            if self._reconciles != epoch:
+                # A reconciliation ran while this was on its way and may have given the
+                # job back already: leave it to the next one (fenced, so nothing runs twice).
+                self._needs_reconcile = True
+                return
+            self._room = max(0, self._room - len(claimed))
+            handed = len(claimed)
+            if claimed and time.monotonic() - self._renewed > self.lease_ms / 2000:
+                claimed = self._confirm(claimed)
+                handed = 0  # confirmed jobs were charged: they start now
+            with self._lock:
+                start_count = self._starting_now()
+            self._accept(claimed, start_count, handed, garbled)
+
+    def _confirm(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Jobs handed to us while our lease may have run out (were we frozen?): keep those still ours.
+
+        Our blocking pop completes on the server even while this process is
+        stopped; by the time we read it, the coordinator may have requeued the
+        job elsewhere. One round trip renews our lease first -- from then on
+        the coordinator leaves our jobs alone -- then start.lua charges each
+        job only if this attempt still owns it.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        self._scripts.heartbeat(pipe, worker_id=self.worker_id, lease_ms=self.lease_ms, info={})
+        for c in claimed:
+            self._scripts.start(pipe, jobs=[(c.id, c.token)])
+        sent = time.monotonic()
+        replies = self._scripts.execute(pipe)
+        self._renewed = max(self._renewed, sent)
+        kept = [c for c, started in zip(claimed, replies[1:]) if int(started)]
+        for c in claimed:
+            if c not in kept:
+                log.warning("job %s: handed to us while our lease ran out, and since requeued; not running it",
+                            c.id)
+        return kept
 
     def _claim_now(self) -> bool:
-        """Claim what the children can take (the taken list first); True if anything was claimed."""
+        """Claim what the children can take, parking if the queues are empty; True if anything was claimed."""
         with self._claim_lock:
             with self._lock:
                 want = max(1, self._hunger())
                 start_count = self._starting_now()
+            sent = time.monotonic()
             reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
-                                        lease_ms=self.lease_ms, max_count=want, start_count=start_count)
-            return self._accept_claimed(reply, want, start_count) > 0
+                                        lease_ms=self.lease_ms, max_count=want, start_count=start_count, park=True)
+            self._renewed = max(self._renewed, sent)
+            return self._accept_claimed(self._scripts.parse_claim(reply), want, start_count) > 0
 
     def _is_idle(self) -> bool:
         with self._lock:
@@ -670,7 +739,9 @@ class Worker:
             "concurrency": str(self.concurrency), "running": ",".join(self._running_ids()),
         })
         pipe.hget(self._keys.config, "lease_ms")
+        sent = time.monotonic()
         was_valid, lease = self._scripts.execute(pipe)
+        self._renewed = max(self._renewed, sent)
         if not int(was_valid) and self._last_heartbeat:
             log.warning("worker %s: our lease had expired (were we stopped or cut off?); the coordinator "
                         "requeued our jobs and their results from here will be refused", self.worker_id)
@@ -708,7 +779,7 @@ class Worker:
         while self._ready:
             running = self._ready.pop()
             self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                 self._keys.queue(running.spec.queue), "release"))
+                                                 running.spec.queue, "release"))
             self._lock.notify_all()
 
     def _stop_running_jobs(self) -> None:
@@ -723,7 +794,7 @@ class Worker:
             with self._lock:
                 for running in slot.sent:
                     self._unsent_requeues.append(Requeue(running.claimed.id, running.claimed.token,
-                                                         self._keys.queue(running.spec.queue), "release"))
+                                                         running.spec.queue, "release"))
                     stopped += 1
                 slot.sent.clear()
         if stopped:
@@ -731,7 +802,7 @@ class Worker:
                         stopped)
 
     def _finish(self) -> None:
-        """Record what is left, give back taken-but-unstarted ids, unregister, stop the children."""
+        """Record what is left, give back claimed-but-unstarted jobs, unregister, stop the children."""
         for slot in self._slots:
             if slot.job is None:
                 slot.shutdown()
@@ -744,7 +815,8 @@ class Worker:
                     time.sleep(0.5)  # Redis away (the reconnector no longer waits: threads_stop is set)
                     continue
                 with self._claim_lock:
-                    self._scripts.release_inflight(self._redis, worker_id=self.worker_id, keep=[], unregister=True)
+                    self._scripts.release_inflight(self._redis, worker_id=self.worker_id, queues=self.queues, keep=[],
+                                                   unregister=True)
                 break
             except Exception as exc:
                 if not is_transient(exc):

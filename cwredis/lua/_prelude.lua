@@ -7,3 +7,66 @@ local function now_ms(arg)
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- Hand-off. A worker whose claim found its queues empty parks (claim.lua):
+-- parked:<w> holds how many jobs it can start at once (its idle children),
+-- idle:<queue> lists it for each queue it serves, and its fetcher blocks on
+-- BLMPOP inbox:<w>. A script that queues a job then goes to a parked worker
+-- directly: submit.lua claims the new job for it and pushes the job itself,
+-- so the worker starts it without a claim round trip; the other paths
+-- (retries, promotions, recoveries) push 'wake', and the worker claims.
+-- The caller passes the names from Keys.handoff() in ARGV, from index i.
+local function handoff_keys(argv, i)
+  return {workers = argv[i], idle = argv[i + 1], parked = argv[i + 2], inbox = argv[i + 3],
+          inflight = argv[i + 4]}
+end
+
+-- The longest-parked live worker of a queue: its id, how many jobs it takes,
+-- and when it parked; nil if none. Entries left behind by a worker that
+-- claimed since (no parked key) or whose lease ran out are dropped on the way.
+local function pop_parked(ho, queue, now)
+  while true do
+    local top = redis.call('ZPOPMIN', ho.idle .. queue)
+    if not top[1] then return nil end
+    local room = tonumber(redis.call('GET', ho.parked .. top[1]))
+    local lease = tonumber(redis.call('ZSCORE', ho.workers, top[1]))
+    if room and room > 0 and lease and lease > now then
+      return top[1], room, top[2]
+    end
+  end
+end
+
+-- Wake parked workers for jobs pushed onto queues other than by submit;
+-- counts maps a queue name to how many jobs went there. A woken worker is
+-- unparked: it claims now, and parks again if it finds nothing.
+local function wake(ho, counts, now)
+  for queue, n in pairs(counts) do
+    for _ = 1, n do
+      local w = pop_parked(ho, queue, now)
+      if not w then break end
+      redis.call('DEL', ho.parked .. w)
+      redis.call('RPUSH', ho.inbox .. w, 'wake')
+    end
+  end
+end
+
+-- Forget a worker's parking (it claims, stops or died): no more hand-offs.
+-- queues: the names it parked for.
+local function unpark(ho, worker_id, queues)
+  redis.call('DEL', ho.parked .. worker_id)
+  for _, queue in ipairs(queues) do redis.call('ZREM', ho.idle .. queue, worker_id) end
+end
+
+-- A hand-off message: the fields of one claimed job, each as <length>:<bytes>.
+local function frame(fields)
+  local parts = {}
+  for i, f in ipairs(fields) do parts[i] = #f .. ':' .. f end
+  return table.concat(parts)
+end
+
+-- "a,b,c" -> {"a", "b", "c"}
+local function split_commas(text)
+  local out = {}
+  for part in string.gmatch(text or '', '[^,]+') do out[#out + 1] = part end
+  return out
+end

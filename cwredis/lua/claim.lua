@@ -1,28 +1,42 @@
--- claim.lua: take up to max_count jobs for a worker and start an attempt on each.
--- KEYS: workers, inflight(worker), taken(worker), queue_1 .. queue_n (priority order)
--- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time), start_count
+-- claim.lua: take up to max_count jobs for a worker and start an attempt on
+-- each; park the worker if its queues are empty and a child would sit idle.
+-- KEYS: workers, inflight(worker), inbox(worker), parked(worker), queue_1 .. queue_n (priority order)
+-- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time), start_count,
+--       park ('1': park if short of start_count), idle_prefix, then the n queue names
 -- The first start_count jobs start at once and are charged an attempt now.
 -- The rest are claimed ahead (prefetched, for short jobs): they get their
 -- token but are marked 'pf' and charged only when start.lua records that they
 -- started -- so a worker that dies holding them does not use up their attempts.
 -- A job that was already held by a worker that died ('d') is always charged
 -- at claim: it may be what killed it, and must not run uncounted.
--- The worker's blocking BLMOVE parks ids in its taken list; they are the
--- oldest it holds, so they are claimed first, then ids are moved from the
--- queues. Every move is an LMOVE, so an id is always in a queue, the taken
--- list or the in-flight list: a crash at any point leaves it where the
--- coordinator's sweep of this worker finds it.
--- Returns {claimed, dropped}: claimed is a flat list of
+-- The worker is unparked first, so no job can be handed to it while it
+-- claims; jobs handed to it before (still in its inbox, already in its
+-- in-flight list) are returned with the rest and count towards max_count.
+-- Ids are moved from the queues with LMOVE, so an id is always in a queue or
+-- the in-flight list: a crash at any point leaves it where the coordinator's
+-- sweep of this worker finds it. Parking happens in the same step as finding
+-- the queues empty, so no job can be queued unseen in between.
+-- Returns {claimed, dropped, handed, room}: claimed is a flat list of
 -- (id, token, spec, fn, args, attempts, generation) per job, attempts being
--- the number this run has once started; dropped lists
--- queue entries that named no pending job (removed; the worker logs them).
-local workers, inflight = KEYS[1], KEYS[2]
+-- the number this run has once started; dropped lists queue entries that
+-- named no pending job (removed; the worker logs them); handed lists the
+-- inbox messages (see frame() in the prelude); room is how many jobs the
+-- worker is now parked for (0: not parked).
+local workers, inflight, inbox, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local worker_id, deadline = ARGV[1], now_ms(ARGV[5]) + tonumber(ARGV[2])
 local max_count, job_prefix, start_count = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
+local park, idle_prefix = ARGV[7] == '1', ARGV[8]
 -- Claiming renews the lease, and re-registers a worker whose lease the
 -- coordinator already expired (e.g. one that was SIGSTOPped and continued).
 redis.call('ZADD', workers, deadline, worker_id)
+redis.call('DEL', parked)
+for q = 9, #ARGV do redis.call('ZREM', idle_prefix .. ARGV[q], worker_id) end
+local handed = redis.call('LRANGE', inbox, 0, -1)
+redis.call('DEL', inbox)
 local claimed, dropped, count = {}, {}, 0
+for _, message in ipairs(handed) do
+  if message ~= 'wake' then count = count + 1 end
+end
 
 local function take(job_id)
   local job = job_prefix .. job_id
@@ -50,7 +64,7 @@ end
 
 -- Bounded: a queue full of garbage cannot keep the script running long.
 local budget = max_count + 100
-for q = 3, #KEYS do  -- the taken list, then the queues
+for q = 5, #KEYS do
   while count < max_count and budget > 0 do
     local job_id = redis.call('LMOVE', KEYS[q], inflight, 'RIGHT', 'LEFT')
     if not job_id then break end
@@ -58,4 +72,17 @@ for q = 3, #KEYS do  -- the taken list, then the queues
     take(job_id)
   end
 end
-return {claimed, dropped}
+local room = 0
+if park and count < start_count then
+  local empty = true
+  for q = 5, #KEYS do
+    if redis.call('LLEN', KEYS[q]) > 0 then empty = false end
+  end
+  if empty then
+    room = start_count - count
+    redis.call('SET', parked, room)
+    local now = deadline - tonumber(ARGV[2])
+    for q = 9, #ARGV do redis.call('ZADD', idle_prefix .. ARGV[q], now, worker_id) end
+  end
+end
+return {claimed, dropped, handed, room}

@@ -1,21 +1,25 @@
 -- release_inflight.lua: a live worker gives back what its in-flight list holds
 -- but it is not running: on a clean exit (everything), or after a reconnect
 -- (ids whose claim reply was lost, or that a server restart brought back).
--- KEYS: inflight(worker), workers, worker_info, taken(worker)
+-- KEYS: inflight(worker), workers, worker_info, inbox(worker)
 -- ARGV: worker_id, unregister ('1' to also remove the worker), job_prefix,
---       spec_prefix, queue_prefix, then the ids the worker is really running (kept)
--- A job this worker had claimed gets its attempt refunded (it never started);
--- one it had only taken goes back unchanged. One script, so the ids move from
--- the in-flight list to their queues all at once.
+--       spec_prefix, queue_prefix, Keys.handoff() (5 names), the worker's queue
+--       names joined by commas, then the ids the worker is really running (kept)
+-- A job this worker had claimed gets its attempt refunded (it never started).
+-- The worker is unparked and its inbox emptied: jobs handed to it and not
+-- yet read are in the in-flight list, and go back with the rest. One script,
+-- so the ids move from the in-flight list to their queues all at once
+-- (parked workers are woken for them).
 -- Returns the number of jobs given back.
-local inflight, workers, info, taken = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, workers, info, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local worker_id, unregister = ARGV[1], ARGV[2] == '1'
 local job_prefix, spec_prefix, queue_prefix = ARGV[3], ARGV[4], ARGV[5]
+local ho = handoff_keys(ARGV, 6)
 local keep = {}
-for i = 6, #ARGV do keep[ARGV[i]] = true end
-local released = 0
--- Ids parked by BLMOVE but never claimed first become in-flight like the rest.
-while redis.call('LMOVE', taken, inflight, 'RIGHT', 'LEFT') do end
+for i = 12, #ARGV do keep[ARGV[i]] = true end
+local released, woken = 0, {}
+unpark(ho, worker_id, split_commas(ARGV[11]))
+redis.call('DEL', inbox)
 local ids = redis.call('LRANGE', inflight, 0, -1)
 for i = #ids, 1, -1 do
   local job_id = ids[i]
@@ -33,10 +37,12 @@ for i = #ids, 1, -1 do
         redis.call('HDEL', job, 'w')
       end
       redis.call('RPUSH', queue_prefix .. queue, job_id)
+      woken[queue] = (woken[queue] or 0) + 1
       released = released + 1
     end
   end
 end
+wake(ho, woken, now_ms(''))
 if unregister then
   redis.call('ZREM', workers, worker_id)
   redis.call('DEL', info)

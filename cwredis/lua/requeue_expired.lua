@@ -1,10 +1,11 @@
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
--- KEYS: workers, inflight(worker), worker_info, failed, stats, taken(worker)
+-- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
---       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix
+--       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix,
+--       Keys.handoff() (5 names)
 -- Each job the worker was running goes back to the front of its queue, or
--- fails with reason 'lost' once it has used max_attempts; ids it had taken
--- but not claimed go back unchanged. A job claimed ahead whose start was
+-- fails with reason 'lost' once it has used max_attempts (parked workers are
+-- woken for those requeued). A job claimed ahead (or handed to it while parked) whose start was
 -- never recorded ('pf') is not charged an attempt -- it may never have run --
 -- but every death of a worker holding a job counts ('d'), and at twice
 -- max_attempts the job fails 'lost' anyway: a job that kills its worker the
@@ -14,23 +15,24 @@
 -- coordinators sweeping at once cannot requeue a job twice (the second finds
 -- the list empty, or the lease renewed).
 -- Returns {requeued, lost}.
-local workers, inflight, info, failed, stats, taken = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local workers, inflight, info, failed, stats, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker_id, now = ARGV[1], now_ms(ARGV[2])
 local forget_before = now - tonumber(ARGV[3])
 local result_ttl, lost_body, lost_error, lost_tb = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local job_prefix, spec_prefix, queue_prefix = ARGV[8], ARGV[9], ARGV[10]
 local results_prefix, channel_prefix, seq_prefix = ARGV[11], ARGV[12], ARGV[13]
+local ho = handoff_keys(ARGV, 14)
 
 local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
 if not deadline or deadline > now then
   return {0, 0}  -- renewed since the caller looked: the worker is alive
 end
-local requeued, lost = 0, 0
--- Oldest first: the taken list (ids BLMOVEd, never claimed), then the
--- in-flight list read from the right.
+local requeued, lost, woken = 0, 0, {}
+-- It gets no more hand-offs; those it got but never read are in its
+-- in-flight list like the rest.
+unpark(ho, worker_id, split_commas(redis.call('HGET', info, 'queues')))
+-- Oldest first: the in-flight list read from the right.
 local ids = redis.call('LRANGE', inflight, 0, -1)
-local parked = redis.call('LRANGE', taken, 0, -1)
-for i = 1, #parked do ids[#ids + 1] = parked[i] end
 for i = #ids, 1, -1 do
   local job_id = ids[i]
   local job = job_prefix .. job_id
@@ -59,6 +61,7 @@ for i = #ids, 1, -1 do
       redis.call('HSET', job, 's', 'pending')
       redis.call('HDEL', job, 'w', 'pf')
       redis.call('RPUSH', queue_prefix .. spec[1], job_id)
+      woken[spec[1]] = (woken[spec[1]] or 0) + 1
       requeued = requeued + 1
     end
   elseif f[1] == 'running' or f[1] == 'pending' then
@@ -67,7 +70,8 @@ for i = #ids, 1, -1 do
     redis.call('ZADD', failed, now, job_id)
   end
 end
-redis.call('DEL', inflight, taken)
+redis.call('DEL', inflight, inbox)
+wake(ho, woken, now)
 if deadline < forget_before then
   -- Long dead: stop sweeping it. (A worker that comes back re-registers on claim.)
   redis.call('ZREM', workers, worker_id)

@@ -1,6 +1,7 @@
 -- requeue_failed.lua: put failed jobs back on their queues with attempts reset.
 -- KEYS: failed
--- ARGV: job_prefix, spec_prefix, queue_prefix, then job ids (none: every failed job)
+-- ARGV: job_prefix, spec_prefix, queue_prefix, Keys.handoff() (5 names),
+--       then job ids (none: every failed job)
 -- Named ids are all checked before anything changes, so a bad id changes
 -- nothing. The generation counter goes up, so the submitting client can tell
 -- the new outcome from the failure it already saw.
@@ -8,7 +9,8 @@
 local failed = KEYS[1]
 local job_prefix, spec_prefix, queue_prefix = ARGV[1], ARGV[2], ARGV[3]
 local ids = {}
-for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local ho = handoff_keys(ARGV, 4)
+for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
 local named = #ids > 0
 if not named then ids = redis.call('ZRANGE', failed, 0, -1) end
 local queues = {}
@@ -20,7 +22,7 @@ for i, job_id in ipairs(ids) do
   if named and not queue then return {-1, job_id, 'job spec expired; cannot requeue'} end
   queues[i] = (f[1] == 'failed') and queue or false
 end
-local n = 0
+local n, woken = 0, {}
 for i, job_id in ipairs(ids) do
   redis.call('ZREM', failed, job_id)
   if queues[i] then
@@ -29,7 +31,9 @@ for i, job_id in ipairs(ids) do
     redis.call('HINCRBY', job, 'g', 1)
     redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o')
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
+    woken[queues[i]] = (woken[queues[i]] or 0) + 1
     n = n + 1
   end
 end
+wake(ho, woken, now_ms(''))
 return {n}

@@ -1,21 +1,28 @@
--- submit.lua: make a batch of jobs durable and queue them, in one atomic step.
+-- submit.lua: make a batch of jobs durable and queue them -- or hand them to
+-- parked workers -- in one atomic step.
 -- KEYS: queue, spec, fn_blob, env_blob, job_1 .. job_n
--- ARGV: spec_digest, fn_digest, blob_ttl_ms, has_blobs,
+-- ARGV: spec_digest, fn_digest, blob_ttl_ms, queue_name, then Keys.handoff()
+--       (5 names), has_blobs,
 --       [if has_blobs: fn_blob, fn_name, env_blob, n, then n spec field/value pairs],
 --       then per job: job_id, args_blob
--- Returns the number of jobs queued, or -1 (nothing written) when the spec or a
--- blob is missing and the caller did not send it (send it and call again).
--- A job id that already exists is skipped, so a submit retried after a lost
--- reply never queues a job twice.
+-- Returns the number of jobs queued or handed, or -1 (nothing written) when
+-- the spec or a blob is missing and the caller did not send it (send it and
+-- call again). A job id that already exists is skipped, so a submit retried
+-- after a lost reply never queues a job twice.
+-- A job handed to a parked worker is claimed for it here, exactly as
+-- claim.lua would claim it ahead (token 1, 'pf': charged once it starts), in
+-- the worker's in-flight list and its inbox in the same step: if the worker
+-- dies before reading it, the coordinator's sweep of that worker requeues it.
 local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ttl = tonumber(ARGV[3])
-local i = 5
-if ARGV[4] == '1' then
-  redis.call('HSET', fn_key, 'b', ARGV[5], 'n', ARGV[6])
-  redis.call('HSET', env_key, 'b', ARGV[7])
-  local n = tonumber(ARGV[8])
-  redis.call('HSET', spec_key, unpack(ARGV, 9, 8 + 2 * n))
-  i = 9 + 2 * n
+local ttl, queue_name = tonumber(ARGV[3]), ARGV[4]
+local ho = handoff_keys(ARGV, 5)
+local i = 11
+if ARGV[10] == '1' then
+  redis.call('HSET', fn_key, 'b', ARGV[11], 'n', ARGV[12])
+  redis.call('HSET', env_key, 'b', ARGV[13])
+  local n = tonumber(ARGV[14])
+  redis.call('HSET', spec_key, unpack(ARGV, 15, 14 + 2 * n))
+  i = 15 + 2 * n
 elseif redis.call('EXISTS', spec_key) == 0 or redis.call('EXISTS', fn_key) == 0
     or redis.call('EXISTS', env_key) == 0 then
   return -1
@@ -24,16 +31,34 @@ end
 redis.call('PEXPIRE', spec_key, ttl)
 redis.call('PEXPIRE', fn_key, ttl)
 redis.call('PEXPIRE', env_key, ttl)
+local now = now_ms('')
+local worker, room, since = pop_parked(ho, queue_name, now)
 local queued = 0
 for k = 5, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
   i = i + 2
   if redis.call('EXISTS', KEYS[k]) == 0 then
-    -- Attempts (n), token (k) and generation (g) start absent, read as 0:
-    -- a queued job's memory is mostly field names.
-    redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args)
-    redis.call('LPUSH', queue, job_id)
+    if worker then
+      redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'f', ARGV[2], 'a', args, 'w', worker,
+                 'k', 1, 'pf', 1)
+      redis.call('LPUSH', ho.inflight .. worker, job_id)
+      redis.call('RPUSH', ho.inbox .. worker, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
+      room = room - 1
+      if room == 0 then
+        redis.call('DEL', ho.parked .. worker)
+        worker, room, since = pop_parked(ho, queue_name, now)
+      end
+    else
+      -- Attempts (n), token (k) and generation (g) start absent, read as 0:
+      -- a queued job's memory is mostly field names.
+      redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args)
+      redis.call('LPUSH', queue, job_id)
+    end
     queued = queued + 1
   end
+end
+if worker then  -- room left: it stays parked, first in line as before
+  redis.call('SET', ho.parked .. worker, room)
+  redis.call('ZADD', ho.idle .. queue_name, since, worker)
 end
 return queued

@@ -9,7 +9,8 @@ process, then breaks something and checks the contract's guarantees:
 2. the coordinator SIGKILLed and restarted under load (and a worker dying meanwhile);
 3. a persistent server stopped and started again under a waiting client;
 4. the server killing client/worker connections (CLIENT KILL), also mid-submit;
-5. a SIGSTOPped worker (busy, or idle in its blocking pop) that is thawed later;
+5. a SIGSTOPped worker (busy, or idle in its blocking pop) that is thawed later,
+   and an idle worker SIGKILLed before a job is handed to it;
 6. graceful stop (SIGTERM / Ctrl-C) and the second signal;
 7. job timeouts;
 8. a job that kills its own worker every time: ``lost``, no crash loop.
@@ -296,6 +297,30 @@ def test_job_handed_to_a_frozen_idle_worker_runs_elsewhere_and_is_delivered_once
     outcomes.assert_exactly_once({jobid: 11})
     assert len(read_markers(marker)) == 1, f"the job ran again on the thawed worker: {read_markers(marker)}"
     assert frozen.alive(), frozen.log()
+
+
+def test_job_handed_to_a_killed_idle_worker_runs_elsewhere_and_is_delivered_once(
+        server, home, procs, keys, tmp_path):
+    """An idle worker parks and waits for hand-offs; SIGKILLed, its lease still
+    runs, so the next job is handed to the dead worker. The coordinator must put
+    it back once the lease expires, for another worker to run exactly once."""
+    start_coordinator(procs, server, keys)
+    dead = procs.worker(server.url)
+    r = server.client()
+    wait_for(lambda: r.zcard(keys.idle("default")) == 1, timeout=20, message="the idle worker parks")
+    dead.signal_group(signal.SIGKILL)
+    dead.popen.wait(timeout=10)
+    marker = tmp_path / "runs"
+    outcomes = Outcomes()
+    with _client(outcomes, server) as t:
+        jobid = t.submit(helpers.write_marker_then, str(marker), 12)
+        worker_id = r.zrange(keys.workers, 0, -1)[0].decode()
+        assert r.llen(keys.inbox(worker_id)) == 1, "precondition: the job was handed to the dead worker"
+        procs.worker(server.url)
+        t.wait(timeout=TEST_LEASE_S + 20)
+    outcomes.assert_exactly_once({jobid: 12})
+    assert len(read_markers(marker)) == 1
+    assert r.llen(keys.inbox(worker_id)) == 0 and not r.exists(keys.parked(worker_id))
 
 
 # ------------------------------------------------------------- 6. graceful stop

@@ -5,12 +5,14 @@ Time is passed in explicitly, so leases expire when the test says so.
 
 from __future__ import annotations
 
+import time
+
 import fakeredis
 import pytest
 
 from cwredis import job
 from cwredis.keys import Keys
-from cwredis.scripts import Completion, Requeue, ScriptRefused, Scripts
+from cwredis.scripts import Completion, Requeue, ScriptRefused, Scripts, parse_handed
 
 KEYS = Keys()
 T0 = 1_000_000
@@ -41,9 +43,27 @@ def submit(s, r, *job_ids, spec=SPEC, send_records=True):
                     jobs=[(j, b"Uargs-" + j.encode()) for j in job_ids], blob_ttl_ms=60_000)
 
 
-def claim(s, r, worker="w1", n=1, now=T0, queues=("default",)):
+def claim_reply(s, r, worker="w1", n=1, now=T0, queues=("default",), start_count=None, park=False):
     return s.parse_claim(s.claim(r, worker_id=worker, queues=list(queues), lease_ms=LEASE_MS, max_count=n,
-                                 now_ms=now))
+                                 start_count=start_count, park=park, now_ms=now))
+
+
+def claim(s, r, worker="w1", n=1, now=T0, queues=("default",), start_count=None):
+    """(claimed, dropped) of one claim."""
+    reply = claim_reply(s, r, worker, n, now, queues, start_count)
+    return reply.claimed, reply.dropped
+
+
+def park(s, r, worker="w1", idle_children=1, queues=("default",)):
+    """Claim with an empty queue on the server's clock (hand-offs check leases against it): parks."""
+    reply = claim_reply(s, r, worker, n=idle_children, now=int(time.time() * 1000), queues=queues,
+                        start_count=idle_children, park=True)
+    assert reply.claimed == [] and reply.room == idle_children
+    return reply
+
+
+def inbox(r, worker="w1"):
+    return r.lrange(KEYS.inbox(worker), 0, -1)
 
 
 def ok(claimed, body=b"R"):
@@ -98,12 +118,68 @@ def test_claim_drops_queue_entries_that_name_no_pending_job(s, r):
     assert r.lrange(KEYS.inflight("w1"), 0, -1) == [b"a"]
 
 
-def test_ids_parked_by_blmove_are_claimed_before_newer_queued_ones(s, r):
-    submit(s, r, "a", "b", "c")
-    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # the fetcher's BLMOVE parks a
-    claimed, _ = claim(s, r, n=2)
-    assert [c.id for c in claimed] == ["a", "b"]
-    assert r.llen(KEYS.taken("w1")) == 0
+def test_submit_hands_new_jobs_to_a_parked_worker_up_to_its_room_then_queues(s, r):
+    park(s, r, idle_children=2)
+    assert submit(s, r, "a", "b", "c") == 3
+    handed, wake, garbled = parse_handed(inbox(r))
+    assert [c.id for c in handed] == ["a", "b"] and not wake and garbled == 0
+    assert handed[0].token == "1" and handed[0].args == b"Uargs-a" and handed[0].spec == "sp1"
+    assert handed[0].function == "fn1" and handed[0].attempts == 1 and handed[0].generation == 0
+    # Claimed for it, ahead: owned and fenced, charged only once started.
+    assert state(r, "a") == "running" and r.hget(KEYS.job("a"), job.WORKER) == b"w1"
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) is None and r.hget(KEYS.job("a"), "pf") == b"1"
+    assert set(r.lrange(KEYS.inflight("w1"), 0, -1)) == {b"a", b"b"}
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"c"]  # no room left: queued, and unparked
+    assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
+
+
+def test_a_worker_with_room_left_stays_parked_first_in_line(s, r):
+    park(s, r, "w1", idle_children=2)
+    park(s, r, "w2", idle_children=1)
+    submit(s, r, "a")
+    assert len(inbox(r, "w1")) == 1 and inbox(r, "w2") == []  # the longest parked goes first
+    assert r.get(KEYS.parked("w1")) == b"1" and r.zrange(KEYS.idle("default"), 0, 0) == [b"w1"]
+    submit(s, r, "b", "c")
+    assert len(inbox(r, "w1")) == 2 and len(inbox(r, "w2")) == 1 and r.zcard(KEYS.idle("default")) == 0
+
+
+def test_submit_skips_parked_workers_whose_lease_ran_out(s, r):
+    park(s, r)
+    r.zadd(KEYS.workers, {"w1": 1})  # its lease long expired: perhaps dead
+    submit(s, r, "a")
+    assert inbox(r) == [] and r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]
+    assert r.zcard(KEYS.idle("default")) == 0  # the stale entry is gone
+
+
+def test_claim_unparks_and_returns_handed_jobs_first(s, r):
+    park(s, r, idle_children=1)
+    submit(s, r, "a", "b")  # a handed, b queued
+    reply = claim_reply(s, r, n=3, now=int(time.time() * 1000), start_count=3, park=True)
+    assert [c.id for c in reply.claimed] == ["a", "b"] and reply.handed == 1
+    assert reply.room == 1  # a third child still idle and the queue empty: parked again
+    assert inbox(r) == [] and r.hget(KEYS.job("b"), job.ATTEMPTS) == b"1"
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # handed: charged when it starts
+
+
+def test_claim_does_not_park_while_a_queue_still_holds_entries(s, r):
+    for i in range(150):  # more garbage than one claim's budget
+        r.rpush(KEYS.queue("default"), f"garbage-{i}")
+    reply = claim_reply(s, r, n=1, start_count=1, park=True)
+    assert reply.claimed == [] and reply.room == 0 and not r.exists(KEYS.parked("w1"))
+
+
+def test_queueing_paths_other_than_submit_wake_a_parked_worker(s, r):
+    submit(s, r, "a")
+    (a,), _ = claim(s, r, "w0")
+    park(s, r, "w1")
+    assert s.requeue(r, worker_id="w0", now_ms=T0, jobs=[Requeue("a", a.token, "default", "release")]) == [1]
+    assert inbox(r, "w1") == [b"wake"] and not r.exists(KEYS.parked("w1"))
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]  # the woken worker claims it
+
+
+def test_garbled_inbox_messages_are_counted_not_trusted(s, r):
+    handed, wake, garbled = parse_handed([b"1:a1:1", b"junk", b"99:x", b"wake"])
+    assert handed == [] and wake and garbled == 3
 
 
 def test_empty_and_binary_queue_entries_are_dropped(s, r):
@@ -143,9 +219,9 @@ def test_requeue_retry_waits_in_delayed_and_release_refunds_the_attempt(s, r):
     submit(s, r, "a", "b")
     (a, b), _ = claim(s, r, n=2)
     flags = s.requeue(r, worker_id="w1", now_ms=T0, jobs=[
-        Requeue("a", a.token, KEYS.queue("default"), "retry", 500),
-        Requeue("b", b.token, KEYS.queue("default"), "release"),
-        Requeue("b", "99", KEYS.queue("default"), "release"),  # not the owner
+        Requeue("a", a.token, "default", "retry", 500),
+        Requeue("b", b.token, "default", "release"),
+        Requeue("b", "99", "default", "release"),  # not the owner
     ])
     assert flags == [1, 1, 0]
     assert state(r, "a") == "delayed" and r.zscore(KEYS.delayed, "a") == T0 + 500
@@ -169,14 +245,15 @@ def test_expired_lease_requeues_then_fails_lost_after_max_attempts(s, r):
     assert r.lrange(KEYS.results("c1"), 0, -1) == [b'1\na\n0\nerr\n{"reason": "lost"}']
 
 
-def test_expired_sweep_returns_ids_taken_but_never_claimed(s, r):
-    submit(s, r, "a", "b")
-    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # parked by BLMOVE
-    r.lmove(KEYS.queue("default"), KEYS.inflight("w1"), "RIGHT", "LEFT")  # mid-claim
-    r.zadd(KEYS.workers, {"w1": T0})
-    assert expire(s, r) == (2, 0)
-    assert r.llen(KEYS.taken("w1")) == 0 and r.llen(KEYS.queue("default")) == 2
-    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # absent: 0
+def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
+    r.hset(KEYS.worker("w1"), "queues", "default")
+    park(s, r, idle_children=2)
+    submit(s, r, "a", "b")  # both handed to w1, which dies before reading them
+    now = int(time.time() * 1000) + 2 * LEASE_MS
+    assert expire(s, r, now=now) == (2, 0)
+    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [] and r.llen(KEYS.inflight("w1")) == 0
+    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # never started: free
+    assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
 
 
 def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
@@ -187,14 +264,16 @@ def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
 
 
 def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
-    submit(s, r, "a", "b", "c")
-    claim(s, r, n=2)
-    r.lmove(KEYS.queue("default"), KEYS.taken("w1"), "RIGHT", "LEFT")  # c parked, never claimed
-    assert s.release_inflight(r, worker_id="w1", keep=["a"], unregister=False) == 2
-    assert state(r, "a") == "running" and state(r, "b") == "pending"
-    assert r.llen(KEYS.queue("default")) == 2 and r.llen(KEYS.taken("w1")) == 0
+    submit(s, r, "a", "b")
+    claim(s, r, n=2, now=int(time.time() * 1000))
+    park(s, r)
+    submit(s, r, "c")  # handed, not read yet
+    assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=False) == 2
+    assert state(r, "a") == "running" and state(r, "b") == "pending" and state(r, "c") == "pending"
+    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == []
+    assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
     assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"0"
-    assert s.release_inflight(r, worker_id="w1", keep=["a"], unregister=True) == 0
+    assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=True) == 0
     assert r.zscore(KEYS.workers, "w1") is None
 
 
@@ -235,8 +314,7 @@ def test_garbage_counters_do_not_abort_a_claim_half_way(s, r):
 
 def test_jobs_claimed_ahead_are_charged_only_once_started(s, r):
     submit(s, r, "a", "b", "c")
-    claimed, _ = s.parse_claim(s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=3,
-                                       start_count=1, now_ms=T0))
+    claimed, _ = claim(s, r, n=3, start_count=1)
     a, b, c = claimed
     assert [x.attempts for x in claimed] == [1, 1, 1]  # the number each run has once started
     assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1" and r.hget(KEYS.job("b"), job.ATTEMPTS) is None
@@ -250,8 +328,7 @@ def test_jobs_claimed_ahead_are_charged_only_once_started(s, r):
 
 def test_a_claimed_ahead_job_that_completes_before_its_start_is_recorded_is_charged(s, r):
     submit(s, r, "a")
-    (a,), _ = s.parse_claim(s.claim(r, worker_id="w1", queues=["default"], lease_ms=LEASE_MS, max_count=1,
-                                    start_count=0, now_ms=T0))
+    (a,), _ = claim(s, r, n=1, start_count=0)
     assert complete(s, r, ok(a)) == [1]
     assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
 
