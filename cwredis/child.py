@@ -7,13 +7,18 @@ every signature; the child only decodes and runs.
 
 Messages (multiprocessing Connection framing over two pipes)::
 
-    in : ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture)
+    in : ("config", url, secret, namespace, worker_id, queues)    first: for recording directly
+         ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture,
+          direct)              direct: None, or (token, client_id, repark): record the outcome yourself
          ("unsend", job_id)    give that job back if it has not started
     out: ("progress", job_id, fraction, message | None)      any number, while the job runs
          ("unsent", job_id, given_back)
          ("resend", job_id)    the function or environment was left out but is not held here
          ("ok", job_id, result_pickle, output)
          ("err", job_id, reason, error_line, traceback_text, output)
+         ("recorded", job_id, flag, room)   recorded directly: 1, or 0 refused; the worker's room after
+                               re-parking (0: its queues were not empty). If the child cannot reach
+                               Redis it sends "ok"/"err" instead, for the worker to record.
 
 With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
 (the last OUTPUT_TAIL_BYTES) and returned as ``output`` for the client.
@@ -43,6 +48,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from . import jobcontext
+from .outcomes import DirectRecorder
 from .serialization import Corrupt, error_line, parse_env
 
 log = logging.getLogger("cwredis.child")
@@ -140,6 +146,7 @@ class JobRunner:
         """Run one job; the reply tuple ends with the captured output ('' without capture)."""
         job_id, fn_digest, fn_blob, env_digest, env_json, capture = (message[1], message[2], message[3],
                                                                       message[5], message[6], message[7])
+
         if (fn_blob is None and fn_digest not in self._functions) or \
                 (env_json is None and env_digest != self._env_digest):
             return ("resend", job_id)
@@ -157,7 +164,7 @@ class JobRunner:
         return (*reply, "".join(sink)[-OUTPUT_TAIL_BYTES:])
 
     def _run(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json, _ = message
+        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json = message[:7]
         try:
             self._apply_env(env_digest, env_json)
         except Corrupt as exc:
@@ -267,11 +274,23 @@ def main(argv: list[str] | None = None) -> None:
         send(("progress", job_id, fraction, text))
 
     mailbox = Mailbox(inbox, send)
+    recorder: DirectRecorder | None = None
     while True:
         message = mailbox.next()
         if message is None:
             return  # the worker is gone or closed us: exit quietly
-        send(runner.run(message, report))
+        if message[0] == "config":
+            recorder = DirectRecorder(*message[1:])
+            continue
+        reply = runner.run(message, report)
+        direct = message[8]
+        if direct is not None and recorder is not None and reply[0] in ("ok", "err"):
+            token, client, repark = direct
+            recorded = recorder.record(message[1], token, client, reply, repark)
+            if recorded is not None:
+                send(("recorded", message[1], *recorded))
+                continue
+        send(reply)
 
 
 if __name__ == "__main__":

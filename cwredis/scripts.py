@@ -136,7 +136,7 @@ class Scripts:
     """The Lua transitions, registered on one Redis client."""
 
     NAMES = (
-        "submit", "claim", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
+        "submit", "claim", "park", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
     )
 
@@ -222,6 +222,11 @@ class Scripts:
              max_count if start_count is None else start_count, "1" if park else "0", self._idle_prefix,
              *queues],
         )
+
+    def park(self, client: Any, *, worker_id: str, queues: Sequence[str], now_ms: int | None = None) -> Any:
+        """Give a parked worker one more job's room (a child of it recorded its own outcome); its room now."""
+        return self._run("park", client, [self.keys.parked(worker_id), *(self.keys.queue(q) for q in queues)],
+                         [worker_id, self._idle_prefix, _clock(now_ms), *queues])
 
     def start(self, client: Any, *, jobs: Sequence[tuple[str, str]]) -> Any:
         """Charge jobs claimed ahead (id, token) the attempt they just started; returns how many."""

@@ -41,12 +41,16 @@ class Running:
     env: bytes = b""
     started: float = field(default_factory=time.monotonic)
     prefetched: bool = False  # claimed ahead: its start must be recorded (start.lua)
+    direct: bool = False  # the child records the outcome itself (cwredis.outcomes)
+    repark: bool = False  # ...and gives the worker's parking its room back
 
     def message(self, slot: "Slot") -> tuple[Any, ...]:
         """The child's "run" message; function and environment only if the child lacks them."""
         fn_digest, env_digest = self.claimed.function, self.spec.env
+        direct = (self.claimed.token, self.spec.client, self.repark) if self.direct else None
         message = ("run", self.claimed.id, fn_digest, None if fn_digest in slot.functions else self.function,
-                   self.args, env_digest, None if slot.env == env_digest else self.env, self.spec.forward_output)
+                   self.args, env_digest, None if slot.env == env_digest else self.env, self.spec.forward_output,
+                   direct)
         slot.functions.add(fn_digest)
         slot.env = env_digest
         return message
@@ -64,8 +68,9 @@ MAX_SEND_AHEAD_BYTES = 4096
 class Slot:
     """One child process and the attempts written to it (``sent``: the running one first)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, setup: tuple[Any, ...]) -> None:
         self.index = index
+        self.setup = setup  # the child's first message: how to record outcomes itself
         self.sent: deque[Running] = deque()
         self.asked_back: set[str] = set()  # ids of jobs ahead we asked the child to give back
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,6 +99,10 @@ class Slot:
         self.outbox = Connection(out_r, writable=False)
         self.functions = set()
         self.env = None
+        try:
+            self.send(self.setup)
+        except OSError:
+            pass  # it died at once: the worker's loop sees its pipe close
 
     @property
     def job(self) -> Running | None:

@@ -52,7 +52,8 @@ from .connection import Reconnector, connect, describe, is_transient, setup_logg
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, ClaimReply, Completion, Requeue, Scripts, parse_handed
-from .serialization import ARGS, RESULT, Corrupt, Rejected, Signer, encode_error, frame_outcome
+from .outcomes import completion
+from .serialization import ARGS, Corrupt, Rejected, Signer
 from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
@@ -145,7 +146,8 @@ class Worker:
                  "on" if self._signer.secret else "off")
         self._reconnector.call(self._scripts.load)
         self._reconnector.call(self._heartbeat)
-        self._slots = [Slot(i) for i in range(self.concurrency)]
+        setup = ("config", self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
+        self._slots = [Slot(i, setup) for i in range(self.concurrency)]
         threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in (
             (self._heartbeat_loop, "cw-heartbeat"), (self._fetch_loop, "cw-fetcher"))]
         for thread in threads:
@@ -178,10 +180,12 @@ class Worker:
                 if self._stopping.is_set() and not busy and self._all_recorded():
                     return
             # A fresh poll object each time: cheaper than multiprocessing's wait(), which builds a selector.
+            # Every child is watched, idle ones too: the fetcher may start a job on one
+            # while we sleep here, and its outcome must wake us with no hand-off.
             poller = select.poll()
             watched: dict[int, Slot | None] = {self._wake_r: None}
             poller.register(self._wake_r, select.POLLIN)
-            for slot in busy:
+            for slot in self._slots:
                 if slot.outbox is not None:
                     watched[slot.outbox.fileno()] = slot
                     poller.register(slot.outbox.fileno(), select.POLLIN)
@@ -224,6 +228,10 @@ class Worker:
                 for slot in self._slots:  # idle children first
                     if self._ready and not slot.sent and slot.outbox is not None:
                         running = self._ready.popleft()
+                        # Nothing else waiting: someone may be waiting on this one job. Its
+                        # child records the outcome itself, one hop fewer (cwredis.outcomes).
+                        running.direct = not self._ready
+                        running.repark = running.direct and self._queues_empty
                         slot.start(running)
                         self._mark_started(running)
                 ahead = self._ahead()
@@ -323,7 +331,7 @@ class Worker:
 
     def _collect(self, slot: Slot) -> None:
         """Read what the child has to say: progress, a job given back or to resend, outcomes, or its death."""
-        while slot.sent and slot.outbox is not None:
+        while slot.outbox is not None:
             try:
                 message = slot.outbox.recv()
             except (EOFError, OSError):
@@ -360,40 +368,53 @@ class Worker:
     def _child_died(self, slot: Slot) -> None:
         """The child's pipe closed: its running job was cut short; jobs written ahead go back to ``ready``."""
         code = slot.exit_code()
-        with self._lock:
-            head, ahead = slot.sent.popleft(), list(slot.sent)
+        with self._lock:  # the new child is in place before the fetcher can start a job on this slot again
+            head = slot.sent.popleft() if slot.sent else None
+            self._ready.extendleft(reversed(slot.sent))
             slot.sent.clear()
             slot.asked_back.clear()
-            self._ready.extendleft(reversed(ahead))
-        slot.close_pipes()
-        slot.spawn()
+            slot.close_pipes()
+            slot.spawn()
+        if head is None:
+            log.warning("worker %s: an idle child died (exit code %s); started another", self.worker_id, code)
+            return
         self.jobs_done += 1
         self._retry_or_fail(head, "lost", f"the process running the job died (exit code {code})", 0)
 
     def _finish_attempt(self, running: Running, message: tuple[Any, ...]) -> None:
+        """A child's reply ends an attempt: "ok"/"err" to record, or "recorded" by the child itself."""
         now = time.monotonic()
         self._avg_job_s += 0.2 * ((now - running.started) - self._avg_job_s)
         self.jobs_done += 1
-        if message[0] == "ok":
-            self._outcome(running, "ok", message[2], output=message[3])
-        else:
-            _, _, reason, error, tb, output = message
-            self._outcome(running, "err", encode_error(reason, error, tb), reason, error, tb, output)
+        if message[0] != "recorded":
+            self._outcome(running, message)
+            return
+        job_id, flag, room = message[1], message[2], message[3]
+        self._progress.pop(job_id, None)
+        with self._lock:  # complete.lua charged it: no start marker to send
+            self._unsent_starts = [start for start in self._unsent_starts if start[0] != job_id]
+            if running.repark:
+                # The child re-parked us (room > 0), so the client's next job can be handed
+                # over at once. Our own count of room is left alone: it may only err low
+                # (costing a claim that parks us again), never high, which could leave a
+                # job queued while the fetcher waits on the inbox.
+                if not room:
+                    self._queues_empty = False  # a job was queued meanwhile: claim it
+                elif self._stopping.is_set():
+                    self._needs_reconcile = True  # re-parked as we stop: unpark
+                self._lock.notify_all()
+        if not flag:
+            log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)", job_id)
 
-    def _outcome(self, running: Running, kind: str, payload: bytes, reason: str = "", error: str = "",
-                 tb: str = "", output: str = "") -> None:
-        """Queue an attempt's outcome for recording; the client gets ``output`` printed with it."""
-        claimed, spec = running.claimed, running.spec
-        if kind == "ok":
-            payload = self._signer.seal(RESULT, payload)
+    def _outcome(self, running: Running, reply: tuple[Any, ...]) -> None:
+        """Queue an attempt's outcome (a child's "ok"/"err" reply) for recording."""
+        claimed = running.claimed
         self._progress.pop(claimed.id, None)
-        tail = output[-config.FAILED_OUTPUT_TAIL_BYTES:] if kind == "err" else ""
-        completion = Completion(claimed.id, claimed.token, spec.client, kind, frame_outcome(output, payload),
-                                reason, error, tb, tail)
+        outcome = completion(claimed.id, claimed.token, running.spec.client, reply, self._signer)
         with self._lock:
             if not self._unsent_outcomes and not self._unsent_starts:
                 self._first_unsent = time.monotonic()
-            self._unsent_outcomes.append(completion)
+            self._unsent_outcomes.append(outcome)
             self._lock.notify_all()
 
     def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
@@ -409,7 +430,7 @@ class Worker:
         else:
             error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
             log.warning("job %s: %s", claimed.id, error)
-            self._outcome(running, "err", encode_error(reason, error, error), reason, error, error)
+            self._outcome(running, ("err", claimed.id, reason, error, error, ""))
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -595,7 +616,8 @@ class Worker:
             self._ready.extend(accepted)
         if accepted:
             self._dispatch()  # start them from this thread: no hand-off on the latency path
-            self._wake()  # ...and let the main loop watch the children that just got work
+            if self._avg_job_s >= config.SLOW_JOB_S or any(r.deadline is not None for r in accepted):
+                self._wake()  # the main loop's next deadline (timeout, claim just in time) may be sooner now
         return len(claimed)
 
     def _load_records(self, claimed: list[Claimed]) -> None:
@@ -628,7 +650,7 @@ class Worker:
 
     def _fail_now(self, running: Running, reason: str, error: str) -> None:
         log.warning("job %s: failing it (%s): %s", running.claimed.id, reason, error)
-        self._outcome(running, "err", encode_error(reason, error, error), reason, error, error)
+        self._outcome(running, ("err", running.claimed.id, reason, error, error, ""))
 
     # -- the fetcher thread --------------------------------------------------------
 

@@ -350,3 +350,16 @@ def test_a_job_whose_worker_died_is_charged_at_claim_even_when_claimed_ahead(s, 
     s.claim(r, worker_id="w2", queues=["default"], lease_ms=LEASE_MS, max_count=1, start_count=0,
             now_ms=T0 + LEASE_MS + 2)
     assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"  # it may be what killed w1: counted from now on
+
+
+def test_park_gives_back_a_childs_room_only_while_the_queues_are_empty(s, r):
+    park(s, r, "w1", idle_children=1)
+    submit(s, r, "a")  # handed: w1 has no room left, unparked
+    assert not r.exists(KEYS.parked("w1"))
+    assert s.park(r, worker_id="w1", queues=["default"]) == 1  # its child recorded a: room for one again
+    assert r.zrange(KEYS.idle("default"), 0, -1) == [b"w1"]
+    submit(s, r, "b")
+    assert len(inbox(r)) == 2  # b was handed over too
+    r.rpush(KEYS.queue("default"), "c")  # queued meanwhile (no room then)
+    assert s.park(r, worker_id="w1", queues=["default"]) == 0  # the worker claims instead
+    assert not r.exists(KEYS.parked("w1"))

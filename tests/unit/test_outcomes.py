@@ -1,0 +1,66 @@
+"""A child's reply as an outcome, and a child recording it itself (on a real Valkey server)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cwredis import job
+from cwredis.keys import Keys
+from cwredis.outcomes import DirectRecorder, completion
+from cwredis.scripts import Scripts, parse_handed
+from cwredis.serialization import RESULT, Signer, decode_error, unframe_outcome
+
+KEYS = Keys("cwtest")
+SPEC = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=2)
+
+
+def test_completion_of_a_result_is_signed_and_framed_with_the_output():
+    signer = Signer(b"k")
+    c = completion("j1", "3", "c1", ("ok", "j1", b"PICKLE", "printed\n"), signer)
+    assert (c.id, c.token, c.client, c.kind, c.output) == ("j1", "3", "c1", "ok", "")
+    output, body = unframe_outcome(c.body)
+    assert output == "printed\n" and signer.open(RESULT, body) == b"PICKLE"
+
+
+def test_completion_of_an_error_keeps_the_output_tail_for_the_failed_job():
+    c = completion("j1", "1", "c1", ("err", "j1", "exception", "ValueError: x", "Traceback...", "o" * 10_000),
+                   Signer(None))
+    assert (c.kind, c.reason, c.error, c.traceback) == ("err", "exception", "ValueError: x", "Traceback...")
+    assert len(c.output) == 4096
+    _, body = unframe_outcome(c.body)
+    assert decode_error(body) == ("exception", "ValueError: x", "Traceback...")
+
+
+@pytest.fixture
+def handed(server):
+    """A job handed to parked worker w1, as submit.lua does it; returns (client, claimed job)."""
+    r = server.client()
+    s = Scripts(r, KEYS)
+    s.claim(r, worker_id="w1", queues=["default"], lease_ms=30_000, max_count=1, start_count=1, park=True)
+    s.submit(r, queue="default", spec_digest="sp1", spec_fields=SPEC.to_hash(), fn_digest="fn1", fn_blob=b"Uf",
+             fn_name="m.f", env_digest="e1", env_blob=b"Ue", jobs=[("a", b"Uargs")], blob_ttl_ms=60_000)
+    (claimed,), _, _ = parse_handed(r.lrange(KEYS.inbox("w1"), 0, -1))
+    return r, claimed
+
+
+def test_a_child_records_its_outcome_once_and_reparks_its_worker(server, handed):
+    r, claimed = handed
+    recorder = DirectRecorder(server.url, None, KEYS.namespace, "w1", ["default"])
+    reply = ("ok", "a", b"PICKLE", "")
+    assert recorder.record("a", claimed.token, "c1", reply, repark=True) == (1, 1)
+    assert r.hget(KEYS.job("a"), job.STATE) == b"done" and r.llen(KEYS.results("c1")) == 1
+    assert r.get(KEYS.parked("w1")) == b"1" and r.zrange(KEYS.idle("default"), 0, -1) == [b"w1"]
+    # A lost reply makes the worker record it again: refused, not delivered twice.
+    assert recorder.record("a", claimed.token, "c1", reply, repark=False) == (0, 0)
+    assert r.llen(KEYS.results("c1")) == 1
+
+
+def test_a_child_that_cannot_reach_redis_leaves_the_outcome_to_its_worker(handed):
+    r, claimed = handed
+    recorder = DirectRecorder("redis://127.0.0.1:1/0", None, KEYS.namespace, "w1", ["default"])
+    started = time.monotonic()
+    assert recorder.record("a", claimed.token, "c1", ("ok", "a", b"P", ""), repark=True) is None
+    assert time.monotonic() - started < 5
+    assert r.hget(KEYS.job("a"), job.STATE) == b"running"
