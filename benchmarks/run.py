@@ -470,6 +470,45 @@ def role_latency(url, n, warmup, timeout, **_):
             "max_ms": max(ms), "submit_p50_ms": pct([x * 1000 for x in sub], 0.5)}
 
 
+def role_bare_latency(url, n, warmup, timeout, **_):
+    """The floor: a bare redis-py loop, one job per round trip, no leases (the issue's reference row).
+
+    The client LPUSHes a job and BRPOPs its result; a second process BRPOPs the
+    job and LPUSHes it back. Run beside every latency run, it tells what this
+    machine's two cores allow at that moment.
+    """
+    import redis
+
+    r = redis.Redis.from_url(url)
+    r.delete("bare:jobs", "bare:results")
+    echo = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bare-echo", "--url", url],
+                            start_new_session=True)
+    lat: list[float] = []
+    try:
+        for i in range(warmup + n):
+            t0 = time.perf_counter()
+            r.lpush("bare:jobs", b"job-%d" % i)
+            if r.brpop(["bare:results"], 30) is None:
+                raise TimeoutError("the bare echo process did not answer within 30 s")
+            if i >= warmup:
+                lat.append(time.perf_counter() - t0)
+    finally:
+        echo.kill()
+        echo.wait()
+    ms = [x * 1000 for x in lat]
+    return {"p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+
+
+def bare_echo_main(url: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    while True:
+        item = r.brpop(["bare:jobs"], 1)
+        if item is not None:
+            r.lpush("bare:results", item[1])
+
+
 def role_fanout(url, n, seconds, slots, timeout, **_):
     import cwredis
     import jobs
@@ -571,7 +610,8 @@ def role_bounded(url, n, timeout, **_):
 
 
 ROLES = {"smoke": role_smoke, "executor_map": role_executor_map,
-         "client_submit": role_client_submit, "latency": role_latency, "fanout": role_fanout,
+         "client_submit": role_client_submit, "latency": role_latency, "bare_latency": role_bare_latency,
+         "fanout": role_fanout,
          "memory": role_memory, "scale": role_scale, "bounded": role_bounded}
 
 
@@ -642,9 +682,17 @@ class Bench:
         return dict(summarize(runs), n=n)
 
     def latency(self, aof=False) -> dict:
+        """Sequential submit-to-callback latency, each run next to a run of the bare loop (the floor now)."""
         n = 1_000
+        runs = []
         with Stack(self.o, aof=aof, workers=self.layout) as st:
-            runs = self.repeat(st, "latency", {"n": n, "warmup": 20}, timeout=600)
+            for i in range(self.R):
+                bare = st.client("bare_latency", {"n": n, "warmup": 20}, timeout=600)
+                res = st.client("latency", {"n": n, "warmup": 20}, timeout=600)
+                res.update(bare_p50_ms=bare["p50_ms"], bare_p99_ms=bare["p99_ms"],
+                           p50_over_bare=res["p50_ms"] / bare["p50_ms"])
+                self.log(f"latency run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
         return dict(summarize(runs), n=n)
 
     def fanout(self) -> dict:
@@ -922,6 +970,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gil", action="store_true",
                     help="--profile samples only threads holding the GIL (Python CPU time)")
     ap.add_argument("--client", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-echo", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     o = ap.parse_args(argv)
@@ -929,6 +978,9 @@ def main(argv=None) -> int:
     if o.client:
         client_main(o.client, o.url, json.loads(o.params))
         return 0  # not reached
+    if o.bare_echo:
+        bare_echo_main(o.url)
+        return 0
 
     if o.runs is None:
         o.runs = 1 if o.quick else 3

@@ -1,16 +1,16 @@
-"""The process a worker runs jobs in: ``python -m cwredis.child FD_IN FD_OUT``.
+"""The process a worker runs jobs in: ``python -m cwredis.child FD_IN FD_OUT FD_CONTROL``.
 
 A child lives across jobs (no fork per job) and keeps the functions it has
 unpickled, keyed by their content digest, so a map over 100,000 items
 unpickles its function once. The supervising worker has already checked
 every signature; the child only decodes and runs.
 
-Messages (multiprocessing Connection framing over two pipes)::
+Messages (multiprocessing Connection framing over three pipes)::
 
     in : ("config", url, secret, namespace, worker_id, queues)    first: for recording directly
          ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture,
           direct)              direct: None, or (token, client_id, repark): record the outcome yourself
-         ("unsend", job_id)    give that job back if it has not started
+    ctl: ("unsend", job_id)    give that job back if it has not started
     out: ("progress", job_id, fraction, message | None)      any number, while the job runs
          ("unsent", job_id, given_back)
          ("resend", job_id)    the function or environment was left out but is not held here
@@ -60,10 +60,6 @@ _PR_SET_PDEATHSIG = 1
 
 #: How much of a job's output is kept for the client and for failed jobs.
 OUTPUT_TAIL_BYTES = 64 * 1024
-
-#: While a job runs, the mailbox watcher looks up from the pipe this often (to
-#: notice that the job ended); a message wakes it at once.
-WATCH_POLL_S = 0.05
 
 
 class _Tee(io.TextIOBase):
@@ -200,58 +196,60 @@ class JobRunner:
 
 
 class Mailbox:
-    """Jobs written to us, and the "unsend" protocol.
+    """Jobs written to us, and the "unsend" protocol, with no hand-off between threads per job.
 
-    While idle, the main thread reads the pipe itself, so a job starts with no
-    hand-off between threads (the latency path). While a job runs, a watcher
-    thread reads instead, so an "unsend" is answered meanwhile. Whoever holds
-    ``_lock`` may read; the watcher reads only what is there (``poll``), so it
-    never holds the pipe when the main thread wants it back.
+    The main thread waits for the job pipe to be readable, then reads it
+    under ``_lock``. Requests to give a job back come on a pipe of their own,
+    which a watcher thread reads -- it wakes only for those, never per job --
+    and answers, while the main thread runs a job: it reads whatever jobs are
+    waiting (under ``_lock``) and takes the one asked for out of the queue.
+    Neither thread holds ``_lock`` while it blocks.
     """
 
-    def __init__(self, inbox: Connection, send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, inbox: Connection, control: Connection, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._inbox = inbox
+        self._control = control
         self._send = send
         self._jobs: collections.deque[tuple[Any, ...] | None] = collections.deque()
         self._lock = threading.Lock()
-        self._running = threading.Event()
         threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
 
-    def _receive(self) -> bool:
-        """Read one message (call with _lock held); False once the worker is gone or closed us."""
-        try:
-            message = self._inbox.recv()
-        except (EOFError, OSError):
-            self._jobs.append(None)
-            return False
-        if message[0] == "unsend":
-            waiting = next((m for m in self._jobs if m is not None and m[1] == message[1]), None)
-            if waiting is not None:
-                self._jobs.remove(waiting)
-            self._send(("unsent", message[1], waiting is not None))
-        else:
-            self._jobs.append(message)
-        return True
+    def _read_waiting(self) -> None:
+        """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
+        while self._inbox.poll(0):
+            try:
+                self._jobs.append(self._inbox.recv())
+            except (EOFError, OSError):
+                self._jobs.append(None)  # the worker is gone or closed us
+                return
 
     def _watch(self) -> None:
         while True:
-            self._running.wait()
-            if not self._inbox.poll(WATCH_POLL_S):
-                continue
+            try:
+                _, job_id = self._control.recv()
+            except (EOFError, OSError):
+                return
             with self._lock:
-                if self._running.is_set() and self._inbox.poll(0) and not self._receive():
+                if self._jobs and self._jobs[-1] is None:
                     return
+                self._read_waiting()
+                waiting = next((m for m in self._jobs if m is not None and m[1] == job_id), None)
+                if waiting is not None:
+                    self._jobs.remove(waiting)
+            self._send(("unsent", job_id, waiting is not None))
 
     def next(self) -> tuple[Any, ...] | None:
         """The next job to run; None once the worker closed us."""
-        self._running.clear()
-        with self._lock:
-            while not self._jobs:
-                self._receive()
-            message = self._jobs.popleft()
-            if message is not None:
-                self._running.set()
-            return message
+        while True:
+            with self._lock:
+                if self._jobs:
+                    return self._jobs.popleft()
+            try:
+                self._inbox.poll(None)
+            except OSError:
+                return None
+            with self._lock:
+                self._read_waiting()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
+    control = Connection(int(argv[2]), writable=False)
     runner = JobRunner()
     send_lock = threading.Lock()
 
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     def report(job_id: str, fraction: float, text: str | None) -> None:
         send(("progress", job_id, fraction, text))
 
-    mailbox = Mailbox(inbox, send)
+    mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None
     while True:
         message = mailbox.next()

@@ -190,6 +190,7 @@ class ClientThread(threading.Thread):
         self._stop_event.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
+        self._submitter.close()
         self._redis.close()
 
     def __enter__(self) -> "ClientThread":

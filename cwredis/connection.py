@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -124,6 +124,75 @@ class Reconnector:
                 continue
             self.succeeded()
             return result
+
+
+class Pinned:
+    """One connection of a client's pool, kept for the calls on a job's latency path.
+
+    redis-py's command path (pool checkout and its checks, the retry wrapper,
+    instrumentation) costs about as much CPU as a loopback round trip, and a
+    job's way from submit to callback crosses it several times. These calls
+    send packed commands on a connection of their own instead, serialised by
+    a lock. A reply error is raised as redis-py would; any other error drops
+    the connection (the next call opens a new one) and is raised for the
+    caller to handle as before.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None  # a redis.connection.Connection (or SSLConnection), once opened
+        self._lock = threading.Lock()
+
+    def execute(self, *args: object) -> object:
+        """One command's reply."""
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: list[tuple[object, ...]]) -> list[object]:
+        """Send commands in one write, read every reply; the first error reply is raised after all are read."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._pool.make_connection()
+            conn = self._conn
+            try:
+                conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                replies: list[object] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+            except BaseException:
+                self._conn = None
+                conn.disconnect()
+                raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    def batch(self) -> "Batch":
+        return Batch(self)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.disconnect()
+                self._conn = None
+
+
+class Batch:
+    """Commands gathered for one :meth:`Pinned.pipeline` call, with the ``evalsha`` of a redis-py pipeline."""
+
+    def __init__(self, pinned: Pinned) -> None:
+        self._pinned = pinned
+        self.commands: list[tuple[object, ...]] = []
+
+    def evalsha(self, sha: str, numkeys: int, *args: object) -> "Batch":
+        self.commands.append(("EVALSHA", sha, numkeys, *args))
+        return self
+
+    def execute(self) -> list[object]:
+        return self._pinned.pipeline(self.commands)
 
 
 def check_reachable(client: redis.Redis, url: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from . import config
-from .connection import connect
+from .connection import Pinned, connect
 from .keys import Keys
 from .scripts import Completion, Scripts
 from .serialization import RESULT, Signer, encode_error, frame_outcome
@@ -46,7 +46,7 @@ class DirectRecorder:
         self._keys = Keys(namespace)
         self._worker_id = worker_id
         self._queues = queues
-        self._redis: redis.Redis | None = None
+        self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
 
     def record(self, job_id: str, token: str, client: str, reply: tuple[Any, ...],
@@ -60,8 +60,9 @@ class DirectRecorder:
         outcome = completion(job_id, token, client, reply, self._signer)
         try:
             if self._redis is None or self._scripts is None:
-                self._redis = connect(self._url, "child")
-                self._scripts = Scripts(self._redis, self._keys)
+                connection = connect(self._url, "child")
+                self._redis = Pinned(connection)
+                self._scripts = Scripts(connection, self._keys)
             try:
                 replies = self._send(self._scripts, outcome, repark)
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
@@ -76,7 +77,7 @@ class DirectRecorder:
 
     def _send(self, scripts: Scripts, outcome: Completion, repark: bool) -> list[Any]:
         assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._redis.batch()
         scripts.complete(pipe, worker_id=self._worker_id, outcomes=[outcome],
                          done_ttl_ms=config.DONE_TTL_S * 1000, result_ttl_ms=config.RESULT_TTL_S * 1000)
         if repark:

@@ -76,6 +76,7 @@ class Slot:
         self.proc: subprocess.Popen[bytes] | None = None
         self.inbox: Connection | None = None  # we write jobs here
         self.outbox: Connection | None = None  # we read outcomes here
+        self.control: Connection | None = None  # we ask for jobs back here ("unsend")
         self.functions: set[str] = set()
         self.env: str | None = None
         self.spawn()
@@ -88,15 +89,18 @@ class Slot:
         """
         job_r, job_w = os.pipe()
         out_r, out_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cwredis.child", str(job_r), str(out_w)],
-                pass_fds=(job_r, out_w), stdin=subprocess.DEVNULL, process_group=0)
+                [sys.executable, "-m", "cwredis.child", str(job_r), str(out_w), str(ctl_r)],
+                pass_fds=(job_r, out_w, ctl_r), stdin=subprocess.DEVNULL, process_group=0)
         finally:
             os.close(job_r)
             os.close(out_w)
+            os.close(ctl_r)
         self.inbox = Connection(job_w, readable=False)
         self.outbox = Connection(out_r, writable=False)
+        self.control = Connection(ctl_w, readable=False)
         self.functions = set()
         self.env = None
         try:
@@ -143,6 +147,11 @@ class Slot:
         assert self.inbox is not None
         self.inbox.send(message)
 
+    def ask_back(self, job_id: str) -> None:
+        """Ask the child to give back ``job_id`` if it has not started it; it answers ("unsent", id, given_back)."""
+        assert self.control is not None
+        self.control.send(("unsend", job_id))
+
     def kill(self) -> int | None:
         """SIGKILL the child's process group (the job's own subprocesses too) and reap it; returns its exit code."""
         if self.proc is None:
@@ -165,13 +174,13 @@ class Slot:
             return self.kill()
 
     def close_pipes(self) -> None:
-        for conn in (self.inbox, self.outbox):
+        for conn in (self.inbox, self.outbox, self.control):
             if conn is not None:
                 try:
                     conn.close()
                 except OSError:
                     pass
-        self.inbox = self.outbox = None
+        self.inbox = self.outbox = self.control = None
 
     def shutdown(self, grace_s: float = 2.0) -> None:
         """Close the child's input so it exits between jobs; kill it if it lingers."""

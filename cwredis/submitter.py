@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from . import config, job
-from .connection import Reconnector, describe
+from .connection import Pinned, Reconnector, describe
 from .errors import CwredisError
 from .keys import Keys
 from .scripts import Scripts
@@ -44,6 +44,7 @@ class Submitter:
         if not queue or any(c.isspace() for c in queue):
             raise ValueError(f"invalid queue name {queue!r}")
         self._redis = client
+        self._pinned = Pinned(client)  # submits are on the latency path
         self._scripts = scripts
         self._keys = keys
         self._signer = signer
@@ -120,7 +121,7 @@ class Submitter:
         known = {spec_digest, fn_digest, env_digest} <= self._stored
         for send_records in ((False, True) if known else (True,)):
             reply = self._scripts.submit(
-                self._redis, queue=self._queue, spec_digest=spec_digest,
+                self._pinned, queue=self._queue, spec_digest=spec_digest,
                 spec_fields=spec_fields if send_records else None, fn_digest=fn_digest,
                 fn_blob=fn_blob if send_records else None, fn_name=fn_name, env_digest=env_digest,
                 env_blob=env_blob if send_records else None, jobs=batch,
@@ -130,6 +131,9 @@ class Submitter:
                     self._stored.update((spec_digest, fn_digest, env_digest))
                 return
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
+
+    def close(self) -> None:
+        self._pinned.close()
 
 
 def _importable(fn: Any) -> bool:

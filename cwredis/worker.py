@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 from . import config
 from .catalog import Catalog
-from .connection import Reconnector, connect, describe, is_transient, setup_logging
+from .connection import Pinned, Reconnector, connect, describe, is_transient, setup_logging
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Claimed, ClaimReply, Completion, Requeue, Scripts, parse_handed
@@ -84,6 +84,7 @@ class Worker:
         self._redis = connect(url, "worker")
         self._scripts = Scripts(self._redis, keys)
         self._catalog = Catalog(self._redis, keys, self._signer)
+        self._inbox = Pinned(self._redis)  # the fetcher's: a hand-off is on the latency path
         self._stopping = threading.Event()  # first signal: take no new job
         self._hard_stop = threading.Event()  # second signal: stop running jobs now
         self._threads_stop = threading.Event()
@@ -266,7 +267,7 @@ class Worker:
                         if running.claimed.id not in slot.asked_back:
                             slot.asked_back.add(running.claimed.id)
                             try:
-                                slot.send(("unsend", running.claimed.id))
+                                slot.ask_back(running.claimed.id)
                             except (OSError, ValueError, AssertionError):
                                 pass  # the child died; its pipe closing hands the jobs back
 
@@ -393,16 +394,13 @@ class Worker:
         self._progress.pop(job_id, None)
         with self._lock:  # complete.lua charged it: no start marker to send
             self._unsent_starts = [start for start in self._unsent_starts if start[0] != job_id]
-            if running.repark:
-                # The child re-parked us (room > 0), so the client's next job can be handed
-                # over at once. Our own count of room is left alone: it may only err low
-                # (costing a claim that parks us again), never high, which could leave a
-                # job queued while the fetcher waits on the inbox.
-                if not room:
-                    self._queues_empty = False  # a job was queued meanwhile: claim it
-                elif self._stopping.is_set():
+            if running.repark and room:
+                self._room = room  # the child re-parked us: the fetcher waits on the inbox
+                if self._stopping.is_set():
                     self._needs_reconcile = True  # re-parked as we stop: unpark
-                self._lock.notify_all()
+            else:
+                self._queues_empty = False  # not parked (a job was queued meanwhile?): claim
+            self._lock.notify_all()
         if not flag:
             log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)", job_id)
 
@@ -670,8 +668,8 @@ class Worker:
                     self._claim_now()  # parks us if the queues are empty
                     continue
                 # Everything there in one reply: a batch submit hands us a job per idle child.
-                got: Any = self._redis.blmpop(block_s, 1, self._keys.inbox(self.worker_id), direction="LEFT",
-                                              count=max(1, self._room))
+                got: Any = self._inbox.execute("BLMPOP", block_s, 1, self._keys.inbox(self.worker_id), "LEFT",
+                                               "COUNT", max(1, self._room))
                 self._reconnector.succeeded()
                 if got is not None:
                     self._take_handed(got[1], epoch)
@@ -846,6 +844,7 @@ class Worker:
                 log.warning("worker %s: cannot reach Redis to hand back jobs (%s); the coordinator will recover "
                             "them when our lease expires", self.worker_id, describe(exc))
                 time.sleep(0.5)
+        self._inbox.close()
         self._redis.close()
 
 
