@@ -37,6 +37,7 @@ import io
 import logging
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -212,11 +213,14 @@ class Mailbox:
         self._send = send
         self._jobs: collections.deque[tuple[Any, ...] | None] = collections.deque()
         self._lock = threading.Lock()
+        # select.poll, not Connection.poll: that builds a selector on every call.
+        self._poller = select.poll()
+        self._poller.register(inbox.fileno(), select.POLLIN)
         threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
 
     def _read_waiting(self) -> None:
         """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
-        while self._inbox.poll(0):
+        while self._poller.poll(0):
             try:
                 self._jobs.append(self._inbox.recv())
             except (EOFError, OSError):
@@ -244,10 +248,7 @@ class Mailbox:
             with self._lock:
                 if self._jobs:
                     return self._jobs.popleft()
-            try:
-                self._inbox.poll(None)
-            except OSError:
-                return None
+            self._poller.poll()
             with self._lock:
                 self._read_waiting()
 
