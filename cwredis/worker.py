@@ -9,7 +9,9 @@ from the pool, so none waits behind another's blocking call:
   trip claiming the next jobs (``claim.lua``). Outcomes gather while children
   still have work, so one round trip carries many; when a child runs dry it
   records at once (latency). Short jobs are written a few ahead into each
-  child's pipe, so children keep working during that round trip;
+  child's pipe, so children keep working during that round trip. A job
+  started on an idle child with nothing else waiting is recorded by the
+  child itself (:mod:`cwredis.outcomes`), one hop fewer for a waiting client;
 * the **fetcher** waits, while the worker is parked (a child idle, the
   queues empty), with a blocking ``BLMPOP`` on the worker's inbox -- never
   polling. There ``submit.lua`` hands it new jobs already claimed, so an idle
@@ -26,7 +28,8 @@ than it has children (prefetch), so children never wait for a round trip.
 
 A job's path: queue --claim.lua--> our in-flight list and ``ready`` (or,
 while we are parked, submit.lua --> our in-flight list and inbox --BLMPOP-->
-``ready``) --> a child --complete.lua--> done or failed. Each step is one
+``ready``) --> a child --complete.lua (sent by us, or by the child)--> done
+or failed. Each step is one
 atomic script; an id is always in a queue or our in-flight list, where the
 coordinator finds it if we die.
 """
