@@ -23,10 +23,9 @@ import traceback
 from typing import Any, Callable
 
 import cloudpickle
-import redis
 
 from . import config, progressbar
-from .connection import Reconnector, connect, is_transient
+from .connection import Reconnector, Subscription, connect, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -207,21 +206,20 @@ class ClientThread(threading.Thread):
     # -- the results thread --------------------------------------------------
 
     def run(self) -> None:
-        pubsub: redis.client.PubSub | None = None
+        subscription: Subscription | None = None
         last_drain = 0.0
         while not self._stop_event.is_set():
             try:
-                if pubsub is None:
-                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self._channel)
+                if subscription is None:
+                    subscription = Subscription(self._redis, self._channel)
                     self._drain()  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
                 wait_s = 0.5 if not self._trim_due else max(0.0, min(0.5, self._trim_due - time.monotonic()))
-                message = pubsub.get_message(timeout=wait_s)
+                data = subscription.next(wait_s)
                 needs_drain = False
-                while message is not None:
-                    needs_drain = self._on_published(message["data"]) or needs_drain
-                    message = pubsub.get_message(timeout=0.0)
+                while data is not None:
+                    needs_drain = self._on_published(data) or needs_drain
+                    data = subscription.next(0.0)
                 if needs_drain or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
                     self._drain()
                     last_drain = time.monotonic()
@@ -231,18 +229,12 @@ class ClientThread(threading.Thread):
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("client %s: unexpected error in the results thread", self.client_id)
-                self._close_quietly(pubsub)
-                pubsub = None
+                if subscription is not None:
+                    subscription.close()
+                subscription = None
                 self._reconnector.failed(exc)
-        self._close_quietly(pubsub)
-
-    @staticmethod
-    def _close_quietly(pubsub: "redis.client.PubSub | None") -> None:
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:
-                pass
+        if subscription is not None:
+            subscription.close()
 
     def _on_published(self, data: bytes) -> bool:
         """Deliver a published outcome; True if it was too big to publish and must be read from the list."""

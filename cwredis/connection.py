@@ -195,6 +195,40 @@ class Batch:
         return self._pinned.pipeline(self.commands)
 
 
+class Subscription:
+    """A connection subscribed to one channel, read directly (for the reason given at :class:`Pinned`).
+
+    The subscription is confirmed before the constructor returns, so what is
+    published from then on is seen. Any error drops the connection; make a
+    new Subscription.
+    """
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._conn: Any = client.connection_pool.make_connection()
+        try:
+            self._conn.send_command("SUBSCRIBE", channel, check_health=False)
+            self._conn.read_response(push_request=True)  # ["subscribe", channel, 1]
+        except BaseException:
+            self._conn.disconnect()
+            raise
+
+    def next(self, timeout: float) -> bytes | None:
+        """The data of the next message published, or None if none came within ``timeout`` seconds."""
+        try:
+            if not self._conn.can_read(timeout=timeout):
+                return None
+            reply = self._conn.read_response(push_request=True)  # pub/sub messages come as pushes
+        except BaseException:
+            self._conn.disconnect()
+            raise
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            return reply[2]  # type: ignore[no-any-return]
+        return None
+
+    def close(self) -> None:
+        self._conn.disconnect()
+
+
 def check_reachable(client: redis.Redis, url: str) -> None:
     """PING once; ConfigError with a one-line message naming the (masked) URL otherwise."""
     try:
