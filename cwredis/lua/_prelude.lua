@@ -8,6 +8,16 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- keep_alive(key, ttl_ms): the key lives ttl_ms more, give or take a slack
+-- (a tenth of it, at most an hour): PEXPIRE is a write, which goes to the
+-- append-only file, so it is sent only when the key has lost more than the
+-- slack since the last one; PTTL is a read. A missing key stays missing.
+local function keep_alive(key, ttl)
+  if redis.call('PTTL', key) < ttl - math.min(3600000, math.floor(ttl / 10)) then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
 -- Hand-off. A worker whose claim found its queues empty parks (claim.lua):
 -- parked:<w> holds how many jobs it can start at once (its idle children),
 -- idle:<queue> lists it for each queue it serves, and its fetcher blocks on

@@ -42,10 +42,10 @@ for k = 4, #KEYS, 3 do
     end
     if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
       local seq = redis.call('INCR', seq_key)
-      redis.call('PEXPIRE', seq_key, result_ttl)
+      keep_alive(seq_key, result_ttl)
       local head = seq .. '\n' .. job_id .. '\n' .. (f[3] or '0') .. '\n'
       redis.call('RPUSH', results, head .. kind .. '\n' .. body)
-      redis.call('PEXPIRE', results, result_ttl)
+      keep_alive(results, result_ttl)
       if #body <= publish_max then
         redis.call('PUBLISH', channel, head .. kind .. '\n' .. body)
       else

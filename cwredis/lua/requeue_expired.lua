@@ -51,10 +51,10 @@ for i = #ids, 1, -1 do
       -- The same outcome entry complete.lua writes (see there).
       local results, seq_key = results_prefix .. spec[3], seq_prefix .. spec[3]
       local seq = redis.call('INCR', seq_key)
-      redis.call('PEXPIRE', seq_key, result_ttl)
+      keep_alive(seq_key, result_ttl)
       local entry = seq .. '\n' .. job_id .. '\n' .. (f[5] or '0') .. '\nerr\n' .. lost_body
       redis.call('RPUSH', results, entry)
-      redis.call('PEXPIRE', results, result_ttl)
+      keep_alive(results, result_ttl)
       redis.call('PUBLISH', channel_prefix .. spec[3], entry)
       lost = lost + 1
     else

@@ -28,9 +28,9 @@ elseif redis.call('EXISTS', spec_key) == 0 or redis.call('EXISTS', fn_key) == 0
   return -1
 end
 -- Shared records live as long as the newest job that may still need them.
-redis.call('PEXPIRE', spec_key, ttl)
-redis.call('PEXPIRE', fn_key, ttl)
-redis.call('PEXPIRE', env_key, ttl)
+keep_alive(spec_key, ttl)
+keep_alive(fn_key, ttl)
+keep_alive(env_key, ttl)
 local now = now_ms('')
 local worker, room, since = pop_parked(ho, queue_name, now)
 local queued = 0

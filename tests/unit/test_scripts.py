@@ -363,3 +363,15 @@ def test_park_gives_back_a_childs_room_only_while_the_queues_are_empty(s, r):
     r.rpush(KEYS.queue("default"), "c")  # queued meanwhile (no room then)
     assert s.park(r, worker_id="w1", queues=["default"]) == 0  # the worker claims instead
     assert not r.exists(KEYS.parked("w1"))
+
+
+def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s, r):
+    submit(s, r, "a")  # blob_ttl_ms 60 s: slack 6 s
+    spec = KEYS.spec("sp1")
+    assert r.pttl(spec) > 59_000
+    r.pexpire(spec, 57_000)  # lost 3 s: within the slack, not rewritten
+    submit(s, r, "b", send_records=False)
+    assert r.pttl(spec) <= 57_000
+    r.pexpire(spec, 50_000)  # lost 10 s: refreshed
+    submit(s, r, "c", send_records=False)
+    assert r.pttl(spec) > 59_000
