@@ -14,7 +14,7 @@
 local inflight, failed, stats = KEYS[1], KEYS[2], KEYS[3]
 local now, done_ttl, result_ttl = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local publish_max = tonumber(ARGV[4])
-local flags = {}
+local flags, done, failed_count = {}, 0, 0
 local a, n = 5, 0
 for k = 4, #KEYS, 3 do
   local job, results, seq_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
@@ -22,23 +22,22 @@ for k = 4, #KEYS, 3 do
   local reason, err, tb, channel, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = redis.call('HMGET', job, 's', 'k', 'g', 'pf')
+  local f = redis.call('HMGET', job, 's', 'k', 'g', 'pf', 'n')
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
-    if f[4] then  -- claimed ahead and its start not yet recorded: it ran, so count it
-      redis.call('HINCRBY', job, 'n', 1)
-      redis.call('HDEL', job, 'pf')
-    end
+    -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.
+    -- One HSET and one HDEL per job: each command is a line in the append-only file.
+    local charged = f[4] and {'n', (tonumber(f[5]) or 0) + 1} or {}
     if kind == 'ok' then
-      redis.call('HSET', job, 's', 'done')
-      redis.call('HDEL', job, 'a', 'w', 'pg')
+      redis.call('HSET', job, 's', 'done', unpack(charged))
+      redis.call('HDEL', job, 'a', 'w', 'pg', 'pf')
       redis.call('PEXPIRE', job, done_ttl)
-      redis.call('HINCRBY', stats, 'done', 1)
+      done = done + 1
     else
-      redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb, 'o', output)
-      redis.call('HDEL', job, 'w')
+      redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb, 'o', output, unpack(charged))
+      redis.call('HDEL', job, 'w', 'pf')
       redis.call('ZADD', failed, now, job_id)
-      redis.call('HINCRBY', stats, 'failed', 1)
+      failed_count = failed_count + 1
     end
     if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
       local seq = redis.call('INCR', seq_key)
@@ -57,4 +56,7 @@ for k = 4, #KEYS, 3 do
     flags[n] = 0
   end
 end
+-- The counters once per batch (fewer commands in the append-only file).
+if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
+if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
 return flags

@@ -33,7 +33,7 @@ keep_alive(fn_key, ttl)
 keep_alive(env_key, ttl)
 local now = now_ms('')
 local worker, room, since = pop_parked(ho, queue_name, now)
-local queued = 0
+local queued, pending = 0, {}
 for k = 5, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
   i = i + 2
@@ -52,10 +52,14 @@ for k = 5, #KEYS do
       -- Attempts (n), token (k) and generation (g) start absent, read as 0:
       -- a queued job's memory is mostly field names.
       redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args)
-      redis.call('LPUSH', queue, job_id)
+      pending[#pending + 1] = job_id
     end
     queued = queued + 1
   end
+end
+-- One LPUSH for the batch, in submission order (fewer commands in the append-only file).
+for first = 1, #pending, 1000 do  -- bounded argument count per call
+  redis.call('LPUSH', queue, unpack(pending, first, math.min(first + 999, #pending)))
 end
 if worker then  -- room left: it stays parked, first in line as before
   redis.call('SET', ho.parked .. worker, room)
