@@ -693,11 +693,18 @@ class Worker:
                         self._lock.notify_all()
 
     def _take_handed(self, messages: list[bytes], epoch: int) -> None:
-        """Messages from our inbox: jobs submit.lua handed us (start them now), or a wake (claim)."""
+        """Messages from our inbox: jobs submit.lua handed us (start them now), and wakes (claim).
+
+        One read may bring both: the jobs are ours already, so they are taken
+        before the claim a wake asks for.
+        """
         claimed, wake, garbled = parse_handed(messages)
+        if claimed or garbled:
+            self._take_jobs(claimed, garbled, epoch)
         if wake:
             self._claim_now()
-            return
+
+    def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
         with self._claim_lock:
             if self._reconciles != epoch:
                 # A reconciliation ran while this was on its way and may have given the
