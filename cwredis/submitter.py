@@ -43,7 +43,6 @@ class Submitter:
             raise ValueError("timeout must be positive (seconds) or None")
         if not queue or any(c.isspace() for c in queue):
             raise ValueError(f"invalid queue name {queue!r}")
-        self._redis = client
         self._pinned = Pinned(client)  # submits are on the latency path
         self._scripts = scripts
         self._keys = keys

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from . import config
 from .catalog import Catalog
@@ -60,6 +60,7 @@ from .serialization import ARGS, Corrupt, Rejected, Signer
 from .slots import MAX_SEND_AHEAD_BYTES, Running, Slot
 
 log = logging.getLogger("cwredis.worker")
+T = TypeVar("T")
 
 
 class Worker:
@@ -93,7 +94,6 @@ class Worker:
         self._threads_stop = threading.Event()
         self._reconnector = Reconnector(url, "worker", self._threads_stop)
         self.lease_ms = int(config.DEFAULT_LEASE_S * 1000)
-        self._last_heartbeat = 0.0
         self._renewed = 0.0  # when the newest round trip that renewed our lease was sent (monotonic)
         # _lock guards the slots, `ready` and the unsent lists; _claim_lock
         # serialises claims (and reconciliation) so jobs start in taken order.
@@ -521,9 +521,11 @@ class Worker:
             if want:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms,
                                     max_count=want, start_count=start_count, park=True)
-            sent = time.monotonic()
             try:
-                replies = self._scripts.execute(pipe) if (starts or outcomes or requeues or want) else []
+                if want:  # the claim renews our lease
+                    replies = self._renewing(lambda: self._scripts.execute(pipe))
+                else:
+                    replies = self._scripts.execute(pipe) if (starts or outcomes or requeues) else []
             except Exception as exc:
                 with self._lock:  # start, complete and requeue are fenced: sending them again is safe
                     self._unsent_outcomes[:0] = outcomes
@@ -537,7 +539,6 @@ class Worker:
                 self._reconnector.failed(exc)
                 return False
             if want:
-                self._renewed = max(self._renewed, sent)
                 self._accept_claimed(self._scripts.parse_claim(replies[-1]), want, start_count)
             with self._lock:
                 self._sending = []
@@ -733,9 +734,7 @@ class Worker:
         self._scripts.heartbeat(pipe, worker_id=self.worker_id, lease_ms=self.lease_ms, info={})
         for c in claimed:
             self._scripts.start(pipe, jobs=[(c.id, c.token)])
-        sent = time.monotonic()
-        replies = self._scripts.execute(pipe)
-        self._renewed = max(self._renewed, sent)
+        replies = self._renewing(lambda: self._scripts.execute(pipe))
         kept = [c for c, started in zip(claimed, replies[1:]) if int(started)]
         for c in claimed:
             if c not in kept:
@@ -749,11 +748,17 @@ class Worker:
             with self._lock:
                 want = max(1, self._hunger())
                 start_count = self._starting_now()
-            sent = time.monotonic()
-            reply = self._scripts.claim(self._redis, worker_id=self.worker_id, queues=self.queues,
-                                        lease_ms=self.lease_ms, max_count=want, start_count=start_count, park=True)
-            self._renewed = max(self._renewed, sent)
+            reply = self._renewing(lambda: self._scripts.claim(
+                self._redis, worker_id=self.worker_id, queues=self.queues, lease_ms=self.lease_ms, max_count=want,
+                start_count=start_count, park=True))
             return self._accept_claimed(self._scripts.parse_claim(reply), want, start_count) > 0
+
+    def _renewing(self, round_trip: Callable[[], T]) -> T:
+        """Run a round trip that renews our lease, noting when it was sent (a lease runs from there)."""
+        sent = time.monotonic()
+        result = round_trip()
+        self._renewed = max(self._renewed, sent)
+        return result
 
     def _is_idle(self) -> bool:
         with self._lock:
@@ -769,13 +774,11 @@ class Worker:
             "concurrency": str(self.concurrency), "running": ",".join(self._running_ids()),
         })
         pipe.hget(self._keys.config, "lease_ms")
-        sent = time.monotonic()
-        was_valid, lease = self._scripts.execute(pipe)
-        self._renewed = max(self._renewed, sent)
-        if not int(was_valid) and self._last_heartbeat:
+        renewed_before = self._renewed
+        was_valid, lease = self._renewing(lambda: self._scripts.execute(pipe))
+        if not int(was_valid) and renewed_before:
             log.warning("worker %s: our lease had expired (were we stopped or cut off?); the coordinator "
                         "requeued our jobs and their results from here will be refused", self.worker_id)
-        self._last_heartbeat = time.monotonic()
         try:
             lease_ms = int(lease) if lease else self.lease_ms
         except ValueError:

@@ -34,16 +34,23 @@ end
 -- The longest-parked live worker of a queue: its id, how many jobs it takes,
 -- and when it parked; nil if none. Entries left behind by a worker that
 -- claimed since (no parked key) or whose lease ran out are dropped on the way.
+-- now: nil reads the server's clock, and only if some worker is parked.
 local function pop_parked(ho, queue, now)
   while true do
     local top = redis.call('ZPOPMIN', ho.idle .. queue)
     if not top[1] then return nil end
+    now = now or now_ms('')
     local room = tonumber(redis.call('GET', ho.parked .. top[1]))
     local lease = tonumber(redis.call('ZSCORE', ho.workers, top[1]))
     if room and room > 0 and lease and lease > now then
       return top[1], room, top[2]
     end
   end
+end
+
+-- Count one more job for queue in counts (for wake below).
+local function tally(counts, queue)
+  counts[queue] = (counts[queue] or 0) + 1
 end
 
 -- Wake parked workers for jobs pushed onto queues other than by submit;

@@ -23,7 +23,8 @@
 -- inbox messages (see frame() in the prelude); room is how many jobs the
 -- worker is now parked for (0: not parked).
 local workers, inflight, inbox, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local worker_id, deadline = ARGV[1], now_ms(ARGV[5]) + tonumber(ARGV[2])
+local worker_id, now = ARGV[1], now_ms(ARGV[5])
+local deadline = now + tonumber(ARGV[2])
 local max_count, job_prefix, start_count = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
 local park, idle_prefix = ARGV[7] == '1', ARGV[8]
 -- Claiming renews the lease, and re-registers a worker whose lease the
@@ -81,7 +82,6 @@ if park and count < start_count then
   if empty then
     room = start_count - count
     redis.call('SET', parked, room)
-    local now = deadline - tonumber(ARGV[2])
     for q = 9, #ARGV do redis.call('ZADD', idle_prefix .. ARGV[q], now, worker_id) end
   end
 end

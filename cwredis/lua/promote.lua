@@ -18,7 +18,7 @@ for _, job_id in ipairs(ids) do
   if f[1] == 'delayed' and queue then
     redis.call('HSET', job, 's', 'pending')
     redis.call('RPUSH', queue_prefix .. queue, job_id)
-    woken[queue] = (woken[queue] or 0) + 1
+    tally(woken, queue)
     promoted = promoted + 1
   end
 end

@@ -37,7 +37,7 @@ for i = #ids, 1, -1 do
         redis.call('HDEL', job, 'w')
       end
       redis.call('RPUSH', queue_prefix .. queue, job_id)
-      woken[queue] = (woken[queue] or 0) + 1
+      tally(woken, queue)
       released = released + 1
     end
   end

@@ -31,7 +31,7 @@ for k = 3, #KEYS, 2 do
     else
       redis.call('HSET', job, 's', 'pending')
       redis.call('RPUSH', queue, job_id)
-      woken[queue_name] = (woken[queue_name] or 0) + 1
+      tally(woken, queue_name)
     end
     flags[n] = 1
   else

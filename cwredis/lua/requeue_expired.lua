@@ -61,7 +61,7 @@ for i = #ids, 1, -1 do
       redis.call('HSET', job, 's', 'pending')
       redis.call('HDEL', job, 'w', 'pf')
       redis.call('RPUSH', queue_prefix .. spec[1], job_id)
-      woken[spec[1]] = (woken[spec[1]] or 0) + 1
+      tally(woken, spec[1])
       requeued = requeued + 1
     end
   elseif f[1] == 'running' or f[1] == 'pending' then

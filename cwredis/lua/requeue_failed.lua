@@ -31,7 +31,7 @@ for i, job_id in ipairs(ids) do
     redis.call('HINCRBY', job, 'g', 1)
     redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o')
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
-    woken[queues[i]] = (woken[queues[i]] or 0) + 1
+    tally(woken, queues[i])
     n = n + 1
   end
 end

@@ -31,8 +31,7 @@ end
 keep_alive(spec_key, ttl)
 keep_alive(fn_key, ttl)
 keep_alive(env_key, ttl)
-local now = now_ms('')
-local worker, room, since = pop_parked(ho, queue_name, now)
+local worker, room, since = pop_parked(ho, queue_name)
 local queued, pending = 0, {}
 for k = 5, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
@@ -46,7 +45,7 @@ for k = 5, #KEYS do
       room = room - 1
       if room == 0 then
         redis.call('DEL', ho.parked .. worker)
-        worker, room, since = pop_parked(ho, queue_name, now)
+        worker, room, since = pop_parked(ho, queue_name)
       end
     else
       -- Attempts (n), token (k) and generation (g) start absent, read as 0:
