@@ -81,10 +81,6 @@ class Reconnector:
         self._down_since: float | None = None
         self._lock = threading.Lock()
 
-    @property
-    def is_down(self) -> bool:
-        return self._down_since is not None
-
     def failed(self, exc: BaseException) -> None:
         with self._lock:
             first = self._down_since is None

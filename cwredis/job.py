@@ -60,7 +60,6 @@ TIMEOUT = "timeout"
 LOST = "lost"
 REJECTED = "rejected"
 CORRUPT = "corrupt"
-REASONS = (EXCEPTION, TIMEOUT, LOST, REJECTED, CORRUPT)
 
 
 def text(value: object) -> str | None:

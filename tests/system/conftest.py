@@ -17,7 +17,6 @@ from types import ModuleType
 from typing import Iterator
 
 import pytest
-import redis
 
 #: Short leases keep failure detection (and so these tests) fast.
 LEASE_S = 2

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from helpers import admin_json  # noqa: F401  (one implementation, re-exported for these tests)
 
 #: The installed console scripts live next to the interpreter of the venv.
 BIN_DIR = Path(sys.executable).parent
@@ -115,18 +114,16 @@ class Outcomes:
             self.changed.notify_all()
 
     def on_result(self, jobid: str, result: Any) -> None:
-        self._enter()
-        try:
-            self.calls.append(("result", jobid))
-            self.results[jobid] = result
-        finally:
-            self._leave()
+        self._record("result", self.results, jobid, result)
 
     def on_error(self, jobid: str, error: Any) -> None:
+        self._record("error", self.errors, jobid, error)
+
+    def _record(self, kind: str, table: dict[str, Any], jobid: str, value: Any) -> None:
         self._enter()
         try:
-            self.calls.append(("error", jobid))
-            self.errors[jobid] = error
+            self.calls.append((kind, jobid))
+            table[jobid] = value
         finally:
             self._leave()
 

@@ -11,8 +11,8 @@ import pytest
 import cwredis
 import helpers
 import jobs_api
-from helpers import read_markers, wait_for
-from sysutil import Outcomes, admin_json, assert_one_line_user_error, closed_port, cw_admin, unique
+from helpers import admin_json, read_markers, wait_for
+from sysutil import Outcomes, assert_one_line_user_error, closed_port, cw_admin, unique
 
 pytestmark = pytest.mark.system
 

@@ -20,8 +20,8 @@ import redis
 
 import cwredis
 import helpers
-from helpers import wait_for
-from sysutil import Outcomes, admin_json, server_pids
+from helpers import admin_json, wait_for
+from sysutil import Outcomes, server_pids
 
 pytestmark = pytest.mark.system
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CW_LOCAL = [sys.executable, "-m", "cwredis.local", "-n", "2", "--"]

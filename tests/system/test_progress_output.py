@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import cwredis
 import jobs_progress
 from helpers import wait_for
-from sysutil import admin_json, cw_admin
+from sysutil import cw_admin
 
 
 def test_progress_reaches_the_callback_and_cw_admin_show(server, procs, home):

@@ -18,8 +18,8 @@ import helpers
 import jobs_api
 from cwredis import job
 from cwredis.job import ARGS
-from helpers import wait_for
-from sysutil import Outcomes, admin_json, assert_one_line_user_error, closed_port, cw_admin, unique
+from helpers import admin_json, wait_for
+from sysutil import Outcomes, assert_one_line_user_error, closed_port, cw_admin, unique
 
 pytestmark = pytest.mark.system
 
