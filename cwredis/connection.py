@@ -81,7 +81,8 @@ class Reconnector:
         self._down_since: float | None = None
         self._lock = threading.Lock()
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, *, sleep: bool = True) -> float:
+        """Note a failed call and log it; sleep the back-off (unless ``sleep`` is False); return the back-off."""
         with self._lock:
             first = self._down_since is None
             if first:
@@ -93,7 +94,9 @@ class Reconnector:
                         self.role, self.url, describe(exc))
         else:
             log.debug("%s: still cannot reach %s (%s)", self.role, self.url, describe(exc))
-        self.stop.wait(delay)
+        if sleep:
+            self.stop.wait(delay)
+        return delay
 
     def succeeded(self) -> bool:
         """Record a working call; True if this ends an outage."""

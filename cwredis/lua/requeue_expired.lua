@@ -5,7 +5,7 @@
 --       Keys.handoff() (5 names)
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts (parked workers are
--- woken for those requeued). A job claimed ahead (or handed to it while parked) whose start was
+-- woken for those requeued). A job claimed ahead whose start was
 -- never recorded ('pf') is not charged an attempt -- it may never have run --
 -- but every death of a worker holding a job counts ('d'), and at twice
 -- max_attempts the job fails 'lost' anyway: a job that kills its worker the

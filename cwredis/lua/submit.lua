@@ -9,10 +9,13 @@
 -- the spec or a blob is missing and the caller did not send it (send it and
 -- call again). A job id that already exists is skipped, so a submit retried
 -- after a lost reply never queues a job twice.
--- A job handed to a parked worker is claimed for it here, exactly as
--- claim.lua would claim it ahead (token 1, 'pf': charged once it starts), in
--- the worker's in-flight list and its inbox in the same step: if the worker
--- dies before reading it, the coordinator's sweep of that worker requeues it.
+-- A job handed to a parked worker is claimed for it here, as claim.lua
+-- claims a job that starts at once (token 1, attempt 1 charged now: a parked
+-- worker has an idle child for each job of its room, so the job starts the
+-- moment it is read; charging it later would let a job that kills its worker
+-- at once run uncounted). It goes into the worker's in-flight list and its
+-- inbox in the same step: if the worker dies before reading it, the
+-- coordinator's sweep of that worker requeues it (counting the attempt).
 local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, queue_name = tonumber(ARGV[3]), ARGV[4]
 local ho = handoff_keys(ARGV, 5)
@@ -39,7 +42,7 @@ for k = 5, #KEYS do
   if redis.call('EXISTS', KEYS[k]) == 0 then
     if worker then
       redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'f', ARGV[2], 'a', args, 'w', worker,
-                 'k', 1, 'pf', 1)
+                 'k', 1, 'n', 1)
       redis.call('LPUSH', ho.inflight .. worker, job_id)
       redis.call('RPUSH', ho.inbox .. worker, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
       room = room - 1

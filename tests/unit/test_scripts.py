@@ -125,9 +125,10 @@ def test_submit_hands_new_jobs_to_a_parked_worker_up_to_its_room_then_queues(s, 
     assert [c.id for c in handed] == ["a", "b"] and not wake and garbled == 0
     assert handed[0].token == "1" and handed[0].args == b"Uargs-a" and handed[0].spec == "sp1"
     assert handed[0].function == "fn1" and handed[0].attempts == 1 and handed[0].generation == 0
-    # Claimed for it, ahead: owned and fenced, charged only once started.
+    # Claimed for it, owned and fenced, and charged its attempt at once: it starts on an idle
+    # child when read, so a job that kills its worker then is counted (issue 8, fault 6).
     assert state(r, "a") == "running" and r.hget(KEYS.job("a"), job.WORKER) == b"w1"
-    assert r.hget(KEYS.job("a"), job.ATTEMPTS) is None and r.hget(KEYS.job("a"), "pf") == b"1"
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1" and r.hget(KEYS.job("a"), "pf") is None
     assert set(r.lrange(KEYS.inflight("w1"), 0, -1)) == {b"a", b"b"}
     assert r.lrange(KEYS.queue("default"), 0, -1) == [b"c"]  # no room left: queued, and unparked
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
@@ -158,7 +159,7 @@ def test_claim_unparks_and_returns_handed_jobs_first(s, r):
     assert [c.id for c in reply.claimed] == ["a", "b"] and reply.handed == 1
     assert reply.room == 1  # a third child still idle and the queue empty: parked again
     assert inbox(r) == [] and r.hget(KEYS.job("b"), job.ATTEMPTS) == b"1"
-    assert r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # handed: charged when it starts
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"  # handed: charged at hand-off
 
 
 def test_claim_does_not_park_while_a_queue_still_holds_entries(s, r):
@@ -252,7 +253,9 @@ def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
     now = int(time.time() * 1000) + 2 * LEASE_MS
     assert expire(s, r, now=now) == (2, 0)
     assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [] and r.llen(KEYS.inflight("w1")) == 0
-    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) is None  # never started: free
+    # Charged at hand-off: whether it started before the worker died cannot be told, and a
+    # job that kills its worker must not run uncounted (issue 8, fault 6).
+    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
 
 

@@ -5,8 +5,8 @@ starts a job on an idle child with nothing else waiting -- the latency case,
 a client waiting on one result -- it asks the child to record the outcome
 directly (``DirectRecorder``): the result goes child -> Redis -> client,
 skipping a hop through the worker. The child then tells the worker
-("recorded", job_id, flag); if it could not reach Redis it sends the outcome
-to the worker as usual, which records it. complete.lua is fenced by the
+(:class:`~cwredis.worker.protocol.Recorded`); if it could not reach Redis it
+sends the outcome to the worker as usual, which records it. complete.lua is fenced by the
 attempt's token, so an outcome recorded twice (a lost reply) is refused the
 second time, never delivered twice.
 """
@@ -18,46 +18,47 @@ from typing import Any
 
 import redis
 
-from . import config
-from .connection import Pinned, connect
-from .keys import Keys
-from .scripts import Completion, Scripts
-from .serialization import RESULT, Signer, encode_error, frame_outcome
+from .. import config
+from ..connection import Pinned, connect
+from ..keys import Keys
+from ..scripts import Completion, Scripts
+from ..serialization import RESULT, Signer, encode_error, frame_outcome
+from .protocol import Ok, Recorded, Reply, Setup
 
-log = logging.getLogger("cwredis.outcomes")
+log = logging.getLogger("cwredis.worker.direct")
 
 
-def completion(job_id: str, token: str, client: str, reply: tuple[Any, ...], signer: Signer) -> Completion:
-    """A child's reply ("ok", id, result, output) or ("err", id, reason, error, tb, output) as a Completion."""
-    if reply[0] == "ok":
-        return Completion(job_id, token, client, "ok", frame_outcome(reply[3], signer.seal(RESULT, reply[2])))
-    _, _, reason, error, tb, output = reply
-    return Completion(job_id, token, client, "err", frame_outcome(output, encode_error(reason, error, tb)),
-                      reason, error, tb, output[-config.FAILED_OUTPUT_TAIL_BYTES:])
+def completion(token: str, client: str, reply: Reply, signer: Signer) -> Completion:
+    """A child's reply (Ok or Err) as the outcome complete.lua records: results signed, errors framed."""
+    if isinstance(reply, Ok):
+        return Completion(reply.job_id, token, client, "ok",
+                          frame_outcome(reply.output, signer.seal(RESULT, reply.result)))
+    return Completion(reply.job_id, token, client, "err",
+                      frame_outcome(reply.output, encode_error(reply.reason, reply.error, reply.traceback)),
+                      reply.reason, reply.error, reply.traceback, reply.output[-config.FAILED_OUTPUT_TAIL_BYTES:])
 
 
 class DirectRecorder:
     """A child's own connection, to record the outcomes the worker asks it to (see the module docstring)."""
 
-    def __init__(self, url: str, secret: bytes | None, namespace: str, worker_id: str,
-                 queues: list[str]) -> None:
-        self._url = url
-        self._signer = Signer(secret)
-        self._keys = Keys(namespace)
-        self._worker_id = worker_id
-        self._queues = queues
+    def __init__(self, setup: Setup) -> None:
+        self._url = setup.url
+        self._signer = Signer(setup.secret)
+        self._keys = Keys(setup.namespace)
+        self._worker_id = setup.worker_id
+        self._queues = setup.queues
         self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
 
-    def record(self, job_id: str, token: str, client: str, reply: tuple[Any, ...],
-               repark: bool) -> tuple[int, int] | None:
-        """Record one outcome; None if Redis was not reached, else (flag, room).
+    def record(self, reply: Reply, token: str, client: str, repark: bool) -> Recorded | None:
+        """Record one outcome; None if Redis was not reached (the worker then records it).
 
-        flag: 1 recorded, 0 refused (the attempt lost its job). With
+        ``accepted`` is False when the attempt had lost its job (refused). With
         ``repark``, the worker's parking gets this child's room back in the
-        same round trip; room is the worker's room after that (0: not parked).
+        same round trip; ``room`` is the worker's room after that (0: not parked).
         """
-        outcome = completion(job_id, token, client, reply, self._signer)
+        job_id = reply.job_id
+        outcome = completion(token, client, reply, self._signer)
         try:
             if self._redis is None or self._scripts is None:
                 connection = connect(self._url, "child")
@@ -67,7 +68,7 @@ class DirectRecorder:
                 replies = self._send(self._scripts, outcome, repark)
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
                 replies = self._send(self._scripts, outcome, repark)
-            return int(replies[0][0]), int(replies[1]) if repark else 0
+            return Recorded(job_id, bool(int(replies[0][0])), int(replies[1]) if repark else 0)
         except Exception as exc:  # the worker records it instead
             log.debug("job %s: could not record the outcome directly (%s); the worker will", job_id, exc)
             if self._redis is not None:

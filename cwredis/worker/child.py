@@ -1,24 +1,16 @@
-"""The process a worker runs jobs in: ``python -m cwredis.child FD_IN FD_OUT FD_CONTROL``.
+"""The process a worker runs jobs in: ``python -m cwredis.worker.child FD_JOBS FD_OUT FD_CONTROL``.
 
 A child lives across jobs (no fork per job) and keeps the functions it has
 unpickled, keyed by their content digest, so a map over 100,000 items
 unpickles its function once. The supervising worker has already checked
 every signature; the child only decodes and runs.
 
-Messages (multiprocessing Connection framing over three pipes)::
-
-    in : ("config", url, secret, namespace, worker_id, queues)    first: for recording directly
-         ("run", job_id, fn_digest, fn_pickle | None, args_pickle, env_digest, env_json | None, capture,
-          direct)              direct: None, or (token, client_id, repark): record the outcome yourself
-    ctl: ("unsend", job_id)    give that job back if it has not started
-    out: ("progress", job_id, fraction, message | None)      any number, while the job runs
-         ("unsent", job_id, given_back)
-         ("resend", job_id)    the function or environment was left out but is not held here
-         ("ok", job_id, result_pickle, output)
-         ("err", job_id, reason, error_line, traceback_text, output)
-         ("recorded", job_id, flag, room)   recorded directly: 1, or 0 refused; the worker's room after
-                               re-parking (0: its queues were not empty). If the child cannot reach
-                               Redis it sends "ok"/"err" instead, for the worker to record.
+The messages are the named types of :mod:`cwredis.worker.protocol`: a
+:class:`Setup` first, then a :class:`Run` per job on the job pipe,
+:class:`Unsend` on the control pipe; the child answers on its out pipe with
+:class:`Progress` (any number while a job runs), :class:`Unsent`,
+:class:`Resend`, and one :class:`Ok`, :class:`Err` or -- when the worker asked
+it to record the outcome itself and it could -- :class:`Recorded` per job.
 
 With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
 (the last OUTPUT_TAIL_BYTES) and returned as ``output`` for the client.
@@ -48,11 +40,12 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from . import jobcontext
-from .outcomes import DirectRecorder
-from .serialization import Corrupt, error_line, parse_env
+from .. import jobcontext
+from ..serialization import Corrupt, error_line, parse_env
+from .direct import DirectRecorder
+from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
 
-log = logging.getLogger("cwredis.child")
+log = logging.getLogger("cwredis.worker.child")
 
 #: Unpickled functions kept per child.
 FUNCTION_CACHE_SIZE = 256
@@ -139,61 +132,59 @@ class JobRunner:
             self._functions.popitem(last=False)
         return fn
 
-    def run(self, message: tuple[Any, ...], report: Callable[[str, float, str | None], None]) -> tuple[Any, ...]:
-        """Run one job; the reply tuple ends with the captured output ('' without capture)."""
-        job_id, fn_digest, fn_blob, env_digest, env_json, capture = (message[1], message[2], message[3],
-                                                                      message[5], message[6], message[7])
-
-        if (fn_blob is None and fn_digest not in self._functions) or \
-                (env_json is None and env_digest != self._env_digest):
-            return ("resend", job_id)
+    def run(self, job: Run, report: Callable[[str, float, str | None], None]) -> Ok | Err | Resend:
+        """Run one job; the reply carries the captured output ('' without capture)."""
+        if (job.function is None and job.function_digest not in self._functions) or \
+                (job.env is None and job.env_digest != self._env_digest):
+            return Resend(job.job_id)
         sink: list[str] = []
-        jobcontext._enter(job_id, report)
+        jobcontext._enter(job.job_id, report)
         try:
-            if capture:
+            if job.capture:
                 with contextlib.redirect_stdout(_Tee(sys.stdout, sink)), \
                         contextlib.redirect_stderr(_Tee(sys.stderr, sink)):
-                    reply = self._run(message)
+                    outcome = self._run(job)
             else:
-                reply = self._run(message)
+                outcome = self._run(job)
         finally:
             jobcontext._leave()
-        return (*reply, "".join(sink)[-OUTPUT_TAIL_BYTES:])
+        output = "".join(sink)[-OUTPUT_TAIL_BYTES:]
+        if isinstance(outcome, bytes):
+            return Ok(job.job_id, outcome, output)
+        reason, error, text = outcome
+        return Err(job.job_id, reason, error, text, output)
 
-    def _run(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        _, job_id, fn_digest, fn_blob, args_blob, env_digest, env_json = message[:7]
+    def _run(self, job: Run) -> bytes | tuple[str, str, str]:
+        """The pickled result, or (reason, error line, traceback text)."""
         try:
-            self._apply_env(env_digest, env_json)
+            self._apply_env(job.env_digest, job.env)
         except Corrupt as exc:
-            return ("err", job_id, "corrupt", str(exc), str(exc))
+            return ("corrupt", str(exc), str(exc))
         try:
-            fn = self._function(fn_digest, fn_blob)
+            fn = self._function(job.function_digest, job.function)
         except (ImportError, AttributeError) as exc:  # the worker lacks a module the function needs
-            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+            return ("exception", error_line(exc), traceback.format_exc())
         except Exception as exc:
-            return ("err", job_id, "corrupt", f"function could not be unpickled: {error_line(exc)}",
-                    traceback.format_exc())
+            return ("corrupt", f"function could not be unpickled: {error_line(exc)}", traceback.format_exc())
         try:
-            args, kwargs = pickle.loads(args_blob)
+            args, kwargs = pickle.loads(job.args)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:
-            return ("err", job_id, "exception", error_line(exc), traceback.format_exc())
+            return ("exception", error_line(exc), traceback.format_exc())
         except Exception as exc:
-            return ("err", job_id, "corrupt", f"arguments could not be unpickled: {error_line(exc)}",
-                    traceback.format_exc())
+            return ("corrupt", f"arguments could not be unpickled: {error_line(exc)}", traceback.format_exc())
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
             # tb_next: start the traceback at the user's function, not at this frame.
             tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-            text = "".join(traceback.format_exception(type(exc), exc, tb))
-            return ("err", job_id, "exception", error_line(exc), text)
+            return ("exception", error_line(exc), "".join(traceback.format_exception(type(exc), exc, tb)))
         try:
-            return ("ok", job_id, cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+            return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             line = f"SerializationError: cannot pickle the result {type(result).__name__}: {error_line(exc)}"
-            return ("err", job_id, "exception", line, traceback.format_exc())
+            return ("exception", line, traceback.format_exc())
 
 
 class Mailbox:
@@ -207,20 +198,23 @@ class Mailbox:
     Neither thread holds ``_lock`` while it blocks.
     """
 
-    def __init__(self, inbox: Connection, control: Connection, send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, inbox: Connection, control: Connection, send: Callable[[ChildMessage], None]) -> None:
         self._inbox = inbox
         self._control = control
         self._send = send
-        self._jobs: collections.deque[tuple[Any, ...] | None] = collections.deque()
+        self._jobs: collections.deque[Run | Setup | None] = collections.deque()
         self._lock = threading.Lock()
-        # select.poll, not Connection.poll: that builds a selector on every call.
-        self._poller = select.poll()
-        self._poller.register(inbox.fileno(), select.POLLIN)
+        # select.poll, not Connection.poll: that builds a selector on every call. One poll
+        # object per thread: a poll object must not be polled by two threads at once.
+        self._waiter = select.poll()  # the main thread's blocking wait
+        self._peeker = select.poll()  # zero-timeout peeks, under _lock, from either thread
+        for poller in (self._waiter, self._peeker):
+            poller.register(inbox.fileno(), select.POLLIN)
         threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
 
     def _read_waiting(self) -> None:
         """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
-        while self._poller.poll(0):
+        while self._peeker.poll(0):
             try:
                 self._jobs.append(self._inbox.recv())
             except (EOFError, OSError):
@@ -230,25 +224,25 @@ class Mailbox:
     def _watch(self) -> None:
         while True:
             try:
-                _, job_id = self._control.recv()
+                request: Unsend = self._control.recv()
             except (EOFError, OSError):
                 return
             with self._lock:
                 if self._jobs and self._jobs[-1] is None:
                     return
                 self._read_waiting()
-                waiting = next((m for m in self._jobs if m is not None and m[1] == job_id), None)
+                waiting = next((m for m in self._jobs if isinstance(m, Run) and m.job_id == request.job_id), None)
                 if waiting is not None:
                     self._jobs.remove(waiting)
-            self._send(("unsent", job_id, waiting is not None))
+            self._send(Unsent(request.job_id, waiting is not None))
 
-    def next(self) -> tuple[Any, ...] | None:
-        """The next job to run; None once the worker closed us."""
+    def next(self) -> Run | Setup | None:
+        """The next message to act on; None once the worker closed us."""
         while True:
             with self._lock:
                 if self._jobs:
                     return self._jobs.popleft()
-            self._poller.poll()
+            self._waiter.poll()
             with self._lock:
                 self._read_waiting()
 
@@ -266,12 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     runner = JobRunner()
     send_lock = threading.Lock()
 
-    def send(message: tuple[Any, ...]) -> None:
+    def send(message: ChildMessage) -> None:
         with send_lock:
             outbox.send(message)
 
     def report(job_id: str, fraction: float, text: str | None) -> None:
-        send(("progress", job_id, fraction, text))
+        send(Progress(job_id, fraction, text))
 
     mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None
@@ -279,16 +273,15 @@ def main(argv: list[str] | None = None) -> None:
         message = mailbox.next()
         if message is None:
             return  # the worker is gone or closed us: exit quietly
-        if message[0] == "config":
-            recorder = DirectRecorder(*message[1:])
+        if isinstance(message, Setup):
+            recorder = DirectRecorder(message)
             continue
         reply = runner.run(message, report)
-        direct = message[8]
-        if direct is not None and recorder is not None and reply[0] in ("ok", "err"):
-            token, client, repark = direct
-            recorded = recorder.record(message[1], token, client, reply, repark)
+        direct = message.direct
+        if direct is not None and recorder is not None and not isinstance(reply, Resend):
+            recorded: Recorded | None = recorder.record(reply, direct.token, direct.client, direct.repark)
             if recorded is not None:
-                send(("recorded", message[1], *recorded))
+                send(recorded)
                 continue
         send(reply)
 

@@ -1,0 +1,48 @@
+"""``cw-worker`` / ``python -m cwredis.worker [REDIS_URL] [--concurrency N] [--queue NAME]...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .. import config
+from ..connection import setup_logging
+from ..errors import ConfigError
+from .supervisor import Worker
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cw-worker", description="Run cwredis jobs: block-pop job ids from Redis queues and run them.")
+    parser.add_argument("url", nargs="?", default=None,
+                        help="Redis URL (default: $CWREDIS_URL, then $CWREDIS_HOME/url, then redis://localhost:6379/0)")
+    parser.add_argument("--concurrency", "-c", type=int, default=1, metavar="N",
+                        help="run up to N jobs at once, each in its own child process (default 1)")
+    parser.add_argument("--queue", "-q", action="append", metavar="NAME",
+                        help="queue to serve; repeat for several, earlier names first (default: default)")
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty and nothing runs")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    setup_logging(args.log_level)
+    url = config.resolve_url(args.url)
+    try:
+        worker = Worker(url, queues=args.queue or [config.DEFAULT_QUEUE], concurrency=args.concurrency,
+                        burst=args.burst, secret=config.resolve_secret())
+        return worker.run()
+    except ConfigError as exc:
+        print(f"cw-worker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""How jobs come into a worker: claims, the inbox of hand-offs, and giving back what it cannot run.
+
+The **fetcher** thread (:meth:`Intake.run`) works only while a child would
+otherwise sit idle -- nothing ready, and the last claim came up short. It
+claims; a claim that finds the queues empty *parks* the worker in the same
+atomic step (claim.lua), and the fetcher then blocks on ``BLMPOP`` of the
+worker's inbox, never polling. There ``submit.lua`` hands it new jobs already
+claimed for it (charged an attempt, since they start at once on an idle
+child), and other paths that queue a job push a "wake", which the fetcher
+answers with a claim. The supervisor's loop claims too, in the same round
+trip as it records outcomes (:meth:`accept_claimed` serves both).
+
+Claims and reconciliations are serialised by ``claim_lock``, so jobs start in
+the order they were taken and a reconciliation knows every job we hold.
+
+A job that cannot be run -- its spec missing, its payload undecodable or
+its signature wrong -- fails at once here (``corrupt`` / ``rejected``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Protocol
+
+from .. import config
+from ..scripts import ClaimReply, Claimed, Completion
+from ..serialization import ARGS, Corrupt, Rejected, Signer
+from .ledger import Ledger
+from .lease import Lease
+from .link import Handed, Link, LinkDown
+from .pool import Pool, Running
+from .protocol import Err
+from .stop import Step, StopRequest
+
+log = logging.getLogger("cwredis.worker")
+
+
+class Host(Protocol):
+    """What the intake sees of the supervisor."""
+
+    def hunger(self) -> int:
+        """How many more jobs to claim now (call with the lock held)."""
+
+    def starting_now(self) -> int:
+        """Of the jobs claimed now, how many go straight to an idle child (call with the lock held)."""
+
+    def dispatch(self) -> None:
+        """Start ready jobs on idle children."""
+
+    def fail(self, running: Running, reply: Err) -> None:
+        """End an attempt with a failure (queued for recording)."""
+
+    def link_ok(self) -> None:
+        """A round trip worked (may end an outage)."""
+
+
+class Intake:
+    """Claims, hand-offs and reconciliation for one worker; see the module docstring."""
+
+    def __init__(self, link: Link, lease: Lease, pool: Pool, ledger: Ledger, stop: StopRequest, signer: Signer,
+                 host: Host, *, burst: bool) -> None:
+        self._link = link
+        self._lease = lease
+        self._pool = pool
+        self._ledger = ledger
+        self._stop = stop
+        self._signer = signer
+        self._host = host
+        self._burst = burst
+        self.lock = pool.lock
+        self.claim_lock = threading.Lock()
+        self.queues_empty = False  # the last claim came up short
+        self.room = 0  # jobs submit may still hand us (parked while > 0): the fetcher waits on the inbox
+        self.epoch = 0  # reconciliations so far: a hand-off read across one may be stale
+        self.needs_reconcile = False
+
+    # -- the fetcher thread -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Keep idle children fed: park, then wait on the inbox for hand-offs and wakes."""
+        block_s = min(config.BLOCK_TIMEOUT_S, 0.1) if self._burst else config.BLOCK_TIMEOUT_S
+        while True:
+            with self.lock:
+                # Wait until a child would sit idle: nothing ready, and the last claim came up short.
+                while not self._stop.graceful and not (self.queues_empty and self._host.starting_now()):
+                    self.lock.wait(0.5)
+                if self._stop.graceful:
+                    return
+                epoch = self.epoch
+            try:
+                if not self.room:
+                    self.claim_now()  # parks us if the queues are empty
+                    continue
+                # Everything there in one read: a batch submit hands us a job per idle child.
+                handed = self._link.read_inbox(block_s, self.room)
+                self._host.link_ok()
+                if handed is not None:
+                    self._take_handed(handed, epoch)
+                elif not self.claim_now() and self._burst and self._is_idle():
+                    # Quiet for block_s: the claim renewed our parking (and would catch
+                    # jobs queued with no wake, e.g. after a server restart forgot us).
+                    log.info("worker %s: queues empty (burst mode); stopping", self._link.worker_id)
+                    self._stop.advance(Step.GRACEFUL)
+            except LinkDown as down:
+                self.needs_reconcile = True
+                self._stop.wait(Step.GRACEFUL, self._link.failed(down))
+            except Exception:  # a bug must not stop the worker taking jobs for good
+                log.exception("worker %s: fetcher error", self._link.worker_id)
+                self._stop.wait(Step.GRACEFUL, 1.0)
+
+    def _take_handed(self, handed: Handed, epoch: int) -> None:
+        """Jobs submit.lua handed us (start them now), then the claim a wake asks for.
+
+        One read may bring both: the jobs are ours already, so they are taken first.
+        """
+        if handed.claimed or handed.garbled:
+            self._take_jobs(handed.claimed, handed.garbled, epoch)
+        if handed.wake:
+            self.claim_now()
+
+    def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
+        with self.claim_lock:
+            if self.epoch != epoch:
+                # A reconciliation ran while this was on its way and may have given the
+                # job back already: leave it to the next one (fenced, so nothing runs twice).
+                self.needs_reconcile = True
+                return
+            self.room = max(0, self.room - len(claimed))
+            if not self.room:
+                # submit.lua unparked us with the last of our room: jobs may queue unseen from
+                # now on, so the queues no longer count as empty (the next round trip claims).
+                self.queues_empty = False
+            if claimed and self._lease.may_have_expired():
+                claimed = self._confirm(claimed)
+            with self.lock:
+                start_count = self._host.starting_now()
+            self._accept(claimed, start_count, len(claimed), garbled)
+
+    def _confirm(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Jobs handed to us while our lease may have run out: keep those still ours (see Link.confirm)."""
+        kept = self._lease.renewing(lambda: self._link.confirm(self._lease.lease_ms, claimed))
+        for c in claimed:
+            if c not in kept:
+                log.warning("job %s: handed to us while our lease ran out, and since requeued; not running it",
+                            c.id)
+        return kept
+
+    def claim_now(self) -> bool:
+        """Claim what the children can take, parking if the queues are empty; True if anything was claimed."""
+        with self.claim_lock:
+            with self.lock:
+                want = max(1, self._host.hunger())
+                start_count = self._host.starting_now()
+            reply = self._lease.renewing(lambda: self._link.claim(self._lease.lease_ms, want, start_count))
+            return self.accept_claimed(reply, want, start_count) > 0
+
+    def _is_idle(self) -> bool:
+        with self.lock:
+            return self._pool.held() == 0 and not self._ledger
+
+    # -- accepting claimed jobs ----------------------------------------------------------
+
+    def accept_claimed(self, reply: ClaimReply, wanted: int, start_count: int) -> int:
+        """Verify claimed jobs and queue them as ready (call with claim_lock held); how many were claimed."""
+        for job_id in reply.dropped:
+            log.warning("worker %s: dropped queue entry %r: it names no pending job", self._link.worker_id, job_id)
+        self.queues_empty = len(reply.claimed) < wanted
+        self.room = reply.room
+        return self._accept(reply.claimed, start_count, reply.handed, reply.garbled)
+
+    def _accept(self, claimed: list[Claimed], start_count: int, handed: int, garbled: int) -> int:
+        """Queue verified jobs as ready and start what idle children can take (call with claim_lock held).
+
+        The first ``handed`` came through the inbox: submit.lua charged them
+        at hand-off. Of the rest, those past the first ``start_count`` were
+        claimed ahead, uncharged: they are marked so their start is recorded.
+        Garbled inbox messages name jobs in our in-flight list that we cannot
+        run: a reconciliation gives them back.
+        """
+        if garbled:
+            log.warning("worker %s: %d unreadable message(s) in our inbox; giving back what they held",
+                        self._link.worker_id, garbled)
+            self.needs_reconcile = True
+        if claimed:
+            self._load_records(claimed)
+        accepted = []
+        for index, item in enumerate(claimed):
+            running = self._prepare(item)
+            if running is not None:
+                running.prefetched = index >= handed and index >= start_count
+                accepted.append(running)
+        with self.lock:
+            self._pool.ready.extend(accepted)
+        if accepted:
+            self._host.dispatch()  # start them from this thread: no hand-off on the latency path
+            if any(r.deadline is not None for r in accepted):
+                self._stop.wake()  # the main loop's next deadline (a timeout) may be sooner now
+        return len(claimed)
+
+    def _load_records(self, claimed: list[Claimed]) -> None:
+        """Fetch what the jobs point at, in one try: the claim lock is held, and the main loop must not wait.
+
+        If Redis is away the jobs stay in our in-flight list, and the
+        reconciliation that follows the outage gives them back (refunded).
+        """
+        try:
+            self._link.load_records(claimed)
+        except LinkDown:
+            self.needs_reconcile = True
+            raise
+
+    def _prepare(self, claimed: Claimed) -> Running | None:
+        """Verify and gather a claimed job's payload; on bad input, fail the job instead (None)."""
+        spec = self._link.catalog.spec(claimed.spec)
+        if spec is None:
+            log.warning("job %s: its spec is missing or garbage; failing it as corrupt (no client can be told)",
+                        claimed.id)
+            error = "the job's shared record (client, queue, limits) is missing or invalid"
+            self._ledger.add_outcome(Completion(claimed.id, claimed.token, "", "err", b"", "corrupt",
+                                                "job spec is missing", error))
+            return None
+        running = Running(claimed, spec)
+        try:
+            running.args = self._signer.open(ARGS, claimed.args)
+            running.function = self._link.catalog.function(claimed.function)
+            running.env = self._link.catalog.env(spec.env)
+        except Rejected as exc:
+            self._fail_now(running, "rejected", f"RejectedError: {exc}")
+            return None
+        except Corrupt as exc:
+            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
+            return None
+        return running
+
+    def _fail_now(self, running: Running, reason: str, error: str) -> None:
+        log.warning("job %s: failing it (%s): %s", running.id, reason, error)
+        self._host.fail(running, Err(running.id, reason, error, error, ""))
+
+    # -- reconciliation ---------------------------------------------------------------------
+
+    def reconcile(self, owned: Callable[[], list[str]]) -> bool:
+        """Give back in-flight ids we do not hold (a lost claim reply, a late claim, a server restart).
+
+        False if Redis could not be reached or a claim was under way (``needs_reconcile`` stays set).
+        """
+        if not self.claim_lock.acquire(blocking=False):
+            return False  # the fetcher is claiming: try again in a moment (never wait for it)
+        try:
+            released = self._link.release(owned(), unregister=False)
+            self.epoch += 1
+            self.room = 0  # unparked: the next claim parks us again
+            self.needs_reconcile = False
+        except LinkDown as down:
+            self._link.failed(down)
+            return False
+        finally:
+            self.claim_lock.release()
+        if released:
+            log.warning("worker %s: gave back %d job(s) it had taken but was not running", self._link.worker_id,
+                        released)
+        return True
+
+    def has_strays(self, owned: Callable[[], list[str]]) -> bool:
+        """Does our in-flight list hold a job we do not? (A read; runs only when no claim is under way.)
+
+        A claim that reached the server after we gave up on it strands its
+        jobs there, running for a live worker; so can a hand-off read by a
+        blocking call whose connection we dropped. This finds them.
+        """
+        if not self.claim_lock.acquire(blocking=False):
+            return False  # a claim is under way: look next time
+        try:
+            held = set(owned())  # first: a job we finish meanwhile then leaves both sides
+            return bool(self._link.inflight_ids() - held)
+        finally:
+            self.claim_lock.release()

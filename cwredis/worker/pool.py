@@ -1,0 +1,351 @@
+"""A worker's job processes: one slot per unit of ``--concurrency``, and the jobs waiting for one.
+
+Each :class:`Slot` owns a long-lived ``python -m cwredis.worker.child`` process,
+its three pipes, and a pidfd. It runs one job at a time; for short jobs the
+worker writes a few more ahead into the child's pipe (``sent`` holds them,
+the running one first), so the child goes on to the next the moment it
+finishes one. If the running job turns out long, the worker asks for the
+ones ahead back (:class:`~cwredis.worker.protocol.Unsend`) and gives them to
+idle children: a short job never waits behind a long one while a child is
+free.
+
+A child's death is seen on its **pidfd**, not only as end-of-file on its
+pipe: a process the job forked may hold the pipe open for ever, but the
+pidfd becomes readable the moment the child itself exits. Killing a slot
+kills its whole process group, so whatever the job started goes too.
+
+The slot remembers which functions and which environment its child holds,
+so those are sent once per child, not once per job; if the child says it
+lacks one, the job is sent again in full.
+
+:class:`Pool` holds the slots and the ``ready`` FIFO of claimed jobs no child
+has yet, and turns what children say into :class:`Event`\\ s for the
+supervisor. Its state is guarded by the supervisor's lock (``Pool.lock``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Iterator, Union
+
+from ..job import Spec
+from ..scripts import Claimed
+from .protocol import Direct, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
+
+#: A job is written ahead into a child's pipe only if its arguments are this
+#: small: a full pipe (64 KiB) would block the worker's loop.
+MAX_SEND_AHEAD_BYTES = 4096
+
+#: How long a stopping child may take to exit between jobs before it is killed.
+SHUTDOWN_GRACE_S = 2.0
+
+
+@dataclass
+class Running:
+    """An attempt held by this worker, with its verified payload; ``started`` once it heads a slot."""
+
+    claimed: Claimed
+    spec: Spec
+    args: bytes = b""
+    function: bytes = b""
+    env: bytes = b""
+    started: float = field(default_factory=time.monotonic)
+    prefetched: bool = False  # claimed ahead: its start must be recorded (start.lua)
+    direct: bool = False  # the child records the outcome itself (cwredis.worker.direct)
+    repark: bool = False  # ...and gives the worker's parking its room back
+
+    @property
+    def id(self) -> str:
+        return self.claimed.id
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
+
+
+class Slot:
+    """One child process and the attempts written to it (``sent``: the running one first)."""
+
+    def __init__(self, index: int, setup: Setup) -> None:
+        self.index = index
+        self.setup = setup  # the child's first message: how to record outcomes itself
+        self.sent: deque[Running] = deque()
+        self.asked_back: set[str] = set()  # ids of jobs ahead we asked the child to give back
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pidfd: int | None = None  # readable once the child has exited
+        self.jobs: Connection | None = None  # we write jobs here
+        self.out: Connection | None = None  # we read the child's messages here
+        self.control: Connection | None = None  # we ask for jobs back here
+        self.functions: set[str] = set()
+        self.env: str | None = None
+        self.spawn()
+
+    def spawn(self) -> None:
+        """Start a fresh child in a process group of its own (so a kill takes what the job started)."""
+        job_r, job_w = os.pipe()
+        out_r, out_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cwredis.worker.child", str(job_r), str(out_w), str(ctl_r)],
+                pass_fds=(job_r, out_w, ctl_r), stdin=subprocess.DEVNULL, process_group=0)
+        finally:
+            os.close(job_r)
+            os.close(out_w)
+            os.close(ctl_r)
+        self.jobs = Connection(job_w, readable=False)
+        self.out = Connection(out_r, writable=False)
+        self.control = Connection(ctl_w, readable=False)
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self.functions = set()
+        self.env = None
+        self._send(self.setup)
+
+    @property
+    def job(self) -> Running | None:
+        """The attempt the child is running, if any."""
+        return self.sent[0] if self.sent else None
+
+    @property
+    def alive(self) -> bool:
+        return self.out is not None
+
+    def start(self, running: Running) -> None:
+        """Write ``running`` to the child; its timeout counts from when it heads the slot."""
+        self.sent.append(running)
+        running.started = time.monotonic()
+        self.resend(running)
+
+    def resend(self, running: Running) -> None:
+        """(Re)write a job, leaving out the function and environment the child already holds."""
+        fn_digest, env_digest = running.claimed.function, running.spec.env
+        direct = Direct(running.claimed.token, running.spec.client, running.repark) if running.direct else None
+        self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
+                       running.args, env_digest, None if self.env == env_digest else running.env,
+                       running.spec.forward_output, direct))
+        self.functions.add(fn_digest)
+        self.env = env_digest
+
+    def take(self, job_id: str) -> Running | None:
+        """Remove and return the sent attempt ``job_id`` (the next one then runs, from now)."""
+        for index, running in enumerate(self.sent):
+            if running.id == job_id:
+                del self.sent[index]
+                if index == 0 and self.sent:
+                    self.sent[0].started = time.monotonic()
+                return running
+        return None
+
+    def find(self, job_id: str) -> Running | None:
+        return next((r for r in self.sent if r.id == job_id), None)
+
+    def forget_cache(self) -> None:
+        """The child lacks something we thought it held: send everything next time."""
+        self.functions = set()
+        self.env = None
+
+    def _send(self, message: Setup | Run) -> None:
+        try:
+            if self.jobs is not None:
+                self.jobs.send(message)
+        except (OSError, ValueError):
+            pass  # the child died: its pidfd tells the worker's loop, which handles its jobs
+
+    def ask_back(self, job_id: str) -> None:
+        """Ask the child to give back ``job_id`` if it has not started it; it answers with Unsent."""
+        try:
+            if self.control is not None:
+                self.control.send(Unsend(job_id))
+        except (OSError, ValueError):
+            pass  # the child died: its jobs come back through the death
+
+    def kill(self) -> int | None:
+        """SIGKILL the child's process group (the job's own processes too), reap it; its exit code."""
+        code = None
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = self.proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Close the pipes and the pidfd (the process is reaped or about to be)."""
+        for conn in (self.jobs, self.out, self.control):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self.jobs = self.out = self.control = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Close the child's job pipe so it exits between jobs; kill it (and its group) if it lingers."""
+        if self.jobs is not None:
+            try:
+                self.jobs.close()
+            except OSError:
+                pass
+            self.jobs = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # also takes any process the last job left behind in the group
+
+
+@dataclass
+class Ended:
+    """A child answered a job: ``reply`` is Ok/Err to record, or Recorded (the child recorded it)."""
+
+    slot: Slot
+    running: Running
+    reply: Ok | Err | Recorded
+
+
+@dataclass
+class Died:
+    """A child died; ``running`` is the job it had started (None if idle). Jobs written ahead went to ready."""
+
+    slot: Slot
+    running: Running | None
+    exit_code: int | None
+
+
+@dataclass
+class Reported:
+    """A running job's progress report."""
+
+    running: Running
+    fraction: float
+    message: str | None
+
+
+Event = Union[Ended, Died, Reported]
+
+
+class Pool:
+    """The slots and the ``ready`` FIFO; every method that touches them runs with ``lock`` held."""
+
+    def __init__(self, size: int, setup: Setup, lock: threading.Condition) -> None:
+        self.lock = lock
+        self.slots = [Slot(i, setup) for i in range(size)]
+        self.ready: deque[Running] = deque()
+
+    # -- counts, for pacing -------------------------------------------------------
+
+    def idle_count(self) -> int:
+        return sum(1 for s in self.slots if s.job is None)
+
+    def in_children(self) -> int:
+        return sum(len(s.sent) for s in self.slots)
+
+    def held(self) -> int:
+        return len(self.ready) + self.in_children()
+
+    def running(self) -> Iterator[Running]:
+        return (job for s in self.slots if (job := s.job) is not None)
+
+    def starving(self) -> bool:
+        """A child has nothing to do and nothing waits for one."""
+        return not self.ready and any(s.job is None for s in self.slots)
+
+    def owned_ids(self) -> list[str]:
+        return [r.id for s in self.slots for r in s.sent] + [r.id for r in self.ready]
+
+    # -- what children say -----------------------------------------------------------
+
+    def read(self, slot: Slot) -> list[Event]:
+        """Everything ``slot``'s child has said since the last read; the jobs it gave back go first in line."""
+        events: list[Event] = []
+        given_back: list[Running] = []
+        while slot.out is not None:
+            try:
+                message = slot.out.recv()
+            except (EOFError, OSError):
+                events.append(self.died(slot))
+                break
+            with self.lock:
+                if isinstance(message, Progress):
+                    if (running := slot.find(message.job_id)) is not None:
+                        events.append(Reported(running, message.fraction, message.message))
+                elif isinstance(message, Unsent):
+                    slot.asked_back.discard(message.job_id)
+                    if message.given_back and (running := slot.take(message.job_id)) is not None:
+                        given_back.append(running)
+                elif isinstance(message, Resend):
+                    if (running := slot.find(message.job_id)) is not None:
+                        slot.forget_cache()
+                        slot.resend(running)
+                elif (running := slot.take(message.job_id)) is not None:
+                    events.append(Ended(slot, running, message))
+            if not slot.out.poll():
+                break
+        if given_back:
+            with self.lock:
+                self.ready.extendleft(reversed(given_back))
+        return events
+
+    def died(self, slot: Slot) -> Died:
+        """The child is gone (pidfd or pipe): reap it, kill what it left in its group, start another.
+
+        Its running job is returned (the caller ends the attempt); jobs
+        written ahead never started and go back to the front of ``ready``.
+        """
+        code = slot.kill()
+        with self.lock:  # the new child is in place before anyone can start a job on this slot again
+            head = slot.sent.popleft() if slot.sent else None
+            self.ready.extendleft(reversed(slot.sent))
+            slot.sent.clear()
+            slot.asked_back.clear()
+            slot.spawn()
+        return Died(slot, head, code)
+
+    def expired(self, now: float) -> list[Slot]:
+        """Slots whose running job is past its timeout."""
+        return [s for s in self.slots if (job := s.job) is not None and (d := job.deadline) is not None and now >= d]
+
+    def ask_back_stuck(self, stuck_before: float) -> None:
+        """Jobs written ahead wait behind one that started before ``stuck_before``: ask for them back."""
+        with self.lock:
+            for slot in self.slots:
+                if len(slot.sent) > 1 and slot.sent[0].started < stuck_before:
+                    for running in list(slot.sent)[1:]:
+                        if running.id not in slot.asked_back:
+                            slot.asked_back.add(running.id)
+                            slot.ask_back(running.id)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def take_all_sent(self) -> list[Running]:
+        """Kill every busy child now and return the jobs they held (a hard stop)."""
+        taken: list[Running] = []
+        for slot in self.slots:
+            if slot.sent:
+                slot.kill()
+                with self.lock:
+                    taken += slot.sent
+                    slot.sent.clear()
+        return taken
+
+    def shutdown(self) -> None:
+        """Stop every child: idle ones exit between jobs, busy ones are killed."""
+        for slot in self.slots:
+            if slot.job is None:
+                slot.shutdown()
+            else:
+                slot.kill()

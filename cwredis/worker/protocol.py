@@ -1,0 +1,108 @@
+"""What a worker and its job processes say to each other, as named types.
+
+A child (``python -m cwredis.worker.child``) has three pipes, framed by
+``multiprocessing.connection.Connection`` (each message one pickle)::
+
+    job pipe      worker -> child   Setup (first), then Run per job
+    control pipe  worker -> child   Unsend
+    out pipe      child -> worker   Progress, Unsent, Resend, then per job one of Ok / Err / Recorded
+
+Every message is a NamedTuple: read by name, never by index, and still a
+tuple on the wire (a pickle of a NamedTuple is its class reference and its
+fields). The field names below are the protocol; change both ends together.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+
+class Setup(NamedTuple):
+    """First message to a new child: enough to record outcomes itself (:mod:`cwredis.worker.direct`)."""
+
+    url: str
+    secret: bytes | None
+    namespace: str
+    worker_id: str
+    queues: list[str]
+
+
+class Direct(NamedTuple):
+    """Asks the child to record a job's outcome itself: the attempt's token, the client, and whether to re-park."""
+
+    token: str
+    client: str
+    repark: bool
+
+
+class Run(NamedTuple):
+    """Run one job. ``function``/``env`` are None when the worker believes the child holds them already."""
+
+    job_id: str
+    function_digest: str
+    function: bytes | None
+    args: bytes
+    env_digest: str
+    env: bytes | None
+    capture: bool
+    direct: Direct | None
+
+
+class Unsend(NamedTuple):
+    """Give ``job_id`` back if it has not started (it waits behind a long job)."""
+
+    job_id: str
+
+
+class Progress(NamedTuple):
+    """``cwredis.progress()`` inside a running job."""
+
+    job_id: str
+    fraction: float
+    message: str | None
+
+
+class Unsent(NamedTuple):
+    """Answer to Unsend: ``given_back`` is False when the job had already started (or finished)."""
+
+    job_id: str
+    given_back: bool
+
+
+class Resend(NamedTuple):
+    """The function or environment was left out of a Run, but the child does not hold it."""
+
+    job_id: str
+
+
+class Ok(NamedTuple):
+    """The job returned; ``result`` is its cloudpickle, ``output`` what it printed (captured tail)."""
+
+    job_id: str
+    result: bytes
+    output: str
+
+
+class Err(NamedTuple):
+    """The job failed: reason (exception, corrupt, ...), last error line, traceback text, output tail."""
+
+    job_id: str
+    reason: str
+    error: str
+    traceback: str
+    output: str
+
+
+class Recorded(NamedTuple):
+    """The child recorded the outcome itself: ``accepted`` False if the attempt no longer owned the job;
+    ``room`` is the worker's parking room after re-parking (0: not parked)."""
+
+    job_id: str
+    accepted: bool
+    room: int
+
+
+#: A job's end, as a child reports it.
+Reply = Union[Ok, Err]
+#: Everything a child sends.
+ChildMessage = Union[Progress, Unsent, Resend, Ok, Err, Recorded]

@@ -1,0 +1,490 @@
+"""The worker's supervisor: wiring, signals, and the main loop as named phases.
+
+One supervisor process runs up to ``--concurrency`` jobs at once, each in a
+long-lived child process. Its parts, each a module of this package:
+
+* :mod:`~cwredis.worker.pool` -- the children, the ``ready`` FIFO of claimed
+  jobs, timeouts and deaths (pidfd), as typed events;
+* :mod:`~cwredis.worker.intake` -- the fetcher thread: claims, parking and
+  the inbox of hand-offs, reconciliation;
+* :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
+* :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
+* :mod:`~cwredis.worker.link` -- every Redis call, with typed replies;
+* :mod:`~cwredis.worker.pacing` -- prefetch, write-ahead, shedding, just-in-time
+  claims and record batching, as pure functions;
+* :mod:`~cwredis.worker.stop` -- the one stop request every wait watches;
+* :mod:`~cwredis.worker.protocol` -- what the supervisor and children say.
+
+The main loop (:meth:`Worker._main_loop`) reads as its phases: stop if asked,
+wait for a child or a deadline, collect what children said, enforce
+timeouts, ask back jobs stuck behind a long one, dispatch ready jobs, record
+(outcomes, requeues and the next claim in one round trip), pass on progress.
+It never waits for Redis beyond one bounded round trip: while Redis is away
+it backs off by the clock, and goes on serving children, timeouts and signals.
+
+A job's path: queue --claim.lua--> our in-flight list and ``ready`` (or,
+while we are parked, submit.lua --> our in-flight list and inbox --BLMPOP-->
+``ready``) --> a child --complete.lua (sent by us, or by the child)--> done
+or failed. Each step is one atomic script; an id is always in a queue or our
+in-flight list, where the coordinator finds it if we die.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Sequence
+
+from .. import config
+from ..keys import DEFAULT_KEYS, Keys
+from ..scripts import Requeue
+from ..serialization import Signer
+from . import pacing
+from .direct import completion
+from .intake import Intake
+from .lease import Lease
+from .ledger import Ledger, Start
+from .link import Link, LinkDown
+from .pool import MAX_SEND_AHEAD_BYTES, Died, Ended, Pool, Reported, Running, Slot
+from .protocol import Err, Ok, Recorded, Setup
+from .stop import Step, StopRequest
+
+log = logging.getLogger("cwredis.worker")
+
+#: How long a stopping worker keeps trying to reach Redis to record what it
+#: owes and hand back its jobs; past that the coordinator recovers them when
+#: our lease expires (a job whose outcome was not recorded runs again).
+FINISH_S = 3.0
+
+
+class Worker:
+    """Claims jobs from ``queues`` and runs up to ``concurrency`` at once."""
+
+    def __init__(self, url: str, *, queues: Sequence[str] = (config.DEFAULT_QUEUE,), concurrency: int = 1,
+                 burst: bool = False, secret: bytes | None = None, keys: Keys = DEFAULT_KEYS) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.url = url
+        self.queues = list(dict.fromkeys(queues))
+        self.concurrency = concurrency
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.jobs_done = 0
+        self._keys = keys
+        self._burst = burst
+        self._signer = Signer(secret)
+        self._stop = StopRequest()
+        self._link = Link(url, keys, self._signer, self.worker_id, self.queues)
+        self._lease = Lease(self._link, self._stop, describe=self._describe, check=self._check_strays,
+                            reconnected=self.link_ok)
+        # One lock (re-entrant) guards the pool, the ledger and the intake's counters.
+        self._lock = threading.Condition()
+        self._ledger = Ledger(self._lock)
+        self._pool: Pool | None = None  # children start in run()
+        self._intake: Intake | None = None
+        self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
+        self._retry_at = 0.0  # backing off after a failed round trip until then (monotonic)
+        self._stop_asked_at: float | None = None
+        # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
+        self._progress: dict[str, Reported] = {}
+        self._progress_sent = 0.0
+
+    @property
+    def pool(self) -> Pool:
+        assert self._pool is not None, "run() starts the pool"
+        return self._pool
+
+    @property
+    def intake(self) -> Intake:
+        assert self._intake is not None, "run() starts the intake"
+        return self._intake
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped (or, in burst mode, until the queues are empty); returns the exit code."""
+        # The main loop must get the GIL back quickly when a child answers,
+        # even while the fetcher thread is busy with a claim.
+        sys.setswitchinterval(config.WORKER_SWITCH_INTERVAL_S)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._stop.on_signal())
+            signal.signal(signal.SIGINT, lambda signum, frame: self._stop.on_signal())
+        log.info("worker %s: queues %s, concurrency %d, Redis %s, signing %s", self.worker_id,
+                 ",".join(self.queues), self.concurrency, config.mask_url(self.url),
+                 "on" if self._signer.secret else "off")
+        if not self._start_up():
+            log.info("worker %s: stopped before it could reach Redis", self.worker_id)
+            self._link.close()
+            return 0
+        setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
+        self._pool = Pool(self.concurrency, setup, self._lock)
+        self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
+                              burst=self._burst)
+        threads = [threading.Thread(target=self._lease.run, name="cw-lease", daemon=True),
+                   threading.Thread(target=self._intake.run, name="cw-fetcher", daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            self._main_loop()
+        finally:
+            self._stop.advance(Step.FINISHED)
+            with self._lock:
+                self._lock.notify_all()
+            for thread in threads:
+                thread.join(timeout=config.BLOCK_TIMEOUT_S + 2)
+            self._finish()
+        log.info("worker %s: stopped after %d job(s)", self.worker_id, self.jobs_done)
+        return 0
+
+    def _start_up(self) -> bool:
+        """Load the scripts and take our lease, riding out an outage; False if asked to stop first."""
+        while not self._stop.graceful:
+            try:
+                self._link.load_scripts()
+                self._lease.renew()
+                self.link_ok()
+                return True
+            except LinkDown as down:
+                self._stop.wait(Step.GRACEFUL, self._link.failed(down))
+        return False
+
+    def _main_loop(self) -> None:
+        while True:
+            if self._stop.hard:
+                self._stop_running_jobs()
+                return
+            if self._stop.graceful and self._stopped_serving():
+                return
+            self._wait_and_collect()
+            self._enforce_timeouts()
+            self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self._avg_job_s))
+            self.dispatch()
+            with self._lock:
+                due = self._record_due_in() <= 0
+            if due:
+                self._record()
+            if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
+                self._send_progress()
+
+    def _stopped_serving(self) -> bool:
+        """Stopping: hand back what has not started; True once nothing runs and nothing is owed."""
+        now = time.monotonic()
+        if self._stop_asked_at is None:
+            self._stop_asked_at = now
+        if self.intake.room:  # no more hand-offs; those not read yet go back
+            self.intake.room = 0
+            self.intake.needs_reconcile = True
+        with self._lock:
+            self._give_back_ready()
+            if any(s.sent for s in self.pool.slots):
+                return False
+            if not self._ledger and not self.intake.needs_reconcile:
+                return True
+        # Redis away: after FINISH_S, leave what we owe to the coordinator (see FINISH_S).
+        return self._retry_at > now and now - self._stop_asked_at > FINISH_S
+
+    # -- phase: wait, then collect what the children said -------------------------------------
+
+    def _wait_and_collect(self) -> None:
+        """Sleep until a child speaks or dies, a deadline comes, or the stop request wakes us."""
+        # A fresh poll object each time: cheaper than multiprocessing's wait(). Every child
+        # is watched, idle ones too: the fetcher may start a job on one while we sleep here.
+        poller = select.poll()
+        watched: dict[int, tuple[Slot, bool] | None] = {self._stop.wake_fd: None}
+        for slot in self.pool.slots:
+            if slot.out is not None and slot.pidfd is not None:
+                watched[slot.out.fileno()] = (slot, False)
+                watched[slot.pidfd] = (slot, True)
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        fired: dict[Slot, bool] = {}
+        for fd, _ in poller.poll(self._sleep_s() * 1000):
+            if (target := watched[fd]) is None:
+                self._stop.drain()
+            else:
+                fired[target[0]] = fired.get(target[0], False) or target[1]
+        for slot, exited in fired.items():
+            # An exited child is handled as dead even if a process it forked holds its pipe open.
+            for event in ([self.pool.died(slot)] if exited else self.pool.read(slot)):
+                self._handle(event)
+
+    def _sleep_s(self) -> float:
+        now = time.monotonic()
+        busy = [job for job in self.pool.running()]
+        deadlines = [d for job in busy if (d := job.deadline) is not None]
+        stuck_s = pacing.stuck_after_s(self._avg_job_s)
+        deadlines += [s.sent[0].started + stuck_s for s in self.pool.slots if len(s.sent) > 1 + len(s.asked_back)]
+        with self._lock:
+            deadlines.append(now + self._record_due_in())
+        deadlines += pacing.jit_wakeups((job.started for job in busy), now, self._avg_job_s)
+        return pacing.sleep_s(deadlines, now)
+
+    def _handle(self, event: Ended | Died | Reported) -> None:
+        if isinstance(event, Reported):
+            self._progress[event.running.id] = event
+        elif isinstance(event, Ended):
+            with self._lock:
+                if (head := event.slot.job) is not None:
+                    self._mark_started(head)  # the job written ahead starts now
+                else:
+                    self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
+            self._finish_attempt(event.running, event.reply)
+        elif event.running is None:
+            log.warning("worker %s: an idle child died (exit code %s); started another", self.worker_id,
+                        event.exit_code)
+        else:
+            self.jobs_done += 1
+            self._retry_or_fail(event.running, "lost",
+                                f"the process running the job died (exit code {event.exit_code})", 0)
+
+    # -- phase: timeouts ----------------------------------------------------------------------
+
+    def _enforce_timeouts(self) -> None:
+        for slot in self.pool.expired(time.monotonic()):
+            died: Died = self.pool.died(slot)  # kills the job's whole process group
+            if (running := died.running) is None:
+                continue
+            self.jobs_done += 1
+            delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
+            self._retry_or_fail(running, "timeout",
+                                f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
+
+    # -- phase: dispatch -----------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Start ready jobs on idle children, oldest first; for short jobs, write a few ahead."""
+        pool = self.pool
+        with self._lock:
+            if not self._stop.graceful:
+                self._shed_excess()
+                for slot in pool.slots:  # idle children first
+                    if pool.ready and not slot.sent and slot.alive:
+                        running = pool.ready.popleft()
+                        # Nothing else waiting: someone may be waiting on this one job. Its
+                        # child records the outcome itself, one hop fewer (worker.direct).
+                        running.direct = not pool.ready
+                        running.repark = running.direct and self.intake.queues_empty
+                        slot.start(running)
+                        self._mark_started(running)
+                ahead = pacing.ahead(self._avg_job_s)
+                for slot in pool.slots:  # then, for short jobs, a few ahead per child
+                    while (pool.ready and 0 < len(slot.sent) <= ahead and not slot.asked_back and slot.alive
+                           and len(pool.ready[0].args) <= MAX_SEND_AHEAD_BYTES):
+                        slot.start(pool.ready.popleft())
+            if self.hunger() or self._ledger.starts:
+                self._lock.notify_all()  # the fetcher may wait for work
+
+    def _mark_started(self, running: Running) -> None:
+        """A job heads its child now; if it was claimed ahead, charge its attempt (lock held)."""
+        if running.prefetched:
+            running.prefetched = False
+            self._ledger.add_start(Start(running.id, running.claimed.token))
+
+    def _shed_excess(self) -> None:
+        """Jobs turned out slow: give back what was claimed ahead beyond our capacity (lock held)."""
+        ready = self.pool.ready
+        n = pacing.excess(len(ready), self._capacity(), self.pool.in_children(), self.concurrency, self._avg_job_s)
+        # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
+        for running in [ready.pop() for _ in range(n)]:
+            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+
+    # -- pacing inputs (the Host interface of the intake) -----------------------------------------
+
+    def _capacity(self) -> int:
+        ending = 0
+        if pacing.is_slow(self._avg_job_s):
+            ending = pacing.ending_soon((j.started for j in self.pool.running()), time.monotonic(), self._avg_job_s)
+        return pacing.capacity(self.concurrency, self._avg_job_s, ending)
+
+    def hunger(self) -> int:
+        """How many more jobs to claim now (lock held)."""
+        return pacing.hunger(self._capacity(), self.pool.held(), self._stop.graceful)
+
+    def starting_now(self) -> int:
+        """Of the jobs claimed now, how many go straight to an idle child (lock held)."""
+        return pacing.starting_now(self.pool.idle_count(), len(self.pool.ready))
+
+    def link_ok(self) -> None:
+        """A round trip worked; if it ends an outage, reconcile (a claim reply may have been lost)."""
+        if self._link.succeeded() and self._intake is not None:
+            self._intake.needs_reconcile = True
+            self._stop.wake()
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _finish_attempt(self, running: Running, reply: Ok | Err | Recorded) -> None:
+        """A child's reply ends an attempt: Ok/Err to record, or Recorded by the child itself."""
+        self._avg_job_s = pacing.average(self._avg_job_s, time.monotonic() - running.started)
+        self.jobs_done += 1
+        if not isinstance(reply, Recorded):
+            self._record_later(running, reply)
+            return
+        self._progress.pop(running.id, None)
+        self._ledger.forget_start(running.id)  # complete.lua charged it
+        with self._lock:
+            if running.repark and reply.room:
+                self.intake.room = reply.room  # the child re-parked us: the fetcher waits on the inbox
+                if self._stop.graceful:
+                    self.intake.needs_reconcile = True  # re-parked as we stop: unpark
+            else:
+                self.intake.queues_empty = False  # not parked (a job was queued meanwhile?): claim
+            self._lock.notify_all()
+        if not reply.accepted:
+            log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)", running.id)
+
+    def _record_later(self, running: Running, reply: Ok | Err) -> None:
+        self._progress.pop(running.id, None)
+        self._ledger.add_outcome(completion(running.claimed.token, running.spec.client, reply, self._signer))
+
+    def fail(self, running: Running, reply: Err) -> None:
+        """End an attempt with a failure, queued for recording."""
+        self._record_later(running, reply)
+
+    def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
+        """An attempt was cut short: try again if attempts remain, else fail with ``reason``."""
+        claimed, spec = running.claimed, running.spec
+        if claimed.attempts < spec.max_attempts:
+            log.warning("job %s: %s (attempt %d of %d); will retry", claimed.id, explanation,
+                        claimed.attempts, spec.max_attempts)
+            self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000)))
+        else:
+            error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
+            log.warning("job %s: %s", claimed.id, error)
+            self.fail(running, Err(claimed.id, reason, error, error, ""))
+
+    def _send_progress(self) -> None:
+        """Pass the latest progress of running jobs to their clients (best effort: never retried)."""
+        reports, self._progress = self._progress, {}
+        self._progress_sent = time.monotonic()
+        try:
+            self._link.send_progress([(r.running.id, r.running.claimed.token, r.running.spec.client, r.fraction,
+                                       r.message) for r in reports.values()])
+        except LinkDown as down:
+            log.debug("progress reports dropped: %s", down)
+
+    # -- phase: record: one round trip for outcomes, requeues, starts and the next claim ----------
+
+    def _record_due_in(self) -> float:
+        """Seconds until the next round trip is worth making; 0: now (lock held). See pacing.record_due_in."""
+        now = time.monotonic()
+        if self._retry_at > now:
+            return self._retry_at - now  # backing off after a failure
+        intake = self.intake
+        return pacing.record_due_in(
+            now=now, must_send=intake.needs_reconcile or bool(self._ledger.requeues),
+            hunger_jobs=0 if intake.queues_empty else self.hunger(), capacity_jobs=self._capacity(),
+            starving=self.pool.starving(), ready=len(self.pool.ready), concurrency=self.concurrency,
+            outcomes=self._ledger.outcomes, starts=self._ledger.starts, first_unsent=self._ledger.first_unsent)
+
+    def _record(self, *, claim: bool = True) -> bool:
+        """One round trip: record outcomes and requeues, and claim what the children can take.
+
+        Never waits for the fetcher: if it holds the claim lock (claiming, or
+        loading records), this round trip records without claiming. Returns
+        False if Redis could not be reached (everything owed stays owed).
+        """
+        intake = self.intake
+        if intake.needs_reconcile and not intake.reconcile(self._owned_ids):
+            self._retry_at = time.monotonic() + config.RECONNECT_MIN_S
+            return False
+        claiming = claim and intake.claim_lock.acquire(blocking=False)
+        try:
+            with self._lock:
+                want = self.hunger() if claiming else 0
+                start_count = self.starting_now()
+                batch = self._ledger.take()
+            if not batch and not want:
+                self._ledger.sent()
+                return True
+            lease_ms = self._lease.lease_ms
+            try:
+                if want:  # the claim renews our lease
+                    recording = self._lease.renewing(lambda: self._link.record(
+                        batch, lease_ms=lease_ms, claim_count=want, start_count=start_count))
+                else:
+                    recording = self._link.record(batch, lease_ms=lease_ms, claim_count=0, start_count=0)
+            except LinkDown as down:
+                self._ledger.restore(batch)  # start, complete and requeue are fenced: sending again is safe
+                intake.needs_reconcile = intake.needs_reconcile or bool(want)  # a lost claim reply: undo it
+                self._retry_at = time.monotonic() + self._link.failed(down)
+                return False
+            self._retry_at = 0.0
+            self._ledger.sent()
+            if recording.claim is not None:
+                try:
+                    intake.accept_claimed(recording.claim, want, start_count)
+                except LinkDown as down:  # its records could not be loaded: give the jobs back
+                    intake.needs_reconcile = True
+                    self._retry_at = time.monotonic() + self._link.failed(down)
+        finally:
+            if claiming:
+                intake.claim_lock.release()
+        self.link_ok()
+        for outcome, accepted in zip(batch.outcomes, recording.outcomes):
+            if not accepted:
+                log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)",
+                            outcome.id)
+        return True
+
+    def _owned_ids(self) -> list[str]:
+        with self._lock:
+            ids = self.pool.owned_ids()
+        return ids + self._ledger.owned_ids()
+
+    def _check_strays(self) -> None:
+        """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back."""
+        if self._intake is not None and self._intake.has_strays(self._owned_ids):
+            self._intake.needs_reconcile = True
+            self._stop.wake()
+
+    def _describe(self) -> dict[str, str]:
+        """What the heartbeat publishes about us (cw-admin shows it)."""
+        with self._lock:
+            running = [job.id for job in self.pool.running()] if self._pool is not None else []
+        return {"queues": ",".join(self.queues), "concurrency": str(self.concurrency), "running": ",".join(running)}
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def _give_back_ready(self) -> None:
+        """Stopping: claimed jobs that did not start go back unrun, attempt refunded (lock held)."""
+        ready = self.pool.ready
+        while ready:
+            running = ready.pop()
+            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+
+    def _stop_running_jobs(self) -> None:
+        """Second signal: kill the children now and give their jobs back without using an attempt."""
+        with self._lock:
+            self._give_back_ready()
+        stopped = self.pool.take_all_sent()
+        for running in stopped:
+            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+        if stopped:
+            log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
+                        len(stopped))
+
+    def _finish(self) -> None:
+        """Stop the children; record what is owed, hand back the rest and unregister, for up to FINISH_S."""
+        self.pool.shutdown()
+        deadline = time.monotonic() + FINISH_S
+        while time.monotonic() < deadline:
+            if (self._ledger or self.intake.needs_reconcile) and not self._record(claim=False):
+                time.sleep(0.2)
+                continue
+            try:
+                with self.intake.claim_lock:
+                    self._link.release([], unregister=True)
+                break
+            except LinkDown as down:
+                self._link.failed(down)
+                time.sleep(0.2)
+        else:
+            log.warning("worker %s: cannot reach Redis to hand back its jobs; the coordinator will recover "
+                        "them when our lease expires", self.worker_id)
+        self._link.close()
