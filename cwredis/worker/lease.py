@@ -7,7 +7,7 @@ when it was *sent*: a lease runs from there, so ``renewed`` is a safe lower
 bound of when ours ends.
 
 Each renewal also runs the supervisor's ``check`` (the cheap look for jobs
-stranded in our in-flight list, see ``Supervisor._check_strays``): a claim
+stranded in our in-flight list, see ``Supervisor.check_strays``): a claim
 that reached the server after we gave up on it is found within a third of a
 lease.
 """

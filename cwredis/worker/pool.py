@@ -241,9 +241,9 @@ Event = Union[Ended, Died, Reported]
 class Pool:
     """The slots and the ``ready`` FIFO; every method that touches them runs with ``lock`` held."""
 
-    def __init__(self, size: int, setup: Setup, lock: threading.Condition) -> None:
+    def __init__(self, size: int, setup: Setup, lock: threading.Condition, *, slot: type[Slot] = Slot) -> None:
         self.lock = lock
-        self.slots = [Slot(i, setup) for i in range(size)]
+        self.slots = [slot(i, setup) for i in range(size)]
         self.ready: deque[Running] = deque()
 
     # -- counts, for pacing -------------------------------------------------------

@@ -15,7 +15,7 @@ long-lived child process. Its parts, each a module of this package:
 * :mod:`~cwredis.worker.stop` -- the one stop request every wait watches;
 * :mod:`~cwredis.worker.protocol` -- what the supervisor and children say.
 
-The main loop (:meth:`Worker._main_loop`) reads as its phases: stop if asked,
+The main loop (:meth:`Worker.step`) reads as its phases: stop if asked,
 wait for a child or a deadline, collect what children said, enforce
 timeouts, ask back jobs stuck behind a long one, dispatch ready jobs, record
 (outcomes, requeues and the next claim in one round trip), pass on progress.
@@ -68,7 +68,8 @@ class Worker:
     """Claims jobs from ``queues`` and runs up to ``concurrency`` at once."""
 
     def __init__(self, url: str, *, queues: Sequence[str] = (config.DEFAULT_QUEUE,), concurrency: int = 1,
-                 burst: bool = False, secret: bytes | None = None, keys: Keys = DEFAULT_KEYS) -> None:
+                 burst: bool = False, secret: bytes | None = None, keys: Keys = DEFAULT_KEYS,
+                 slot: type[Slot] = Slot) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.url = url
@@ -78,17 +79,20 @@ class Worker:
         self.jobs_done = 0
         self._keys = keys
         self._burst = burst
+        self._slot_class = slot  # tests drive the loop with slots that start no process
         self._signer = Signer(secret)
         self._stop = StopRequest()
         self._link = Link(url, keys, self._signer, self.worker_id, self.queues)
-        self._lease = Lease(self._link, self._stop, describe=self._describe, check=self._check_strays,
+        self._lease = Lease(self._link, self._stop, describe=self._describe, check=self.check_strays,
                             reconnected=self.link_ok)
         # One lock (re-entrant) guards the pool, the ledger and the intake's counters.
         self._lock = threading.Condition()
         self._ledger = Ledger(self._lock)
         self._pool: Pool | None = None  # children start in run()
         self._intake: Intake | None = None
-        self._avg_job_s = config.SLOW_JOB_S  # until measured, assume jobs are slow: no prefetch
+        #: Running average of job durations, measured here; pacing's main input. Until
+        #: measured, jobs are assumed slow: no prefetch.
+        self.avg_job_s = config.SLOW_JOB_S
         self._retry_at = 0.0  # backing off after a failed round trip until then (monotonic)
         self._stop_asked_at: float | None = None
         # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
@@ -118,59 +122,69 @@ class Worker:
         log.info("worker %s: queues %s, concurrency %d, Redis %s, signing %s", self.worker_id,
                  ",".join(self.queues), self.concurrency, config.mask_url(self.url),
                  "on" if self._signer.secret else "off")
-        if not self._start_up():
+        if not self.start():
             log.info("worker %s: stopped before it could reach Redis", self.worker_id)
             self._link.close()
             return 0
-        setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
-        self._pool = Pool(self.concurrency, setup, self._lock)
-        self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
-                              burst=self._burst)
         threads = [threading.Thread(target=self._lease.run, name="cw-lease", daemon=True),
-                   threading.Thread(target=self._intake.run, name="cw-fetcher", daemon=True)]
+                   threading.Thread(target=self.intake.run, name="cw-fetcher", daemon=True)]
         for thread in threads:
             thread.start()
         try:
-            self._main_loop()
+            while self.step():
+                pass
         finally:
             self._stop.advance(Step.FINISHED)
             with self._lock:
                 self._lock.notify_all()
             for thread in threads:
                 thread.join(timeout=config.BLOCK_TIMEOUT_S + 2)
-            self._finish()
+            self.finish()
         log.info("worker %s: stopped after %d job(s)", self.worker_id, self.jobs_done)
         return 0
 
-    def _start_up(self) -> bool:
-        """Load the scripts and take our lease, riding out an outage; False if asked to stop first."""
+    def start(self) -> bool:
+        """Load the scripts, take our lease (riding out an outage), start the children.
+
+        False if asked to stop before Redis could be reached. :meth:`run`
+        then starts the lease and fetcher threads and calls :meth:`step`
+        until it says to stop; a test can instead drive the loop itself,
+        one step at a time, with no threads (``step(wait=False)``).
+        """
         while not self._stop.graceful:
             try:
                 self._link.load_scripts()
                 self._lease.renew()
                 self.link_ok()
-                return True
+                break
             except LinkDown as down:
                 self._stop.wait(Step.GRACEFUL, self._link.failed(down))
-        return False
+        else:
+            return False
+        setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
+        self._pool = Pool(self.concurrency, setup, self._lock, slot=self._slot_class)
+        self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
+                              burst=self._burst)
+        return True
 
-    def _main_loop(self) -> None:
-        while True:
-            if self._stop.hard:
-                self._stop_running_jobs()
-                return
-            if self._stop.graceful and self._stopped_serving():
-                return
-            self._wait_and_collect()
-            self._enforce_timeouts()
-            self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self._avg_job_s))
-            self.dispatch()
-            with self._lock:
-                due = self._record_due_in() <= 0
-            if due:
-                self._record()
-            if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
-                self._send_progress()
+    def step(self, *, wait: bool = True) -> bool:
+        """One turn of the main loop, phase by phase; False once the worker should stop."""
+        if self._stop.hard:
+            self._stop_running_jobs()
+            return False
+        if self._stop.graceful and self._stopped_serving():
+            return False
+        self._wait_and_collect(self._sleep_s() if wait else 0.0)
+        self._enforce_timeouts()
+        self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self.avg_job_s))
+        self.dispatch()
+        with self._lock:
+            due = self._record_due_in() <= 0
+        if due:
+            self._record()
+        if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
+            self._send_progress()
+        return True
 
     def _stopped_serving(self) -> bool:
         """Stopping: hand back what has not started; True once nothing runs and nothing is owed."""
@@ -191,7 +205,7 @@ class Worker:
 
     # -- phase: wait, then collect what the children said -------------------------------------
 
-    def _wait_and_collect(self) -> None:
+    def _wait_and_collect(self, sleep_s: float) -> None:
         """Sleep until a child speaks or dies, a deadline comes, or the stop request wakes us."""
         # A fresh poll object each time: cheaper than multiprocessing's wait(). Every child
         # is watched, idle ones too: the fetcher may start a job on one while we sleep here.
@@ -204,7 +218,7 @@ class Worker:
         for fd in watched:
             poller.register(fd, select.POLLIN)
         fired: dict[Slot, bool] = {}
-        for fd, _ in poller.poll(self._sleep_s() * 1000):
+        for fd, _ in poller.poll(sleep_s * 1000):
             if (target := watched[fd]) is None:
                 self._stop.drain()
             else:
@@ -212,20 +226,21 @@ class Worker:
         for slot, exited in fired.items():
             # An exited child is handled as dead even if a process it forked holds its pipe open.
             for event in ([self.pool.died(slot)] if exited else self.pool.read(slot)):
-                self._handle(event)
+                self.handle(event)
 
     def _sleep_s(self) -> float:
         now = time.monotonic()
         busy = [job for job in self.pool.running()]
         deadlines = [d for job in busy if (d := job.deadline) is not None]
-        stuck_s = pacing.stuck_after_s(self._avg_job_s)
+        stuck_s = pacing.stuck_after_s(self.avg_job_s)
         deadlines += [s.sent[0].started + stuck_s for s in self.pool.slots if len(s.sent) > 1 + len(s.asked_back)]
         with self._lock:
             deadlines.append(now + self._record_due_in())
-        deadlines += pacing.jit_wakeups((job.started for job in busy), now, self._avg_job_s)
+        deadlines += pacing.jit_wakeups((job.started for job in busy), now, self.avg_job_s)
         return pacing.sleep_s(deadlines, now)
 
-    def _handle(self, event: Ended | Died | Reported) -> None:
+    def handle(self, event: Ended | Died | Reported) -> None:
+        """Act on what the pool saw: a job's end, a child's death, a progress report."""
         if isinstance(event, Reported):
             self._progress[event.running.id] = event
         elif isinstance(event, Ended):
@@ -272,7 +287,7 @@ class Worker:
                         running.repark = running.direct and self.intake.queues_empty
                         slot.start(running)
                         self._mark_started(running)
-                ahead = pacing.ahead(self._avg_job_s)
+                ahead = pacing.ahead(self.avg_job_s)
                 for slot in pool.slots:  # then, for short jobs, a few ahead per child
                     while (pool.ready and 0 < len(slot.sent) <= ahead and not slot.asked_back and slot.alive
                            and len(pool.ready[0].args) <= MAX_SEND_AHEAD_BYTES):
@@ -289,7 +304,7 @@ class Worker:
     def _shed_excess(self) -> None:
         """Jobs turned out slow: give back what was claimed ahead beyond our capacity (lock held)."""
         ready = self.pool.ready
-        n = pacing.excess(len(ready), self._capacity(), self.pool.in_children(), self.concurrency, self._avg_job_s)
+        n = pacing.excess(len(ready), self._capacity(), self.pool.in_children(), self.concurrency, self.avg_job_s)
         # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
         for running in [ready.pop() for _ in range(n)]:
             self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
@@ -298,9 +313,9 @@ class Worker:
 
     def _capacity(self) -> int:
         ending = 0
-        if pacing.is_slow(self._avg_job_s):
-            ending = pacing.ending_soon((j.started for j in self.pool.running()), time.monotonic(), self._avg_job_s)
-        return pacing.capacity(self.concurrency, self._avg_job_s, ending)
+        if pacing.is_slow(self.avg_job_s):
+            ending = pacing.ending_soon((j.started for j in self.pool.running()), time.monotonic(), self.avg_job_s)
+        return pacing.capacity(self.concurrency, self.avg_job_s, ending)
 
     def hunger(self) -> int:
         """How many more jobs to claim now (lock held)."""
@@ -320,7 +335,7 @@ class Worker:
 
     def _finish_attempt(self, running: Running, reply: Ok | Err | Recorded) -> None:
         """A child's reply ends an attempt: Ok/Err to record, or Recorded by the child itself."""
-        self._avg_job_s = pacing.average(self._avg_job_s, time.monotonic() - running.started)
+        self.avg_job_s = pacing.average(self.avg_job_s, time.monotonic() - running.started)
         self.jobs_done += 1
         if not isinstance(reply, Recorded):
             self._record_later(running, reply)
@@ -437,7 +452,7 @@ class Worker:
             ids = self.pool.owned_ids()
         return ids + self._ledger.owned_ids()
 
-    def _check_strays(self) -> None:
+    def check_strays(self) -> None:
         """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back."""
         if self._intake is not None and self._intake.has_strays(self._owned_ids):
             self._intake.needs_reconcile = True
@@ -469,7 +484,7 @@ class Worker:
             log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
                         len(stopped))
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         """Stop the children; record what is owed, hand back the rest and unregister, for up to FINISH_S."""
         self.pool.shutdown()
         deadline = time.monotonic() + FINISH_S
