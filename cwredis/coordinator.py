@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import os
+import redis
 
 from . import config
-from .connection import Reconnector, connect, describe, is_transient, setup_logging
+from .connection import Reconnector, connect, describe, is_server_full, is_transient, setup_logging
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -57,9 +58,21 @@ class Coordinator:
         self._scripts = Scripts(self._redis, keys)
         self._lost_body = frame_outcome("", encode_error("lost", LOST_ERROR, LOST_TRACEBACK))
 
-    def publish_settings(self) -> None:
-        """Tell workers the lease timeout (they renew every third of it)."""
-        self._redis.hset(self._keys.config, "lease_ms", str(self.lease_ms))
+    def publish_settings(self) -> bool:
+        """Tell workers the lease timeout (they renew every third of it); False if the server is full.
+
+        A plain HSET is refused while the server is over its maxmemory; the
+        sweeps must go on then (they are what drains it), so the caller tries
+        again at the next pass, and workers keep the lease timeout they have.
+        """
+        try:
+            self._redis.hset(self._keys.config, "lease_ms", str(self.lease_ms))
+        except redis.ResponseError as exc:
+            if not is_server_full(exc):
+                raise
+            log.warning("coordinator: cannot publish the lease timeout yet: %s", describe(exc))
+            return False
+        return True
 
     def sweep(self, now_ms: int | None = None) -> tuple[int, int, int]:
         """One pass: (jobs requeued, jobs failed as lost, delayed jobs promoted)."""
@@ -98,8 +111,7 @@ class Coordinator:
                     continue
             try:
                 if not published:
-                    self.publish_settings()
-                    published = True
+                    published = self.publish_settings()
                 self.sweep()
                 if reconnector.succeeded():
                     published = False  # a restarted server may have lost the setting

@@ -1,4 +1,4 @@
--- _prelude.lua: prepended to every script by scripts.py.
+-- _prelude.lua: prepended to every script by scripts.py (after its '#!lua flags' line).
 -- now_ms(arg): the caller's clock when given (tests move it), else the
 -- server's. Leases compare times taken on one clock -- the server's -- so
 -- skew between worker and coordinator hosts cannot expire a live lease.

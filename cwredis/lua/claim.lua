@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- claim.lua: take up to max_count jobs for a worker and start an attempt on
 -- each; park the worker if its queues are empty and a child would sit idle.
 -- KEYS: workers, inflight(worker), inbox(worker), parked(worker), queue_1 .. queue_n (priority order)

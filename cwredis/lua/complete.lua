@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- complete.lua: record the outcomes of a batch of attempts, each only if that
 -- attempt still owns its job (fencing), and wake the submitting clients.
 -- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)

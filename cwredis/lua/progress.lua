@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- progress.lua: store a running job's latest progress and pass it to its client.
 -- KEYS: job
 -- ARGV: token, stored_text, channel, published_message

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- promote.lua: move delayed jobs whose time has come to the front of their queue.
 -- KEYS: delayed
 -- ARGV: now_ms ('' = server time), limit, job_prefix, spec_prefix, queue_prefix, Keys.handoff() (5 names)

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- purge_failed.lua: delete failed jobs for good.
 -- KEYS: failed
 -- ARGV: job_prefix, then job ids (none: every failed job)

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- release_inflight.lua: a live worker gives back what its in-flight list holds
 -- but it is not running: on a clean exit (everything), or after a reconnect
 -- (ids whose claim reply was lost, or that a server restart brought back).

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue.lua: give back jobs a worker still owns, each fenced by its token.
 -- KEYS: inflight(worker), delayed, then per job: job, queue
 -- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), then per job:

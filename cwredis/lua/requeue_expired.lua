@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
 -- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue_failed.lua: put failed jobs back on their queues with attempts reset.
 -- KEYS: failed
 -- ARGV: job_prefix, spec_prefix, queue_prefix, Keys.handoff() (5 names),

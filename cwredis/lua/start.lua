@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- start.lua: record that jobs claimed ahead (prefetched) have started, charging each its attempt.
 -- KEYS: job_1 .. job_n
 -- ARGV: token_1 .. token_n

@@ -9,6 +9,7 @@ import time
 
 import fakeredis
 import pytest
+import redis
 
 from cwredis import job
 from cwredis.keys import Keys
@@ -375,3 +376,49 @@ def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s,
     r.pexpire(spec, 50_000)  # lost 10 s: refreshed
     submit(s, r, "c", send_records=False)
     assert r.pttl(spec) > 59_000
+
+
+# -- at the server's memory limit (a real server: fakeredis has no maxmemory) --------
+
+
+@pytest.fixture
+def full(server):
+    """A real server (Valkey >= 7: script flags) whose memory limit is already exceeded."""
+    client = server.client()
+    scripts = Scripts(client, KEYS)
+    scripts.load()
+    yield client, scripts
+    client.config_set("maxmemory", 0)
+
+
+def fill_up(r):
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)  # anything in use is over it
+
+
+def test_at_the_memory_limit_submit_is_refused_whole_and_every_other_transition_runs(full):
+    r, s = full
+    submit(s, r, "a", "b", "c")
+    fill_up(r)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        submit(s, r, "new1", "new2", send_records=False)  # records known: its first write is no deny-oom command
+    assert not r.exists(KEYS.job("new1")) and not r.exists(KEYS.job("new2"))
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"c", b"b", b"a"]  # nothing half-queued
+    # What drains the queues runs: claim, start, heartbeat, progress, complete, requeue, sweeps.
+    (a, b, c), _ = claim(s, r, n=3, start_count=1)
+    assert s.start(r, jobs=[(b.id, b.token)]) == 1
+    assert s.heartbeat(r, worker_id="w1", lease_ms=LEASE_MS, info={"host": "h"}, now_ms=T0 + 1) == 1
+    assert s.progress(r, job_id=a.id, token=a.token, client_id="c1", fraction=0.5, message=None) == 1
+    assert complete(s, r, ok(a)) == [1]
+    assert s.requeue(r, worker_id="w1", jobs=[Requeue(b.id, b.token, "default", "retry", 500)], now_ms=T0) == [1]
+    assert s.promote(r, now_ms=T0 + 500) == 1
+    assert s.park(r, worker_id="w1", queues=["idle-queue"]) == 1
+    assert expire(s, r, now=T0 + 2 * LEASE_MS) == (1, 0)  # c
+    claim(s, r, worker="w2", n=2, now=T0 + 2 * LEASE_MS)
+    assert s.release_inflight(r, worker_id="w2", queues=["default"], keep=[], unregister=True) == 2
+    (b2,), _ = claim(s, r, worker="w3", n=1, now=T0 + 2 * LEASE_MS)
+    complete(s, r, Completion(b2.id, b2.token, "c1", "err", b"{}", "exception", "E", "tb"), worker="w3")
+    assert s.requeue_failed(r, [b2.id]) == 1
+    (b3,), _ = claim(s, r, worker="w3", n=1, now=T0 + 2 * LEASE_MS)
+    complete(s, r, Completion(b3.id, b3.token, "c1", "err", b"{}", "exception", "E", "tb"), worker="w3")
+    assert s.purge_failed(r, [b3.id]) == 1
