@@ -32,7 +32,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import redis
 
@@ -168,6 +168,14 @@ class Completion:
     error: str = ""
     traceback: str = ""
     output: str = ""  # tail kept with a failed job
+
+
+class Recovered(NamedTuple):
+    """What requeue_expired.lua did with one expired worker's in-flight list."""
+
+    requeued: int  # back on their queues
+    lost: int  # failed 'lost': their workers died max_attempts times
+    dropped: int  # entries naming no job record (poison: a key of another type), removed
 
 
 @dataclass
@@ -378,9 +386,9 @@ class Scripts:
 
     def requeue_expired(self, client: Any, *, worker_id: str, forget_after_ms: int, result_ttl_ms: int,
                         lost_body: bytes, lost_error: str, lost_traceback: str, now_ms: int | None = None,
-                        ) -> tuple[int, int]:
-        """Recover one expired worker's jobs; returns (requeued, failed as lost)."""
-        requeued, lost = self._run(
+                        ) -> Recovered:
+        """Recover one expired worker's jobs."""
+        requeued, lost, dropped = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
              self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
@@ -388,7 +396,7 @@ class Scripts:
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
              self._channel_prefix, self._seq_prefix, *self._handoff],
         )
-        return int(requeued), int(lost)
+        return Recovered(int(requeued), int(lost), int(dropped))
 
     def promote(self, client: Any, *, limit: int = 1000, now_ms: int | None = None) -> int:
         """Move due delayed jobs back to their queues; returns how many."""
