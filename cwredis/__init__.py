@@ -8,6 +8,7 @@ The public API::
     RemoteError    a job failed (.jobid, .reason, .traceback)
     progress       inside a job: report how far it is (the client's progress_callback gets it)
     current_job_id inside a job: its id
+    ServerFullError a submit refused: the server is at its memory limit (a RuntimeError)
     SerializationError, CwredisError
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import CwredisError, RemoteError, SerializationError
+from .errors import CwredisError, RemoteError, SerializationError, ServerFullError
 from .jobcontext import current_job_id, progress
 
 if TYPE_CHECKING:
@@ -39,5 +40,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ClientThread", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError",
-           "current_job_id", "progress"]
+           "ServerFullError", "current_job_id", "progress"]
 __version__ = "1.0.0"

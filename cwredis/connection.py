@@ -29,7 +29,28 @@ log = logging.getLogger("cwredis")
 #: commands (blocking calls pass their own, longer one).
 SOCKET_TIMEOUT_S = 10.0
 
-_TRANSIENT_PREFIXES = ("LOADING", "OOM", "MISCONF", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")
+#: redis-py's exception classes for replies that mean "the server is away, busy or full for now".
+#: (LOADING comes as BusyLoadingError, a ConnectionError; MASTERDOWN as MasterDownError, a
+#: ClusterDownError; a refused password as AuthenticationError, also a ConnectionError: a
+#: restarted embedded server or a new allocation may bring the right one, so the long-running
+#: roles keep retrying, and check_reachable reports it at start.)
+_TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,   # connection refused/reset, LOADING, a refused password
+    redis.exceptions.TimeoutError,
+    redis.exceptions.NoScriptError,     # a restarted server lost the scripts; Scripts has reloaded them
+    redis.exceptions.OutOfMemoryError,  # OOM: at maxmemory; see is_server_full
+    redis.exceptions.ReadOnlyError,     # READONLY: a failover made our server a replica
+    redis.exceptions.TryAgainError,     # TRYAGAIN: a cluster slot is being migrated
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN (a replica lost its master)
+)
+
+#: Reply error codes redis-py 8 has no class for, which also mean "for now": BUSY (a script
+#: runs past its time limit; everything waits for it) and MISCONF (the server cannot persist
+#: and refuses writes until its disk is fixed). redis-py raises these as a bare ResponseError
+#: whose text begins with the code -- the RESP error code, the same word redis-py itself maps
+#: to a class, never the prose after it. Any other error reply (WRONGTYPE, NOPERM, a script's
+#: own error, a MOVED/ASK redirection a plain client cannot follow) is permanent.
+_TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF"})
 
 
 def connect(url: str, role: str) -> redis.Redis:
@@ -50,13 +71,46 @@ def connect(url: str, role: str) -> redis.Redis:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors that mean 'Redis is away or busy for now': retry later."""
-    # NoScriptError: a restarted server lost the scripts; Scripts.execute has reloaded them.
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)):
+    """True for errors that mean 'Redis is away, busy or full for now': retry later.
+
+    The one place errors are classified, by redis-py's exception class (see
+    _TRANSIENT_CLASSES); a server at its memory limit is transient here -- a
+    role retries until the cluster drains -- and :func:`is_server_full` tells
+    a submit to refuse the job instead.
+    """
+    if isinstance(exc, _TRANSIENT_CLASSES):
         return True
-    if isinstance(exc, redis.ResponseError):
-        return str(exc).startswith(_TRANSIENT_PREFIXES)
+    if type(exc) is redis.exceptions.ResponseError:  # a reply error redis-py has no class for
+        return _error_code(exc) in _TRANSIENT_UNCLASSED_CODES
     return False
+
+
+def is_server_full(exc: BaseException) -> bool:
+    """True if the server refused a command for being at its memory limit (maxmemory, noeviction)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError)
+
+
+def _error_code(exc: redis.exceptions.ResponseError) -> str:
+    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word)."""
+    text = str(exc.args[0]) if exc.args else ""
+    return text.split(" ", 1)[0]
+
+
+def memory_limit(pinned: Pinned) -> str:
+    """The server's memory limit and use, as INFO reports them ("maxmemory 10.00M, 10.21M used").
+
+    Best effort, for an error message: "the server's maxmemory" if INFO cannot be read.
+    """
+    try:
+        reply = pinned.execute("INFO", "memory")
+    except Exception:
+        return "the server's maxmemory"
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    limit, used = fields.get("maxmemory_human", "").strip(), fields.get("used_memory_human", "").strip()
+    if not limit or fields.get("maxmemory", "").strip() == "0":
+        return "the server's maxmemory"
+    return f"maxmemory {limit}, {used} used" if used else f"maxmemory {limit}"
 
 
 def describe(exc: BaseException) -> str:

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import os
+import redis
 
 from . import config
-from .connection import Reconnector, connect, describe, is_transient, setup_logging
+from .connection import Reconnector, connect, describe, is_server_full, is_transient, setup_logging
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -34,6 +35,8 @@ log = logging.getLogger("cwredis.coordinator")
 
 #: A worker whose lease expired this long ago (and whose jobs are recovered) is forgotten.
 FORGET_AFTER_S = 600
+#: Expired workers read per ZRANGEBYSCORE call; a sweep reads them all, page by page.
+SWEEP_PAGE = 100
 
 LOST_ERROR = "LostError: the job's worker died or stopped renewing its lease on every attempt"
 LOST_TRACEBACK = ("The worker running this job stopped renewing its lease (it was killed, lost its node, or was "
@@ -56,31 +59,77 @@ class Coordinator:
         self._redis = connect(url, "coordinator")
         self._scripts = Scripts(self._redis, keys)
         self._lost_body = frame_outcome("", encode_error("lost", LOST_ERROR, LOST_TRACEBACK))
+        self._failing: dict[str, str] = {}  # expired workers the last sweep could not recover -> error
 
-    def publish_settings(self) -> None:
-        """Tell workers the lease timeout (they renew every third of it)."""
-        self._redis.hset(self._keys.config, "lease_ms", str(self.lease_ms))
+    def publish_settings(self) -> bool:
+        """Tell workers the lease timeout (they renew every third of it); False if the server is full.
+
+        A plain HSET is refused while the server is over its maxmemory; the
+        sweeps must go on then (they are what drains it), so the caller tries
+        again at the next pass, and workers keep the lease timeout they have.
+        """
+        try:
+            self._redis.hset(self._keys.config, "lease_ms", str(self.lease_ms))
+        except redis.ResponseError as exc:
+            if not is_server_full(exc):
+                raise
+            log.warning("coordinator: cannot publish the lease timeout yet: %s", describe(exc))
+            return False
+        return True
 
     def sweep(self, now_ms: int | None = None) -> tuple[int, int, int]:
-        """One pass: (jobs requeued, jobs failed as lost, delayed jobs promoted)."""
+        """One pass: (jobs requeued, jobs failed as lost, delayed jobs promoted).
+
+        Each expired worker is recovered on its own: an error for one (a kind
+        of poison the scripts do not expect) is logged with its id and the
+        pass goes on to the next and to promote; that worker stays expired and
+        is tried again next pass. Only a transient error (Redis away) ends a
+        pass early, for :meth:`run` to ride out.
+        """
         if now_ms is None:
             seconds, micros = self._redis.time()
             now_ms = seconds * 1000 + micros // 1000
         requeued = lost = 0
-        expired: list[bytes] = self._redis.zrangebyscore(  # type: ignore[assignment]
-            self._keys.workers, "-inf", now_ms, start=0, num=100)
-        for raw in expired:
-            worker_id = raw.decode()
-            r, lo = self._scripts.requeue_expired(
-                self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,
-                result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=self._lost_body, lost_error=LOST_ERROR,
-                lost_traceback=LOST_TRACEBACK, now_ms=now_ms)
-            if r or lo:
+        failing: dict[str, str] = {}
+        for worker_id in self._expired_workers(now_ms):
+            try:
+                recovered = self._scripts.requeue_expired(
+                    self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,
+                    result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=self._lost_body, lost_error=LOST_ERROR,
+                    lost_traceback=LOST_TRACEBACK, now_ms=now_ms)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                failing[worker_id] = describe(exc)
+                if self._failing.get(worker_id) != failing[worker_id]:  # once per worker and error, not every pass
+                    log.error("cannot recover the jobs of expired worker %s (tried again every sweep): %s",
+                              worker_id, failing[worker_id])
+                continue
+            if recovered.requeued or recovered.lost:
                 log.warning("worker %s stopped renewing its lease: requeued %d job(s), failed %d as lost",
-                            worker_id, r, lo)
-            requeued, lost = requeued + r, lost + lo
+                            worker_id, recovered.requeued, recovered.lost)
+            if recovered.dropped:
+                log.warning("worker %s: dropped %d in-flight entry(ies) naming no job record (a key of another "
+                            "type)", worker_id, recovered.dropped)
+            requeued, lost = requeued + recovered.requeued, lost + recovered.lost
+        self._failing = failing
         promoted = self._scripts.promote(self._redis, now_ms=now_ms)
         return requeued, lost, promoted
+
+    def _expired_workers(self, now_ms: int) -> list[str]:
+        """Every worker whose lease ran out by ``now_ms``, oldest first, read page by page.
+
+        All of them, not a first page: workers the sweep cannot recover stay
+        expired, and must not crowd out the others. (A lease renewed between
+        two pages may shift one id past this pass; the next pass finds it.)
+        """
+        ids: list[str] = []
+        while True:
+            page: list[bytes] = self._redis.zrangebyscore(  # type: ignore[assignment]
+                self._keys.workers, "-inf", now_ms, start=len(ids), num=SWEEP_PAGE)
+            ids += [raw.decode(errors="replace") for raw in page]
+            if len(page) < SWEEP_PAGE:
+                return ids
 
     def run(self, stop: threading.Event, server: EmbeddedServer | None = None) -> None:
         reconnector = Reconnector(self.url, "coordinator", stop)
@@ -98,8 +147,7 @@ class Coordinator:
                     continue
             try:
                 if not published:
-                    self.publish_settings()
-                    published = True
+                    published = self.publish_settings()
                 self.sweep()
                 if reconnector.succeeded():
                     published = False  # a restarted server may have lost the setting

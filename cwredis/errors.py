@@ -4,6 +4,7 @@
      +-- SerializationError (also TypeError)  a function/argument cannot be pickled
      +-- RemoteError                          a job failed: .jobid .reason .traceback
      +-- ConfigError                          bad URL, unreachable server at start (CLI)
+     +-- ServerFullError (also RuntimeError)  a submit refused: the server is at its maxmemory
 
 (A completion from an attempt that no longer owns its job is not an error
 anyone sees: complete.lua refuses it and the worker logs it.)
@@ -22,6 +23,15 @@ class SerializationError(CwredisError, TypeError):
 
 class ConfigError(CwredisError):
     """A setting is unusable (bad URL, wrong password); the message is one line for the user."""
+
+
+class ServerFullError(CwredisError, RuntimeError):
+    """The server is at its memory limit (maxmemory, noeviction): a submit was refused as a whole.
+
+    None of the refused jobs was queued; the message names the limit. Workers
+    and the coordinator go on, so the cluster drains and a later submit
+    succeeds.
+    """
 
 
 class RemoteError(CwredisError):

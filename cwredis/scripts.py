@@ -8,20 +8,44 @@ In a pipeline, a script is sent as a bare EVALSHA: redis-py would otherwise
 precede every pipeline with a SCRIPT EXISTS round trip. Run such pipelines
 with :meth:`Scripts.execute`, which reloads the scripts when the server lost
 them (a restart) and re-raises, so the caller retries as after any blip.
+
+**Script flags.** Each ``lua/<name>.lua`` declares on its first line the
+flags it runs with (``--!flags allow-oom``, or ``--!flags`` for none), and
+the text sent to the server starts with the matching ``#!lua flags=...``
+line (Redis/Valkey >= 7), before the prelude. A script with that line and
+without ``allow-oom`` is refused as a whole -- nothing of it runs -- while the
+server is over its ``maxmemory``: so is submit.lua, and a submit raises
+ServerFullError with nothing half-queued. Every other transition is
+``allow-oom``: claims, lease renewals, outcomes and requeues must go on at
+the limit, or the cluster could never drain. Redis 6.2 knows no such line
+(its Lua compiler rejects it); there the scripts are loaded without it, and a
+script is refused at the limit only when its first write is a deny-oom
+command, as before flags existed: submits may then write past the limit, and
+claims and lease renewals may be refused until memory is freed (the roles
+retry them). Which form a server takes is asked once, by :meth:`Scripts.load`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import redis
-from redis.commands.core import Script
 
 from . import job
-from .connection import Batch, Pinned
+from .connection import Batch, Pinned, describe, is_transient
 from .keys import Keys
+
+log = logging.getLogger("cwredis")
+
+#: Run once by Scripts.load: a server that answers 1 takes script flags.
+_FLAGS_PROBE = "#!lua flags=no-writes\nreturn 1"
+#: How a script file declares its flags, on its first line.
+_FLAGS_DECLARATION = "--!flags"
 
 
 class ScriptRefused(Exception):
@@ -33,9 +57,33 @@ class ScriptRefused(Exception):
         self.why = why
 
 
-def _load(name: str) -> str:
+@dataclass(frozen=True)
+class _Source:
+    """One script's text in both forms (see the module docstring), and their SHA1s."""
+
+    flagged: str  # '#!lua flags=...' line, prelude, script
+    plain: str  # prelude, script: for servers without script flags
+
+    def text(self, flagged: bool) -> str:
+        return self.flagged if flagged else self.plain
+
+    def sha(self, flagged: bool) -> str:
+        return hashlib.sha1(self.text(flagged).encode()).hexdigest()
+
+
+@functools.cache
+def _source(name: str) -> _Source:
+    """``lua/<name>.lua`` with the prelude, in both forms; ValueError if it declares no flags."""
     lua = resources.files("cwredis").joinpath("lua")
-    return lua.joinpath("_prelude.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+    script = lua.joinpath(f"{name}.lua").read_text()
+    first_line = script.split("\n", 1)[0]
+    if not first_line.startswith(_FLAGS_DECLARATION):
+        raise ValueError(f"lua/{name}.lua must declare its script flags on its first line "
+                         f"({_FLAGS_DECLARATION} allow-oom, or {_FLAGS_DECLARATION} for none)")
+    flags = first_line[len(_FLAGS_DECLARATION):].split()
+    shebang = f"#!lua flags={','.join(flags)}" if flags else "#!lua"
+    plain = lua.joinpath("_prelude.lua").read_text() + script
+    return _Source(flagged=f"{shebang}\n{plain}", plain=plain)
 
 
 def _clock(now_ms: int | None) -> str:
@@ -122,6 +170,14 @@ class Completion:
     output: str = ""  # tail kept with a failed job
 
 
+class Recovered(NamedTuple):
+    """What requeue_expired.lua did with one expired worker's in-flight list."""
+
+    requeued: int  # back on their queues
+    lost: int  # failed 'lost': their workers died max_attempts times
+    dropped: int  # entries naming no job record (poison: a key of another type), removed
+
+
 @dataclass
 class Requeue:
     """One job a worker gives back: mode 'retry' (attempt counted) or 'release' (refunded)."""
@@ -144,7 +200,11 @@ class Scripts:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
         self._client = client
-        self._scripts: dict[str, Script] = {name: client.register_script(_load(name)) for name in self.NAMES}
+        self._sources = {name: _source(name) for name in self.NAMES}
+        # The flagged form's SHAs until load() asks the server (what a server >= 7
+        # runs): one that has not loaded them -- or cannot -- answers NOSCRIPT, and
+        # load() picks the form and loads it.
+        self._shas = {name: source.sha(True) for name, source in self._sources.items()}
         p = keys.prefixes()
         self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
         self._results_prefix, self._channel_prefix, self._seq_prefix = p[3], p[4], p[6]
@@ -152,22 +212,45 @@ class Scripts:
         self._idle_prefix = self._handoff[1]
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self._scripts[name]
         if isinstance(client, (redis.client.Pipeline, Batch)):
-            return client.evalsha(script.sha, len(keys), *keys, *args)
+            return client.evalsha(self._shas[name], len(keys), *keys, *args)
         # EVALSHA straight away (redis-py's Script wrapper costs a submit ~10 us);
         # a server that lost its scripts (a restart) gets them loaded again.
         call = client.execute if isinstance(client, Pinned) else client.execute_command
         try:
-            return call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return call("EVALSHA", self._shas[name], len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self._client.script_load(script.script)
-            return call("EVALSHA", script.sha, len(keys), *keys, *args)
+            self.load()
+            return call("EVALSHA", self._shas[name], len(keys), *keys, *args)
 
     def load(self) -> None:
-        """Load every script into the server (SCRIPT LOAD is idempotent)."""
-        for script in self._scripts.values():
-            self._client.script_load(script.script)
+        """Load every script into the server (SCRIPT LOAD is idempotent), in the form it takes.
+
+        The server is asked each time whether it takes script flags (see the
+        module docstring): a load follows a start or a NOSCRIPT, which may
+        mean a different server (a restart, a failover to another version).
+        """
+        flagged = self._server_takes_flags()
+        for source in self._sources.values():
+            self._client.script_load(source.text(flagged))
+        self._shas = {name: source.sha(flagged) for name, source in self._sources.items()}
+
+    def _server_takes_flags(self) -> bool:
+        """Run a flagged no-op: Redis/Valkey >= 7 answer 1; older ones (and fakeredis) fail to compile it.
+
+        Asking the server what it runs, rather than reading its version, also
+        gets Redis-compatible servers right whatever version they report.
+        """
+        try:
+            self._client.eval(_FLAGS_PROBE, 0)
+        except redis.ResponseError as exc:
+            if is_transient(exc):
+                raise
+            log.warning("the Redis server does not take script flags (%s): at its memory limit, submits are "
+                        "not refused as a whole and claims may be refused (Redis/Valkey >= 7 needed)",
+                        describe(exc))
+            return False
+        return True
 
     def execute(self, pipe: Any) -> list[Any]:
         """Execute a pipeline holding scripts; on NOSCRIPT, reload them and re-raise (a transient error)."""
@@ -303,9 +386,9 @@ class Scripts:
 
     def requeue_expired(self, client: Any, *, worker_id: str, forget_after_ms: int, result_ttl_ms: int,
                         lost_body: bytes, lost_error: str, lost_traceback: str, now_ms: int | None = None,
-                        ) -> tuple[int, int]:
-        """Recover one expired worker's jobs; returns (requeued, failed as lost)."""
-        requeued, lost = self._run(
+                        ) -> Recovered:
+        """Recover one expired worker's jobs."""
+        requeued, lost, dropped = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
              self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
@@ -313,7 +396,7 @@ class Scripts:
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
              self._channel_prefix, self._seq_prefix, *self._handoff],
         )
-        return int(requeued), int(lost)
+        return Recovered(int(requeued), int(lost), int(dropped))
 
     def promote(self, client: Any, *, limit: int = 1000, now_ms: int | None = None) -> int:
         """Move due delayed jobs back to their queues; returns how many."""

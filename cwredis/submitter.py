@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from . import config, job
-from .connection import Pinned, Reconnector, describe
-from .errors import CwredisError
+from .connection import Pinned, Reconnector, describe, is_server_full, memory_limit
+from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
 from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dumps_call, dumps_function, function_name
@@ -110,10 +110,15 @@ class Submitter:
             try:
                 self._reconnector.call(lambda: self._submit_batch(
                     spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch),
-                    retry_if=lambda exc: not str(exc).startswith("OOM"))
+                    retry_if=lambda exc: not is_server_full(exc))
             except redis.ResponseError as exc:
-                raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued; "
-                                   "free memory on the server or raise its maxmemory") from None
+                if is_server_full(exc):  # submit.lua is refused as a whole: nothing of this batch was written
+                    queued = f" ({start} earlier job(s) of this call were queued)" if start else ""
+                    raise ServerFullError(
+                        f"the Redis server is at its memory limit ({memory_limit(self._pinned)}): "
+                        f"{len(jobs) - start} job(s) not queued{queued}; wait for the workers to drain "
+                        "the queues, or raise the server's maxmemory") from None
+                raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued") from None
 
     def _submit_batch(self, spec_digest: str, spec_fields: dict[str, str], fn_digest: str, fn_blob: bytes,
                       fn_name: str, env_digest: str, env_blob: bytes, batch: Sequence[tuple[str, bytes]]) -> None:

@@ -1,4 +1,4 @@
--- _prelude.lua: prepended to every script by scripts.py.
+-- _prelude.lua: prepended to every script by scripts.py (after its '#!lua flags' line).
 -- now_ms(arg): the caller's clock when given (tests move it), else the
 -- server's. Leases compare times taken on one clock -- the server's -- so
 -- skew between worker and coordinator hosts cannot expire a live lease.
@@ -6,6 +6,26 @@ local function now_ms(arg)
   if arg and arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- read_hash(key, field...): HMGET of a record's fields, or nil when the key
+-- holds something other than a hash. Poison in the keyspace (a queue entry
+-- naming a key of the wrong type, a spec overwritten with a string) must not
+-- stop a script half-way: Redis keeps the writes a script made before an
+-- error, so a claim stopped there would leave an id moved to an in-flight
+-- list and its worker told nothing, and a sweep stopped there would recover
+-- no job of that worker, ever. Scripts read every record they reach through
+-- an id with this, and treat nil as garbage: dropped, or the job failed.
+local function read_hash(key, ...)
+  local fields = redis.pcall('HMGET', key, ...)
+  if fields.err then return nil end
+  return fields
+end
+
+-- read_field(key, field): one field of a record (false if absent), or nil as read_hash.
+local function read_field(key, field)
+  local fields = read_hash(key, field)
+  return fields and fields[1]
 end
 
 -- keep_alive(key, ttl_ms): the key lives ttl_ms more, give or take a slack

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- claim.lua: take up to max_count jobs for a worker and start an attempt on
 -- each; park the worker if its queues are empty and a child would sit idle.
 -- KEYS: workers, inflight(worker), inbox(worker), parked(worker), queue_1 .. queue_n (priority order)
@@ -19,7 +20,8 @@
 -- Returns {claimed, dropped, handed, room}: claimed is a flat list of
 -- (id, token, spec, fn, args, attempts, generation) per job, attempts being
 -- the number this run has once started; dropped lists queue entries that
--- named no pending job (removed; the worker logs them); handed lists the
+-- named no pending job (removed; the worker logs them) -- an id whose key is
+-- not a hash among them, so no entry can stop the claim half-way; handed lists the
 -- inbox messages (see frame() in the prelude); room is how many jobs the
 -- worker is now parked for (0: not parked).
 local workers, inflight, inbox, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -41,9 +43,9 @@ end
 
 local function take(job_id)
   local job = job_prefix .. job_id
-  local f = redis.call('HMGET', job, 's', 'p', 'f', 'a', 'n', 'k', 'g', 'd')
-  if f[1] ~= 'pending' then
-    -- Not a job (garbage), or a stale duplicate of one already taken.
+  local f = read_hash(job, 's', 'p', 'f', 'a', 'n', 'k', 'g', 'd')
+  if not f or f[1] ~= 'pending' then
+    -- Not a job (garbage, or a key of another type), or a stale duplicate of one already taken.
     redis.call('LREM', inflight, 1, job_id)
     dropped[#dropped + 1] = job_id
     return

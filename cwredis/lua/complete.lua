@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- complete.lua: record the outcomes of a batch of attempts, each only if that
 -- attempt still owns its job (fencing), and wake the submitting clients.
 -- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)
@@ -22,7 +23,7 @@ for k = 4, #KEYS, 3 do
   local reason, err, tb, channel, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = redis.call('HMGET', job, 's', 'k', 'g', 'pf', 'n')
+  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n') or {}  -- not a hash: refused, like a lost lease
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.

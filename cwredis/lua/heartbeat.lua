@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- heartbeat.lua: renew a worker's lease and refresh its description.
 -- KEYS: workers, worker_info
 -- ARGV: worker_id, lease_ms, info_ttl_ms, now_ms ('' = server time), then info field/value pairs

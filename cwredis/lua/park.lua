@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- park.lua: a child of a parked worker recorded its job's outcome itself
 -- (see cwredis/outcomes.py): the child is free again, so submit may hand the
 -- worker one more job -- if the worker still serves from parking: only when

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- promote.lua: move delayed jobs whose time has come to the front of their queue.
 -- KEYS: delayed
 -- ARGV: now_ms ('' = server time), limit, job_prefix, spec_prefix, queue_prefix, Keys.handoff() (5 names)
@@ -13,9 +14,10 @@ local promoted, woken = 0, {}
 for _, job_id in ipairs(ids) do
   redis.call('ZREM', delayed, job_id)
   local job = job_prefix .. job_id
-  local f = redis.call('HMGET', job, 's', 'p')
-  local queue = redis.call('HGET', spec_prefix .. (f[2] or ''), 'q')
-  if f[1] == 'delayed' and queue then
+  -- A job or spec that is not a hash (poison) leaves the delayed set like one that is no longer delayed.
+  local f = read_hash(job, 's', 'p') or {}
+  local queue = f[1] == 'delayed' and read_field(spec_prefix .. (f[2] or ''), 'q')
+  if queue then
     redis.call('HSET', job, 's', 'pending')
     redis.call('RPUSH', queue_prefix .. queue, job_id)
     tally(woken, queue)

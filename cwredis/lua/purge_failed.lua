@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- purge_failed.lua: delete failed jobs for good.
 -- KEYS: failed
 -- ARGV: job_prefix, then job ids (none: every failed job)
@@ -8,7 +9,8 @@ local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids > 0 then
   for _, job_id in ipairs(ids) do
-    local state = redis.call('HGET', job_prefix .. job_id, 's')
+    local state = read_field(job_prefix .. job_id, 's')
+    if state == nil then return {-1, job_id, 'not a job record (its key holds another type)'} end
     if not state then return {-1, job_id, 'unknown job id'} end
     if state ~= 'failed' then return {-1, job_id, 'job is ' .. state .. ', not failed'} end
   end

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- release_inflight.lua: a live worker gives back what its in-flight list holds
 -- but it is not running: on a clean exit (everything), or after a reconnect
 -- (ids whose claim reply was lost, or that a server restart brought back).
@@ -25,8 +26,9 @@ for i = #ids, 1, -1 do
   local job_id = ids[i]
   if not keep[job_id] then
     local job = job_prefix .. job_id
-    local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'pf')
-    local queue = redis.call('HGET', spec_prefix .. (f[4] or ''), 'q')
+    -- An id whose job or spec is not a hash (poison) is dropped like one naming no job.
+    local f = read_hash(job, 's', 'w', 'n', 'p', 'pf')
+    local queue = f and read_field(spec_prefix .. (f[4] or ''), 'q')
     redis.call('LREM', inflight, 1, job_id)
     if queue and (f[1] == 'pending' or (f[1] == 'running' and f[2] == worker_id)) then
       if f[1] == 'running' and f[5] then  -- claimed ahead, never charged

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue.lua: give back jobs a worker still owns, each fenced by its token.
 -- KEYS: inflight(worker), delayed, then per job: job, queue
 -- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), then per job:
@@ -16,7 +17,7 @@ for k = 3, #KEYS, 2 do
   local queue_name = ARGV[a + 4]
   a = a + 5
   n = n + 1
-  local f = redis.call('HMGET', job, 's', 'k', 'n', 'pf')
+  local f = read_hash(job, 's', 'k', 'n', 'pf') or {}  -- not a hash: refused, like a lost lease
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     redis.call('HDEL', job, 'w', 'pf')

@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
 -- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
@@ -14,7 +15,13 @@
 -- the in-flight list or already requeued, never both, never neither; and two
 -- coordinators sweeping at once cannot requeue a job twice (the second finds
 -- the list empty, or the lease renewed).
--- Returns {requeued, lost}.
+-- Poison is dropped, not fatal, so one bad entry cannot stop the sweep of this
+-- worker (and the coordinator's of every other) at each pass: an id whose job
+-- key is not a hash is removed with the rest of the list; a job whose spec is
+-- missing or not a hash fails 'corrupt'; an in-flight key that is not a list
+-- is deleted.
+-- Returns {requeued, lost, dropped}: dropped counts the in-flight entries that
+-- named no job record (and a non-list in-flight key as one).
 local workers, inflight, info, failed, stats, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker_id, now = ARGV[1], now_ms(ARGV[2])
 local forget_before = now - tonumber(ARGV[3])
@@ -25,23 +32,32 @@ local ho = handoff_keys(ARGV, 14)
 
 local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
 if not deadline or deadline > now then
-  return {0, 0}  -- renewed since the caller looked: the worker is alive
+  return {0, 0, 0}  -- renewed since the caller looked: the worker is alive
 end
 local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
 -- in-flight list like the rest.
-unpark(ho, worker_id, split_commas(redis.call('HGET', info, 'queues')))
+unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
 -- Oldest first: the in-flight list read from the right.
-local ids = redis.call('LRANGE', inflight, 0, -1)
+local ids = redis.pcall('LRANGE', inflight, 0, -1)
+local dropped = 0
+if ids.err then ids, dropped = {}, 1 end
 for i = #ids, 1, -1 do
   local job_id = ids[i]
   local job = job_prefix .. job_id
-  local f = redis.call('HMGET', job, 's', 'w', 'n', 'p', 'g', 'pf')
-  local spec = redis.call('HMGET', spec_prefix .. (f[4] or ''), 'q', 'm', 'c')
-  local running = f[1] == 'running' and f[2] == worker_id
-  if (running or f[1] == 'pending') and spec[1] then
+  local f = read_hash(job, 's', 'w', 'n', 'p', 'g', 'pf', 'd')
+  local spec = f and read_hash(spec_prefix .. (f[4] or ''), 'q', 'm', 'c') or {}
+  local running = f and f[1] == 'running' and f[2] == worker_id
+  if not f then
+    dropped = dropped + 1
+  elseif (running or f[1] == 'pending') and spec[1] then
     local max_attempts = tonumber(spec[2]) or 1
-    local deaths = running and redis.call('HINCRBY', job, 'd', 1) or 0
+    -- HSET, not HINCRBY: a garbage count must not abort the sweep.
+    local deaths = 0
+    if running then
+      deaths = (tonumber(f[7]) or 0) + 1
+      redis.call('HSET', job, 'd', deaths)
+    end
     local charged = running and not f[6] and (tonumber(f[3]) or 0) >= max_attempts
     if charged or deaths >= 2 * max_attempts then
       redis.call('HSET', job, 's', 'failed', 'r', 'lost', 'x', lost_error, 'tb', lost_tb)
@@ -77,4 +93,4 @@ if deadline < forget_before then
   redis.call('ZREM', workers, worker_id)
   redis.call('DEL', info)
 end
-return {requeued, lost}
+return {requeued, lost, dropped}

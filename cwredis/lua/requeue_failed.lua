@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- requeue_failed.lua: put failed jobs back on their queues with attempts reset.
 -- KEYS: failed
 -- ARGV: job_prefix, spec_prefix, queue_prefix, Keys.handoff() (5 names),
@@ -13,22 +14,24 @@ local ho = handoff_keys(ARGV, 4)
 for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
 local named = #ids > 0
 if not named then ids = redis.call('ZRANGE', failed, 0, -1) end
-local queues = {}
+local queues, generations = {}, {}
 for i, job_id in ipairs(ids) do
-  local f = redis.call('HMGET', job_prefix .. job_id, 's', 'p')
-  local queue = f[2] and redis.call('HGET', spec_prefix .. f[2], 'q')
+  local f = read_hash(job_prefix .. job_id, 's', 'p', 'g')
+  if named and not f then return {-1, job_id, 'not a job record (its key holds another type)'} end
+  f = f or {}  -- unnamed: left out, like any entry that is not a failed job
+  local queue = f[2] and read_field(spec_prefix .. f[2], 'q')
   if named and not f[1] then return {-1, job_id, 'unknown job id'} end
   if named and f[1] ~= 'failed' then return {-1, job_id, 'job is ' .. f[1] .. ', not failed'} end
   if named and not queue then return {-1, job_id, 'job spec expired; cannot requeue'} end
   queues[i] = (f[1] == 'failed') and queue or false
+  generations[i] = (tonumber(f[3]) or 0) + 1
 end
 local n, woken = 0, {}
 for i, job_id in ipairs(ids) do
   redis.call('ZREM', failed, job_id)
   if queues[i] then
     local job = job_prefix .. job_id
-    redis.call('HSET', job, 's', 'pending', 'n', 0)
-    redis.call('HINCRBY', job, 'g', 1)
+    redis.call('HSET', job, 's', 'pending', 'n', 0, 'g', generations[i])
     redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o')
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
     tally(woken, queues[i])

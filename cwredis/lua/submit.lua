@@ -1,3 +1,4 @@
+--!flags
 -- submit.lua: make a batch of jobs durable and queue them -- or hand them to
 -- parked workers -- in one atomic step.
 -- KEYS: queue, spec, fn_blob, env_blob, job_1 .. job_n
@@ -16,6 +17,10 @@
 -- at once run uncounted). It goes into the worker's in-flight list and its
 -- inbox in the same step: if the worker dies before reading it, the
 -- coordinator's sweep of that worker requeues it (counting the attempt).
+-- No script flags (not 'allow-oom', unlike every other script): while the
+-- server is over its maxmemory it refuses this script as a whole, before any
+-- of it runs, so a submit at the limit leaves nothing half-queued (the client
+-- raises ServerFullError) and the transitions that drain the queues still run.
 local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, queue_name = tonumber(ARGV[3]), ARGV[4]
 local ho = handoff_keys(ARGV, 5)

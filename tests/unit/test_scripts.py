@@ -9,6 +9,7 @@ import time
 
 import fakeredis
 import pytest
+import redis
 
 from cwredis import job
 from cwredis.keys import Keys
@@ -236,12 +237,12 @@ def test_requeue_retry_waits_in_delayed_and_release_refunds_the_attempt(s, r):
 def test_expired_lease_requeues_then_fails_lost_after_max_attempts(s, r):
     submit(s, r, "a")
     claim(s, r)
-    assert expire(s, r, now=T0 + LEASE_MS - 1) == (0, 0)  # not expired yet
-    assert expire(s, r) == (1, 0)
-    assert expire(s, r) == (0, 0)  # a second coordinator sweeping too: nothing doubles
+    assert expire(s, r, now=T0 + LEASE_MS - 1) == (0, 0, 0)  # not expired yet
+    assert expire(s, r) == (1, 0, 0)
+    assert expire(s, r) == (0, 0, 0)  # a second coordinator sweeping too: nothing doubles
     assert state(r, "a") == "pending" and r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]
     claim(s, r, worker="w2", now=T0 + LEASE_MS + 2)  # attempt 2 of 2
-    assert expire(s, r, worker="w2", now=T0 + 2 * LEASE_MS + 3) == (0, 1)
+    assert expire(s, r, worker="w2", now=T0 + 2 * LEASE_MS + 3) == (0, 1, 0)
     assert state(r, "a") == "failed" and r.hget(KEYS.job("a"), job.REASON) == b"lost"
     assert r.lrange(KEYS.results("c1"), 0, -1) == [b'1\na\n0\nerr\n{"reason": "lost"}']
 
@@ -251,7 +252,7 @@ def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
     park(s, r, idle_children=2)
     submit(s, r, "a", "b")  # both handed to w1, which dies before reading them
     now = int(time.time() * 1000) + 2 * LEASE_MS
-    assert expire(s, r, now=now) == (2, 0)
+    assert expire(s, r, now=now) == (2, 0, 0)
     assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [] and r.llen(KEYS.inflight("w1")) == 0
     # Charged at hand-off: whether it started before the worker died cannot be told, and a
     # job that kills its worker must not run uncounted (issue 8, fault 6).
@@ -325,7 +326,7 @@ def test_jobs_claimed_ahead_are_charged_only_once_started(s, r):
     assert s.start(r, jobs=[("b", b.token)]) == 0  # a repeated round trip charges nothing twice
     assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"1"
     # The worker dies: a and b ran (charged), c never started and is not charged.
-    assert expire(s, r) == (3, 0)
+    assert expire(s, r) == (3, 0, 0)
     assert [r.hget(KEYS.job(j), job.ATTEMPTS) for j in "abc"] == [b"1", b"1", None]
 
 
@@ -378,3 +379,133 @@ def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s,
     r.pexpire(spec, 50_000)  # lost 10 s: refreshed
     submit(s, r, "c", send_records=False)
     assert r.pttl(spec) > 59_000
+
+
+# -- poison in the keyspace: a key of the wrong type stops no script half-way ------
+
+
+def poison(r, job_id="p"):
+    """Make ``job_id``'s job record a LIST (a key of the wrong type); returns the id."""
+    r.rpush(KEYS.job(job_id), "not", "a", "hash")
+    return job_id
+
+
+def test_claim_drops_an_entry_whose_job_key_is_not_a_hash_and_claims_the_next(s, r):
+    submit(s, r, "a")
+    r.rpush(KEYS.queue("default"), poison(r))  # taken first
+    claimed, dropped = claim(s, r, n=1)
+    assert dropped == ["p"] and [c.id for c in claimed] == ["a"]
+    assert r.lrange(KEYS.inflight("w1"), 0, -1) == [b"a"] and r.llen(KEYS.queue("default")) == 0
+    assert r.type(KEYS.job("p")) == b"list"  # the entry is dropped; the key is not ours to delete
+
+
+def test_expired_sweep_drops_poison_and_recovers_the_rest_of_the_list(s, r):
+    submit(s, r, "a", "b")
+    claim(s, r, n=2)
+    r.lpush(KEYS.inflight("w1"), poison(r))
+    r.hset(KEYS.job("b"), job.SPEC, "nospec")
+    r.rpush(KEYS.spec("nospec"), "x")  # b's spec is not a hash either
+    assert expire(s, r) == (1, 0, 1)
+    assert state(r, "a") == "pending" and r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]
+    assert state(r, "b") == "failed" and r.hget(KEYS.job("b"), job.REASON) == b"corrupt"
+    assert r.llen(KEYS.inflight("w1")) == 0
+
+
+def test_expired_sweep_of_an_in_flight_key_that_is_not_a_list_drops_it(s, r):
+    s.heartbeat(r, worker_id="w1", lease_ms=LEASE_MS, info={}, now_ms=T0)
+    r.set(KEYS.inflight("w1"), "garbage")
+    assert expire(s, r) == (0, 0, 1)
+    assert not r.exists(KEYS.inflight("w1"))
+
+
+def test_release_inflight_drops_poison(s, r):
+    submit(s, r, "a")
+    claim(s, r)
+    r.lpush(KEYS.inflight("w1"), poison(r))
+    assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=[], unregister=False) == 1
+    assert state(r, "a") == "pending" and r.llen(KEYS.inflight("w1")) == 0
+
+
+def test_fenced_transitions_refuse_a_job_key_that_is_not_a_hash(s, r):
+    poison(r)
+    assert complete(s, r, Completion("p", "1", "c1", "ok", b"R")) == [0]
+    assert s.requeue(r, worker_id="w1", jobs=[Requeue("p", "1", "default", "release")], now_ms=T0) == [0]
+    assert s.start(r, jobs=[("p", "1")]) == 0
+    assert s.progress(r, job_id="p", token="1", client_id="c1", fraction=0.5, message=None) == 0
+    assert r.type(KEYS.job("p")) == b"list"
+
+
+def test_start_reads_a_garbage_attempt_count_as_zero(s, r):
+    submit(s, r, "a")
+    (a,), _ = claim(s, r, n=1, start_count=0)
+    r.hset(KEYS.job("a"), job.ATTEMPTS, "x")
+    assert s.start(r, jobs=[("a", a.token)]) == 1
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
+
+
+def test_promote_skips_poison_and_promotes_the_rest(s, r):
+    submit(s, r, "a")
+    (a,), _ = claim(s, r)
+    s.requeue(r, worker_id="w1", jobs=[Requeue("a", a.token, "default", "retry", 500)], now_ms=T0)
+    r.zadd(KEYS.delayed, {poison(r): T0})
+    assert s.promote(r, now_ms=T0 + 500) == 1
+    assert state(r, "a") == "pending" and r.zcard(KEYS.delayed) == 0
+
+
+def test_admin_scripts_refuse_a_named_poisoned_id_and_skip_it_otherwise(s, r):
+    submit(s, r, "a")
+    (a,), _ = claim(s, r)
+    complete(s, r, Completion(a.id, a.token, "c1", "err", b"{}", "exception", "E", "tb"))
+    r.zadd(KEYS.failed, {poison(r): T0})
+    for verb in (s.requeue_failed, s.purge_failed):
+        with pytest.raises(ScriptRefused, match="not a job record"):
+            verb(r, ["p"])
+    assert state(r, "a") == "failed"  # nothing changed
+    assert s.requeue_failed(r) == 1  # all: a, and p left out
+    assert state(r, "a") == "pending" and r.zcard(KEYS.failed) == 0
+
+
+# -- at the server's memory limit (a real server: fakeredis has no maxmemory) --------
+
+
+@pytest.fixture
+def full(server):
+    """A real server (Valkey >= 7: script flags) whose memory limit is already exceeded."""
+    client = server.client()
+    scripts = Scripts(client, KEYS)
+    scripts.load()
+    yield client, scripts
+    client.config_set("maxmemory", 0)
+
+
+def fill_up(r):
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)  # anything in use is over it
+
+
+def test_at_the_memory_limit_submit_is_refused_whole_and_every_other_transition_runs(full):
+    r, s = full
+    submit(s, r, "a", "b", "c")
+    fill_up(r)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        submit(s, r, "new1", "new2", send_records=False)  # records known: its first write is no deny-oom command
+    assert not r.exists(KEYS.job("new1")) and not r.exists(KEYS.job("new2"))
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"c", b"b", b"a"]  # nothing half-queued
+    # What drains the queues runs: claim, start, heartbeat, progress, complete, requeue, sweeps.
+    (a, b, c), _ = claim(s, r, n=3, start_count=1)
+    assert s.start(r, jobs=[(b.id, b.token)]) == 1
+    assert s.heartbeat(r, worker_id="w1", lease_ms=LEASE_MS, info={"host": "h"}, now_ms=T0 + 1) == 1
+    assert s.progress(r, job_id=a.id, token=a.token, client_id="c1", fraction=0.5, message=None) == 1
+    assert complete(s, r, ok(a)) == [1]
+    assert s.requeue(r, worker_id="w1", jobs=[Requeue(b.id, b.token, "default", "retry", 500)], now_ms=T0) == [1]
+    assert s.promote(r, now_ms=T0 + 500) == 1
+    assert s.park(r, worker_id="w1", queues=["idle-queue"]) == 1
+    assert expire(s, r, now=T0 + 2 * LEASE_MS) == (1, 0, 0)  # c
+    claim(s, r, worker="w2", n=2, now=T0 + 2 * LEASE_MS)
+    assert s.release_inflight(r, worker_id="w2", queues=["default"], keep=[], unregister=True) == 2
+    (b2,), _ = claim(s, r, worker="w3", n=1, now=T0 + 2 * LEASE_MS)
+    complete(s, r, Completion(b2.id, b2.token, "c1", "err", b"{}", "exception", "E", "tb"), worker="w3")
+    assert s.requeue_failed(r, [b2.id]) == 1
+    (b3,), _ = claim(s, r, worker="w3", n=1, now=T0 + 2 * LEASE_MS)
+    complete(s, r, Completion(b3.id, b3.token, "c1", "err", b"{}", "exception", "E", "tb"), worker="w3")
+    assert s.purge_failed(r, [b3.id]) == 1
