@@ -3,13 +3,16 @@
 Outcomes wait durably in the client's list in Redis (``keys.results``),
 numbered by a per-client sequence. Each is also published on the client's
 channel, so a listening client runs the callback straight from the message,
-and later LTRIMs the delivered prefix of its list by count: only this client
-trims and workers only append, so numbers map to positions exactly. Pub/sub is
-only a shortcut: after any (re)subscription, or when a message says the
+and later trims the delivered head of its list: only this client trims and
+workers only append, so numbers map to positions -- and trim_results.lua
+checks each entry it removes against the header the client read, so numbers
+reused after a server lost writes never cost an undelivered outcome. Pub/sub
+is only a shortcut: after any (re)subscription, or when a message says the
 outcome was too big to publish, the thread reads the list itself (LRANGE) and
 trims what it read. An outcome seen twice (published and read, or after a
 server restart lost a trim) is recognised by its job id and generation and
-dropped, so each job gets one callback.
+dropped, so each job gets one callback. A stopping client trims what it
+delivered and, with nothing left, deletes its list and counter.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, connect, is_transient
+from .connection import Reconnector, Subscription, connect, describe, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -47,6 +50,20 @@ SAFETY_POLL_S = 2.0
 #: trip; one per outcome would run beside the next submit, on the latency path.
 TRIM_BATCH = 256
 TRIM_DELAY_S = 0.1
+
+#: An undecodable entry is recognised, when it is trimmed, by this many of its first bytes.
+UNDECODABLE_HEADER_BYTES = 64
+
+
+class OutcomeEntry(NamedTuple):
+    """An entry of a client's outcome list (or its published copy), as complete.lua writes it."""
+
+    seq: int
+    header: bytes  # b"seq\\njob_id\\ngeneration\\n": what trim_results.lua checks before removing the entry
+    job_id: str | None  # None: undecodable
+    generation: int
+    kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
+    body: bytes
 
 
 def _resolve(url: str | None, host: str | None) -> str:
@@ -108,9 +125,9 @@ class ClientThread(threading.Thread):
         self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
         self._first_error: RemoteError | None = None
         # Our outcome list holds entries numbered _trimmed+1, _trimmed+2, ...; _consumed
-        # holds the numbers delivered from pub/sub, trimmed once they form a prefix.
+        # holds the numbers (and headers) delivered from pub/sub, trimmed once they form a prefix.
         self._trimmed = 0
-        self._consumed: set[int] = set()
+        self._consumed: dict[int, bytes] = {}
         self._trim_due = 0.0  # when the delivered-but-untrimmed entries must go (0: none waiting)
 
     # -- submitting ----------------------------------------------------------
@@ -185,7 +202,11 @@ class ClientThread(threading.Thread):
             raise error
 
     def stop(self) -> None:
-        """Stop the results thread and close connections; undelivered outcomes stay in Redis."""
+        """Stop the results thread and close connections; undelivered outcomes stay in Redis.
+
+        Delivered outcomes are trimmed on the way out; a client with every
+        outcome delivered leaves no list or counter behind.
+        """
         self._stop_event.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
@@ -224,7 +245,9 @@ class ClientThread(threading.Thread):
                     self._drain()
                     last_drain = time.monotonic()
                 elif self._consumed and (len(self._consumed) >= TRIM_BATCH or time.monotonic() >= self._trim_due):
-                    self._trim_consumed()
+                    if not self._trim_consumed():
+                        self._drain()  # the list is not what we numbered: read it afresh
+                        last_drain = time.monotonic()
                 self._reconnector.succeeded()
             except Exception as exc:
                 if not is_transient(exc):
@@ -235,35 +258,43 @@ class ClientThread(threading.Thread):
                 self._reconnector.failed(exc)
         if subscription is not None:
             subscription.close()
+            self._clean_up()
 
     def _on_published(self, data: bytes) -> bool:
         """Deliver a published outcome; True if it was too big to publish and must be read from the list."""
         if data.startswith(b"P\n"):
             self._on_progress(data)
             return False
-        seq, job_id, generation, kind, body = self._parse(data)
-        if kind == b"big":
+        entry = self._parse(data)
+        if entry.kind == b"big":
             return True
-        if seq > self._trimmed:
+        if entry.seq > self._trimmed:
             if not self._consumed:
                 self._trim_due = time.monotonic() + TRIM_DELAY_S
-            self._consumed.add(seq)
-        if job_id is not None:
-            self._deliver(job_id, generation, kind, body)
+            self._consumed[entry.seq] = entry.header
+        if entry.job_id is not None:
+            self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
         return False
 
-    def _trim_consumed(self) -> None:
-        """LTRIM the head of our list that has been delivered: entries _trimmed+1 ... without a gap."""
-        count = 0
-        while self._trimmed + count + 1 in self._consumed:
-            count += 1
-        if count:
-            self._redis.ltrim(self._results_key, count, -1)
-            for seq in range(self._trimmed + 1, self._trimmed + count + 1):
-                self._consumed.discard(seq)
-            self._trimmed += count
+    def _trim_consumed(self, *, drop_if_empty: bool = False) -> bool:
+        """Trim the head of our list that has been delivered: entries _trimmed+1 ... without a gap.
+
+        False if the list did not hold what we delivered there (the server
+        lost writes and reused numbers): nothing of it was removed past the
+        first mismatch, and the caller must read the list afresh.
+        """
+        headers: list[bytes] = []
+        while (header := self._consumed.pop(self._trimmed + len(headers) + 1, None)) is not None:
+            headers.append(header)
+        in_step = True
+        if headers or drop_if_empty:
+            removed = self._scripts.trim_results(self._redis, client_id=self.client_id, headers=headers,
+                                                 drop_if_empty=drop_if_empty)
+            self._trimmed += removed
+            in_step = removed == len(headers)
         # Left with a gap (an entry not seen on pub/sub yet): look again later, not in a busy loop.
         self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
+        return in_step
 
     def _drain(self) -> None:
         """Deliver every outcome in our list and trim what was read; resynchronises the sequence count."""
@@ -272,32 +303,48 @@ class ClientThread(threading.Thread):
             pipe.get(self._seq_key)
             pipe.llen(self._results_key)
             pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            raw_seq, length, entries = pipe.execute()
+            raw_seq, length, raw_entries = pipe.execute()
+            entries = [self._parse(raw) for raw in raw_entries]
             for entry in entries:
-                _, job_id, generation, kind, body = self._parse(entry)
-                if job_id is not None:
-                    self._deliver(job_id, generation, kind, body)
+                if entry.job_id is not None:
+                    self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
+            removed = 0
             if entries:
-                self._redis.ltrim(self._results_key, len(entries), -1)
+                removed = self._scripts.trim_results(
+                    self._redis, client_id=self.client_id, headers=[entry.header for entry in entries],
+                    drop_if_empty=False)
             try:
                 last_seq = int(raw_seq or 0)
             except ValueError:
                 last_seq = 0
-            # Entries are numbered consecutively up to the counter; we trimmed the first len(entries).
-            self._trimmed = last_seq - (int(length) - len(entries))
-            self._consumed = {seq for seq in self._consumed if seq > self._trimmed}
-            self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
-            if len(entries) < config.RESULT_BATCH:
+            # Entries are numbered consecutively up to the counter; we trimmed the first `removed`.
+            self._trimmed = last_seq - (int(length) - removed)
+            if removed == len(entries) and len(entries) < config.RESULT_BATCH:
+                # Every number delivered before this drain is at most _trimmed now, unless the
+                # server lost writes since and numbers again from lower down: forget them all.
+                self._consumed.clear()
+                self._trim_due = 0.0
                 return
 
-    def _parse(self, entry: bytes) -> tuple[int, str | None, int, bytes, bytes]:
-        """An outcome entry "seq\\njob_id\\ngeneration\\nkind\\nbody"; job_id None if undecodable."""
+    def _clean_up(self) -> None:
+        """On stop: trim what was delivered; with nothing left in the list, delete it and its counter.
+
+        Best effort, once: what stays expires with its TTL.
+        """
         try:
-            raw_seq, raw_id, raw_gen, kind, body = entry.split(b"\n", 4)
-            return int(raw_seq), raw_id.decode(), int(raw_gen), kind, body
+            self._trim_consumed(drop_if_empty=True)
+        except Exception as exc:
+            log.debug("client %s: could not trim its outcomes on stop: %s", self.client_id, describe(exc))
+
+    def _parse(self, raw: bytes) -> OutcomeEntry:
+        """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
+        try:
+            raw_seq, raw_id, raw_gen, kind, body = raw.split(b"\n", 4)
+            header = raw[:len(raw_seq) + len(raw_id) + len(raw_gen) + 3]
+            return OutcomeEntry(int(raw_seq), header, raw_id.decode(), int(raw_gen), kind, body)
         except ValueError:
-            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, entry[:80])
-            return 0, None, 0, b"", b""
+            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, raw[:80])
+            return OutcomeEntry(0, raw[:UNDECODABLE_HEADER_BYTES], None, 0, b"", b"")
 
     def _on_progress(self, data: bytes) -> None:
         try:
