@@ -33,7 +33,7 @@ from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
 from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error, unframe_outcome
-from .submitter import Submitter, new_job_id
+from .submitter import Submitter, chunked, new_job_id
 
 log = logging.getLogger("cwredis.client")
 
@@ -141,23 +141,36 @@ class ClientThread(threading.Thread):
         return job_id
 
     def submit_prepared(self, prepared: tuple[bytes, str, str], sealed_args: list[bytes]) -> list[str]:
-        """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``)."""
+        """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``).
+
+        If a batch fails, the error is raised and no later batch is sent; the
+        jobs of the batches before it stay queued and their outcomes are
+        delivered as usual (the error's note says how many).
+        """
         jobs = [(new_job_id(), sealed) for sealed in sealed_args]
         self._submit(prepared, jobs)
         return [job_id for job_id, _ in jobs]
 
     def _submit(self, prepared: tuple[bytes, str, str], jobs: list[tuple[str, bytes]]) -> None:
-        with self._cond:
-            for job_id, _ in jobs:
-                self._pending[job_id] = 0
-        try:
-            self._submitter.submit(prepared, jobs)
-        except BaseException:
+        """Submit ``jobs`` batch by batch, each tracked from before it is sent (an outcome may come
+        before the submit returns); only the jobs of a batch that failed, and after it, are forgotten."""
+        queued = 0
+        for batch in chunked(jobs, config.SUBMIT_BATCH):
             with self._cond:
-                for job_id, _ in jobs:
-                    self._pending.pop(job_id, None)
-                self._cond.notify_all()
-            raise
+                for job_id, _ in batch:
+                    self._pending[job_id] = 0
+            try:
+                self._submitter.submit(prepared, batch)
+            except BaseException as exc:
+                with self._cond:
+                    for job_id, _ in batch:
+                        self._pending.pop(job_id, None)
+                    self._cond.notify_all()
+                if queued:
+                    exc.add_note(f"{queued} of {len(jobs)} jobs were queued before this error (their outcomes "
+                                 f"are delivered as usual); the other {len(jobs) - queued} were not")
+                raise
+            queued += len(batch)
 
     @property
     def submitter(self) -> Submitter:
