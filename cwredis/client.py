@@ -13,6 +13,13 @@ trims what it read. An outcome seen twice (published and read, or after a
 server restart lost a trim) is recognised by its job id and generation and
 dropped, so each job gets one callback. A stopping client trims what it
 delivered and, with nothing left, deletes its list and counter.
+
+A server restarted from older data (its last second of writes lost) may have
+lost jobs whose submit returned. The client keeps each unfinished job's
+sealed arguments (and, shared per function, its records) until the outcome
+arrives; after every reconnect, and whenever the server's ``run_id`` shows it
+restarted unseen, it drains its list, asks which of those jobs the server no
+longer holds (pipelined EXISTS) and submits them again under the same ids.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
 from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error, unframe_outcome
-from .submitter import Submitter, chunked, new_job_id
+from .submitter import SharedRecords, Submitter, chunked, new_job_id
 
 log = logging.getLogger("cwredis.client")
 
@@ -54,6 +61,10 @@ TRIM_DELAY_S = 0.1
 #: An undecodable entry is recognised, when it is trimmed, by this many of its first bytes.
 UNDECODABLE_HEADER_BYTES = 64
 
+#: After the server may have lost writes, this many outstanding jobs are
+#: checked for existence per round trip (pipelined EXISTS).
+LOSS_CHECK_BATCH = 1000
+
 
 class OutcomeEntry(NamedTuple):
     """An entry of a client's outcome list (or its published copy), as complete.lua writes it."""
@@ -64,6 +75,13 @@ class OutcomeEntry(NamedTuple):
     generation: int
     kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
     body: bytes
+
+
+class Resubmission(NamedTuple):
+    """What submitting an unfinished job again takes; kept until its outcome arrives."""
+
+    shared: SharedRecords
+    args: bytes
 
 
 def _resolve(url: str | None, host: str | None) -> str:
@@ -121,7 +139,8 @@ class ClientThread(threading.Thread):
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
         self._cond = threading.Condition()
-        self._pending: dict[str, int] = {}  # job id -> generation awaited
+        # Job id -> how to submit it again; None while its submit has not returned.
+        self._pending: dict[str, Resubmission | None] = {}
         self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
         self._first_error: RemoteError | None = None
         # Our outcome list holds entries numbered _trimmed+1, _trimmed+2, ...; _consumed
@@ -129,6 +148,12 @@ class ClientThread(threading.Thread):
         self._trimmed = 0
         self._consumed: dict[int, bytes] = {}
         self._trim_due = 0.0  # when the delivered-but-untrimmed entries must go (0: none waiting)
+        # The server may have lost writes (we lost the connection, or its run_id changed):
+        # look for jobs it no longer holds. _loss_checks counts the checks begun, so a
+        # submit that was in flight during one knows to ask for another.
+        self._loss_suspected = False
+        self._loss_checks = 0
+        self._run_id: object = None  # the server's INFO run_id at our last drain
 
     # -- submitting ----------------------------------------------------------
 
@@ -137,7 +162,7 @@ class ClientThread(threading.Thread):
         prepared = self._submitter.prepare_function(func)
         sealed = self._submitter.seal_args(func, args, kwargs)
         job_id = new_job_id()
-        self._submit(prepared, [(job_id, sealed)])
+        self._submit(self._submitter.shared_records(prepared), [(job_id, sealed)])
         return job_id
 
     def submit_prepared(self, prepared: tuple[bytes, str, str], sealed_args: list[bytes]) -> list[str]:
@@ -148,19 +173,21 @@ class ClientThread(threading.Thread):
         delivered as usual (the error's note says how many).
         """
         jobs = [(new_job_id(), sealed) for sealed in sealed_args]
-        self._submit(prepared, jobs)
+        self._submit(self._submitter.shared_records(prepared), jobs)
         return [job_id for job_id, _ in jobs]
 
-    def _submit(self, prepared: tuple[bytes, str, str], jobs: list[tuple[str, bytes]]) -> None:
+    def _submit(self, shared: SharedRecords, jobs: list[tuple[str, bytes]]) -> None:
         """Submit ``jobs`` batch by batch, each tracked from before it is sent (an outcome may come
-        before the submit returns); only the jobs of a batch that failed, and after it, are forgotten."""
+        before the submit returns) and kept for resubmission once durable; only the jobs of a batch
+        that failed, and after it, are forgotten."""
         queued = 0
         for batch in chunked(jobs, config.SUBMIT_BATCH):
             with self._cond:
                 for job_id, _ in batch:
-                    self._pending[job_id] = 0
+                    self._pending[job_id] = None
+                checks = self._loss_checks
             try:
-                self._submitter.submit(prepared, batch)
+                self._submitter.submit(shared, batch)
             except BaseException as exc:
                 with self._cond:
                     for job_id, _ in batch:
@@ -171,6 +198,12 @@ class ClientThread(threading.Thread):
                                  f"are delivered as usual); the other {len(jobs) - queued} were not")
                 raise
             queued += len(batch)
+            with self._cond:
+                for job_id, args in batch:
+                    if job_id in self._pending:  # else its outcome came already
+                        self._pending[job_id] = Resubmission(shared, args)
+                if self._loss_checks != checks:  # a check began while this batch was in flight: it missed it
+                    self._loss_suspected = True
 
     @property
     def submitter(self) -> Submitter:
@@ -261,6 +294,9 @@ class ClientThread(threading.Thread):
                     if not self._trim_consumed():
                         self._drain()  # the list is not what we numbered: read it afresh
                         last_drain = time.monotonic()
+                if self._loss_suspected:
+                    self._resubmit_lost()
+                    last_drain = time.monotonic()
                 self._reconnector.succeeded()
             except Exception as exc:
                 if not is_transient(exc):
@@ -268,6 +304,8 @@ class ClientThread(threading.Thread):
                 if subscription is not None:
                     subscription.close()
                 subscription = None
+                with self._cond:
+                    self._loss_suspected = True  # the server may have restarted from older data
                 self._reconnector.failed(exc)
         if subscription is not None:
             subscription.close()
@@ -316,7 +354,9 @@ class ClientThread(threading.Thread):
             pipe.get(self._seq_key)
             pipe.llen(self._results_key)
             pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            raw_seq, length, raw_entries = pipe.execute()
+            pipe.info("server")
+            raw_seq, length, raw_entries, server = pipe.execute()
+            self._note_run_id(server.get("run_id"))
             entries = [self._parse(raw) for raw in raw_entries]
             for entry in entries:
                 if entry.job_id is not None:
@@ -338,6 +378,45 @@ class ClientThread(threading.Thread):
                 self._consumed.clear()
                 self._trim_due = 0.0
                 return
+
+    def _note_run_id(self, run_id: object) -> None:
+        """A server that restarted without our noticing (a proxy in between) may have lost writes too."""
+        if self._run_id is not None and run_id != self._run_id:
+            with self._cond:
+                self._loss_suspected = True
+        self._run_id = run_id
+
+    def _resubmit_lost(self) -> None:
+        """Submit again every job whose submit returned but that the server no longer holds.
+
+        The list is drained first, so a job whose record is gone for another
+        reason (a done record expires long before its outcome) has been
+        delivered by then and is not run again. An outcome the server lost
+        with its job is covered too: the job runs again and is delivered once.
+        """
+        self._drain()
+        with self._cond:
+            self._loss_suspected = False
+            self._loss_checks += 1
+            durable = [(job_id, kept) for job_id, kept in self._pending.items() if kept is not None]
+        try:
+            lost: dict[SharedRecords, list[tuple[str, bytes]]] = {}
+            for chunk in chunked(durable, LOSS_CHECK_BATCH):
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id, _ in chunk:
+                    pipe.exists(self._keys.job(job_id))
+                for (job_id, kept), exists in zip(chunk, pipe.execute()):
+                    if not exists:
+                        lost.setdefault(kept.shared, []).append((job_id, kept.args))
+            for shared, jobs in lost.items():
+                self._submitter.submit(shared, jobs)  # submit.lua skips ids that exist: safe to repeat
+        except BaseException:
+            with self._cond:
+                self._loss_suspected = True
+            raise
+        if lost:
+            log.warning("client %s: the server lost %d job(s) after their submit returned (restarted from "
+                        "older data?); submitted them again", self.client_id, sum(map(len, lost.values())))
 
     def _clean_up(self) -> None:
         """On stop: trim what was delivered; with nothing left in the list, delete it and its counter.
