@@ -3,13 +3,23 @@
 Outcomes wait durably in the client's list in Redis (``keys.results``),
 numbered by a per-client sequence. Each is also published on the client's
 channel, so a listening client runs the callback straight from the message,
-and later LTRIMs the delivered prefix of its list by count: only this client
-trims and workers only append, so numbers map to positions exactly. Pub/sub is
-only a shortcut: after any (re)subscription, or when a message says the
+and later trims the delivered head of its list: only this client trims and
+workers only append, so numbers map to positions -- and trim_results.lua
+checks each entry it removes against the header the client read, so numbers
+reused after a server lost writes never cost an undelivered outcome. Pub/sub
+is only a shortcut: after any (re)subscription, or when a message says the
 outcome was too big to publish, the thread reads the list itself (LRANGE) and
 trims what it read. An outcome seen twice (published and read, or after a
 server restart lost a trim) is recognised by its job id and generation and
-dropped, so each job gets one callback.
+dropped, so each job gets one callback. A stopping client trims what it
+delivered and, with nothing left, deletes its list and counter.
+
+A server restarted from older data (its last second of writes lost) may have
+lost jobs whose submit returned. The client keeps each unfinished job's
+sealed arguments (and, shared per function, its records) until the outcome
+arrives; after every reconnect, and whenever the server's ``run_id`` shows it
+restarted unseen, it drains its list, asks which of those jobs the server no
+longer holds (pipelined EXISTS) and submits them again under the same ids.
 """
 
 from __future__ import annotations
@@ -20,17 +30,17 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, connect, is_transient
+from .connection import Reconnector, Subscription, connect, describe, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
 from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error, unframe_outcome
-from .submitter import Submitter, new_job_id
+from .submitter import SharedRecords, Submitter, chunked, new_job_id
 
 log = logging.getLogger("cwredis.client")
 
@@ -47,6 +57,31 @@ SAFETY_POLL_S = 2.0
 #: trip; one per outcome would run beside the next submit, on the latency path.
 TRIM_BATCH = 256
 TRIM_DELAY_S = 0.1
+
+#: An undecodable entry is recognised, when it is trimmed, by this many of its first bytes.
+UNDECODABLE_HEADER_BYTES = 64
+
+#: After the server may have lost writes, this many outstanding jobs are
+#: checked for existence per round trip (pipelined EXISTS).
+LOSS_CHECK_BATCH = 1000
+
+
+class OutcomeEntry(NamedTuple):
+    """An entry of a client's outcome list (or its published copy), as complete.lua writes it."""
+
+    seq: int
+    header: bytes  # b"seq\\njob_id\\ngeneration\\n": what trim_results.lua checks before removing the entry
+    job_id: str | None  # None: undecodable
+    generation: int
+    kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
+    body: bytes
+
+
+class Resubmission(NamedTuple):
+    """What submitting an unfinished job again takes; kept until its outcome arrives."""
+
+    shared: SharedRecords
+    args: bytes
 
 
 def _resolve(url: str | None, host: str | None) -> str:
@@ -104,14 +139,21 @@ class ClientThread(threading.Thread):
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
         self._cond = threading.Condition()
-        self._pending: dict[str, int] = {}  # job id -> generation awaited
+        # Job id -> how to submit it again; None while its submit has not returned.
+        self._pending: dict[str, Resubmission | None] = {}
         self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
         self._first_error: RemoteError | None = None
         # Our outcome list holds entries numbered _trimmed+1, _trimmed+2, ...; _consumed
-        # holds the numbers delivered from pub/sub, trimmed once they form a prefix.
+        # holds the numbers (and headers) delivered from pub/sub, trimmed once they form a prefix.
         self._trimmed = 0
-        self._consumed: set[int] = set()
+        self._consumed: dict[int, bytes] = {}
         self._trim_due = 0.0  # when the delivered-but-untrimmed entries must go (0: none waiting)
+        # The server may have lost writes (we lost the connection, or its run_id changed):
+        # look for jobs it no longer holds. _loss_checks counts the checks begun, so a
+        # submit that was in flight during one knows to ask for another.
+        self._loss_suspected = False
+        self._loss_checks = 0
+        self._run_id: object = None  # the server's INFO run_id at our last drain
 
     # -- submitting ----------------------------------------------------------
 
@@ -120,27 +162,48 @@ class ClientThread(threading.Thread):
         prepared = self._submitter.prepare_function(func)
         sealed = self._submitter.seal_args(func, args, kwargs)
         job_id = new_job_id()
-        self._submit(prepared, [(job_id, sealed)])
+        self._submit(self._submitter.shared_records(prepared), [(job_id, sealed)])
         return job_id
 
     def submit_prepared(self, prepared: tuple[bytes, str, str], sealed_args: list[bytes]) -> list[str]:
-        """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``)."""
+        """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``).
+
+        If a batch fails, the error is raised and no later batch is sent; the
+        jobs of the batches before it stay queued and their outcomes are
+        delivered as usual (the error's note says how many).
+        """
         jobs = [(new_job_id(), sealed) for sealed in sealed_args]
-        self._submit(prepared, jobs)
+        self._submit(self._submitter.shared_records(prepared), jobs)
         return [job_id for job_id, _ in jobs]
 
-    def _submit(self, prepared: tuple[bytes, str, str], jobs: list[tuple[str, bytes]]) -> None:
-        with self._cond:
-            for job_id, _ in jobs:
-                self._pending[job_id] = 0
-        try:
-            self._submitter.submit(prepared, jobs)
-        except BaseException:
+    def _submit(self, shared: SharedRecords, jobs: list[tuple[str, bytes]]) -> None:
+        """Submit ``jobs`` batch by batch, each tracked from before it is sent (an outcome may come
+        before the submit returns) and kept for resubmission once durable; only the jobs of a batch
+        that failed, and after it, are forgotten."""
+        queued = 0
+        for batch in chunked(jobs, config.SUBMIT_BATCH):
             with self._cond:
-                for job_id, _ in jobs:
-                    self._pending.pop(job_id, None)
-                self._cond.notify_all()
-            raise
+                for job_id, _ in batch:
+                    self._pending[job_id] = None
+                checks = self._loss_checks
+            try:
+                self._submitter.submit(shared, batch)
+            except BaseException as exc:
+                with self._cond:
+                    for job_id, _ in batch:
+                        self._pending.pop(job_id, None)
+                    self._cond.notify_all()
+                if queued:
+                    exc.add_note(f"{queued} of {len(jobs)} jobs were queued before this error (their outcomes "
+                                 f"are delivered as usual); the other {len(jobs) - queued} were not")
+                raise
+            queued += len(batch)
+            with self._cond:
+                for job_id, args in batch:
+                    if job_id in self._pending:  # else its outcome came already
+                        self._pending[job_id] = Resubmission(shared, args)
+                if self._loss_checks != checks:  # a check began while this batch was in flight: it missed it
+                    self._loss_suspected = True
 
     @property
     def submitter(self) -> Submitter:
@@ -185,7 +248,11 @@ class ClientThread(threading.Thread):
             raise error
 
     def stop(self) -> None:
-        """Stop the results thread and close connections; undelivered outcomes stay in Redis."""
+        """Stop the results thread and close connections; undelivered outcomes stay in Redis.
+
+        Delivered outcomes are trimmed on the way out; a client with every
+        outcome delivered leaves no list or counter behind.
+        """
         self._stop_event.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
@@ -224,7 +291,12 @@ class ClientThread(threading.Thread):
                     self._drain()
                     last_drain = time.monotonic()
                 elif self._consumed and (len(self._consumed) >= TRIM_BATCH or time.monotonic() >= self._trim_due):
-                    self._trim_consumed()
+                    if not self._trim_consumed():
+                        self._drain()  # the list is not what we numbered: read it afresh
+                        last_drain = time.monotonic()
+                if self._loss_suspected:
+                    self._resubmit_lost()
+                    last_drain = time.monotonic()
                 self._reconnector.succeeded()
             except Exception as exc:
                 if not is_transient(exc):
@@ -232,38 +304,48 @@ class ClientThread(threading.Thread):
                 if subscription is not None:
                     subscription.close()
                 subscription = None
+                with self._cond:
+                    self._loss_suspected = True  # the server may have restarted from older data
                 self._reconnector.failed(exc)
         if subscription is not None:
             subscription.close()
+            self._clean_up()
 
     def _on_published(self, data: bytes) -> bool:
         """Deliver a published outcome; True if it was too big to publish and must be read from the list."""
         if data.startswith(b"P\n"):
             self._on_progress(data)
             return False
-        seq, job_id, generation, kind, body = self._parse(data)
-        if kind == b"big":
+        entry = self._parse(data)
+        if entry.kind == b"big":
             return True
-        if seq > self._trimmed:
+        if entry.seq > self._trimmed:
             if not self._consumed:
                 self._trim_due = time.monotonic() + TRIM_DELAY_S
-            self._consumed.add(seq)
-        if job_id is not None:
-            self._deliver(job_id, generation, kind, body)
+            self._consumed[entry.seq] = entry.header
+        if entry.job_id is not None:
+            self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
         return False
 
-    def _trim_consumed(self) -> None:
-        """LTRIM the head of our list that has been delivered: entries _trimmed+1 ... without a gap."""
-        count = 0
-        while self._trimmed + count + 1 in self._consumed:
-            count += 1
-        if count:
-            self._redis.ltrim(self._results_key, count, -1)
-            for seq in range(self._trimmed + 1, self._trimmed + count + 1):
-                self._consumed.discard(seq)
-            self._trimmed += count
+    def _trim_consumed(self, *, drop_if_empty: bool = False) -> bool:
+        """Trim the head of our list that has been delivered: entries _trimmed+1 ... without a gap.
+
+        False if the list did not hold what we delivered there (the server
+        lost writes and reused numbers): nothing of it was removed past the
+        first mismatch, and the caller must read the list afresh.
+        """
+        headers: list[bytes] = []
+        while (header := self._consumed.pop(self._trimmed + len(headers) + 1, None)) is not None:
+            headers.append(header)
+        in_step = True
+        if headers or drop_if_empty:
+            removed = self._scripts.trim_results(self._redis, client_id=self.client_id, headers=headers,
+                                                 drop_if_empty=drop_if_empty)
+            self._trimmed += removed
+            in_step = removed == len(headers)
         # Left with a gap (an entry not seen on pub/sub yet): look again later, not in a busy loop.
         self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
+        return in_step
 
     def _drain(self) -> None:
         """Deliver every outcome in our list and trim what was read; resynchronises the sequence count."""
@@ -272,32 +354,89 @@ class ClientThread(threading.Thread):
             pipe.get(self._seq_key)
             pipe.llen(self._results_key)
             pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            raw_seq, length, entries = pipe.execute()
+            pipe.info("server")
+            raw_seq, length, raw_entries, server = pipe.execute()
+            self._note_run_id(server.get("run_id"))
+            entries = [self._parse(raw) for raw in raw_entries]
             for entry in entries:
-                _, job_id, generation, kind, body = self._parse(entry)
-                if job_id is not None:
-                    self._deliver(job_id, generation, kind, body)
+                if entry.job_id is not None:
+                    self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
+            removed = 0
             if entries:
-                self._redis.ltrim(self._results_key, len(entries), -1)
+                removed = self._scripts.trim_results(
+                    self._redis, client_id=self.client_id, headers=[entry.header for entry in entries],
+                    drop_if_empty=False)
             try:
                 last_seq = int(raw_seq or 0)
             except ValueError:
                 last_seq = 0
-            # Entries are numbered consecutively up to the counter; we trimmed the first len(entries).
-            self._trimmed = last_seq - (int(length) - len(entries))
-            self._consumed = {seq for seq in self._consumed if seq > self._trimmed}
-            self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
-            if len(entries) < config.RESULT_BATCH:
+            # Entries are numbered consecutively up to the counter; we trimmed the first `removed`.
+            self._trimmed = last_seq - (int(length) - removed)
+            if removed == len(entries) and len(entries) < config.RESULT_BATCH:
+                # Every number delivered before this drain is at most _trimmed now, unless the
+                # server lost writes since and numbers again from lower down: forget them all.
+                self._consumed.clear()
+                self._trim_due = 0.0
                 return
 
-    def _parse(self, entry: bytes) -> tuple[int, str | None, int, bytes, bytes]:
-        """An outcome entry "seq\\njob_id\\ngeneration\\nkind\\nbody"; job_id None if undecodable."""
+    def _note_run_id(self, run_id: object) -> None:
+        """A server that restarted without our noticing (a proxy in between) may have lost writes too."""
+        if self._run_id is not None and run_id != self._run_id:
+            with self._cond:
+                self._loss_suspected = True
+        self._run_id = run_id
+
+    def _resubmit_lost(self) -> None:
+        """Submit again every job whose submit returned but that the server no longer holds.
+
+        The list is drained first, so a job whose record is gone for another
+        reason (a done record expires long before its outcome) has been
+        delivered by then and is not run again. An outcome the server lost
+        with its job is covered too: the job runs again and is delivered once.
+        """
+        self._drain()
+        with self._cond:
+            self._loss_suspected = False
+            self._loss_checks += 1
+            durable = [(job_id, kept) for job_id, kept in self._pending.items() if kept is not None]
         try:
-            raw_seq, raw_id, raw_gen, kind, body = entry.split(b"\n", 4)
-            return int(raw_seq), raw_id.decode(), int(raw_gen), kind, body
+            lost: dict[SharedRecords, list[tuple[str, bytes]]] = {}
+            for chunk in chunked(durable, LOSS_CHECK_BATCH):
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id, _ in chunk:
+                    pipe.exists(self._keys.job(job_id))
+                for (job_id, kept), exists in zip(chunk, pipe.execute()):
+                    if not exists:
+                        lost.setdefault(kept.shared, []).append((job_id, kept.args))
+            for shared, jobs in lost.items():
+                self._submitter.submit(shared, jobs)  # submit.lua skips ids that exist: safe to repeat
+        except BaseException:
+            with self._cond:
+                self._loss_suspected = True
+            raise
+        if lost:
+            log.warning("client %s: the server lost %d job(s) after their submit returned (restarted from "
+                        "older data?); submitted them again", self.client_id, sum(map(len, lost.values())))
+
+    def _clean_up(self) -> None:
+        """On stop: trim what was delivered; with nothing left in the list, delete it and its counter.
+
+        Best effort, once: what stays expires with its TTL.
+        """
+        try:
+            self._trim_consumed(drop_if_empty=True)
+        except Exception as exc:
+            log.debug("client %s: could not trim its outcomes on stop: %s", self.client_id, describe(exc))
+
+    def _parse(self, raw: bytes) -> OutcomeEntry:
+        """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
+        try:
+            raw_seq, raw_id, raw_gen, kind, body = raw.split(b"\n", 4)
+            header = raw[:len(raw_seq) + len(raw_id) + len(raw_gen) + 3]
+            return OutcomeEntry(int(raw_seq), header, raw_id.decode(), int(raw_gen), kind, body)
         except ValueError:
-            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, entry[:80])
-            return 0, None, 0, b"", b""
+            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, raw[:80])
+            return OutcomeEntry(0, raw[:UNDECODABLE_HEADER_BYTES], None, 0, b"", b"")
 
     def _on_progress(self, data: bytes) -> None:
         try:

@@ -195,6 +195,7 @@ class Scripts:
     NAMES = (
         "submit", "claim", "park", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
+        "trim_results",
     )
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -290,6 +291,15 @@ class Scripts:
         for job_id, blob in jobs:
             args += [job_id, blob]
         return self._run("submit", client, keys, args)
+
+    def trim_results(self, client: Any, *, client_id: str, headers: Sequence[bytes], drop_if_empty: bool) -> int:
+        """Remove the head of a client's outcome list as far as its entries start with ``headers``; how many.
+
+        With ``drop_if_empty``, a list left empty is deleted with its sequence counter.
+        """
+        return int(self._run("trim_results", client,
+                             [self.keys.results(client_id), self.keys.result_seq(client_id)],
+                             ["1" if drop_if_empty else "0", *headers]))
 
     # -- worker side ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import secrets
 import sys
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
@@ -24,6 +25,23 @@ from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
 from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dumps_call, dumps_function, function_name
+
+
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
+class SharedRecords:
+    """What the jobs of one submit share and submit.lua stores once: the spec, function and environment.
+
+    A client keeps a reference with every unfinished job, so it can submit the
+    job again with exactly these records if the server loses it.
+    """
+
+    spec_digest: str
+    spec_fields: dict[str, str]
+    fn_digest: str
+    fn_blob: bytes
+    fn_name: str
+    env_digest: str
+    env_blob: bytes
 
 
 def new_job_id() -> str:
@@ -59,6 +77,9 @@ class Submitter:
         self._env_cache: tuple[tuple[str, tuple[str, ...]], bytes, str] | None = None  # (cwd, path), sealed, digest
         self._specs: dict[str, tuple[dict[str, str], str]] = {}  # env digest -> spec fields, spec digest
         self._by_reference: weakref.WeakKeyDictionary[Any, tuple[bytes, str, str]] = weakref.WeakKeyDictionary()
+        # One SharedRecords per distinct (spec, function) while any job holds it: a function
+        # pickled by value on every submit is then kept once, however many jobs wait.
+        self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def _env(self) -> tuple[bytes, str]:
@@ -100,11 +121,26 @@ class Submitter:
     def seal_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         return self._signer.seal(ARGS, dumps_call(fn, args, kwargs))
 
-    def submit(self, prepared: tuple[bytes, str, str], jobs: Sequence[tuple[str, bytes]]) -> None:
-        """Store ``jobs`` (id, sealed args) of one function durably, in batches, retrying through outages."""
+    def shared_records(self, prepared: tuple[bytes, str, str]) -> SharedRecords:
+        """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
         fn_blob, fn_digest, fn_name = prepared
         env_blob, env_digest = self._env()
         spec_fields, spec_digest = self._spec(env_digest)
+        with self._lock:
+            shared = self._shared.get((spec_digest, fn_digest))
+            if shared is None:
+                shared = SharedRecords(spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob)
+                self._shared[(spec_digest, fn_digest)] = shared
+        return shared
+
+    def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> None:
+        """Store ``jobs`` (id, sealed args) durably with ``shared``, in batches, retrying through outages.
+
+        Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
+        """
+        spec_digest, spec_fields = shared.spec_digest, shared.spec_fields
+        fn_digest, fn_blob, fn_name = shared.fn_digest, shared.fn_blob, shared.fn_name
+        env_digest, env_blob = shared.env_digest, shared.env_blob
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
             try:
