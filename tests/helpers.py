@@ -1,4 +1,7 @@
-"""Helpers shared by the test suite: polling, free ports, and job functions.
+"""Helpers shared by the test suite: polling, and job functions.
+
+``free_port``, ``child_pids``, ``pid_alive`` and ``admin_json`` come from the
+process harness (``tests/harness.py``) and are importable from here as before.
 
 The job functions live at module level in this importable module, so
 cloudpickle sends them by reference (``helpers.square``); the worker finds
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from typing import Callable
+
+from harness import admin_json, child_pids, free_port, pid_alive  # noqa: F401 (tests import them from here)
 
 
 def wait_for(
@@ -35,47 +39,16 @@ def wait_for(
         time.sleep(interval)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def has_failed(node) -> bool:
+    """True once the setup or call phase of a test (a pytest item) has failed.
 
-
-def child_pids(pid: int) -> list[int]:
-    """PIDs of the direct children of ``pid`` (read from /proc; empty if it is gone)."""
-    children: list[int] = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    if children:
-        return children
-    # Fallback: scan /proc for processes whose parent is pid.
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            children.append(int(entry))
-    return children
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2:].split()[0]
-    return state not in ("Z", "X")
+    Reads the reports that ``tests/conftest.py``'s makereport hook keeps on the item.
+    """
+    for phase in ("rep_setup", "rep_call"):
+        report = getattr(node, phase, None)
+        if report is not None and report.failed:
+            return True
+    return False
 
 
 def read_markers(path: str | os.PathLike[str]) -> list[str]:
@@ -234,20 +207,6 @@ class Outcomes:
 
 #: Lease timeout the system tests give their coordinators, so expiry is quick.
 TEST_LEASE_S = 2
-
-
-def admin_json(url: str, *args: str, timeout: float = 30) -> object:
-    """Run ``cw-admin --url URL ARGS --json`` and return its parsed output (exit 0 asserted)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cw_admin = Path(sys.executable).parent / "cw-admin"
-    done = subprocess.run([str(cw_admin), "--url", url, *args, "--json"],
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"cw-admin {args} exited {done.returncode}: {done.stderr.strip()}"
-    return json.loads(done.stdout)
 
 
 def start_coordinator(procs, server, keys, *extra: str, lease_s: float = TEST_LEASE_S):

@@ -13,33 +13,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Iterator
 
 import pytest
+import redis
+
+from harness import Proc, Procs, Server
+from helpers import has_failed
 
 #: Short leases keep failure detection (and so these tests) fast.
 LEASE_S = 2
 
-_HARNESS_PATH = (Path(__file__).resolve().parent.parent / "conftest.py").resolve()
-
-
-def harness(config: pytest.Config) -> ModuleType:
-    """The already-loaded tests/conftest.py (its Server and Procs classes)."""
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path and Path(path).resolve() == _HARNESS_PATH:
-            return plugin
-    raise RuntimeError("tests/conftest.py is not loaded")
-
 
 @dataclass
 class Cluster:
-    server: object
-    procs: object
+    server: Server
+    procs: Procs
     url: str
-    coordinator: object
-    worker: object
+    coordinator: Proc
+    worker: Proc
     redis: redis.Redis
 
     def check_alive(self) -> None:
@@ -58,9 +50,8 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def module_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                  module_home: Path):
-    srv = harness(request.config).Server(tmp_path_factory.mktemp("module-server"))
+def module_server(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("module-server"))
     srv.start()
     try:
         yield srv
@@ -69,9 +60,8 @@ def module_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def module_procs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 module_home: Path):
-    p = harness(request.config).Procs(tmp_path_factory.mktemp("module-logs"))
+def module_procs(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path_factory.mktemp("module-logs"))
     try:
         yield p
     finally:
@@ -92,8 +82,8 @@ def _module_logs_on_failure(request: pytest.FixtureRequest):
     """Print the module-wide processes' log tails when a test using them fails."""
     shared = request.getfixturevalue("module_procs") if "module_procs" in request.fixturenames else None
     yield
-    if shared is not None and harness(request.config)._test_failed(request):
+    if shared is not None and has_failed(request.node):
         print("\n===== module-wide processes =====\n" + shared.dump_logs())
 
 
-__all__ = ["Cluster", "LEASE_S", "harness"]
+__all__ = ["Cluster", "LEASE_S"]

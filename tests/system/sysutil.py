@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
-
-#: The installed console scripts live next to the interpreter of the venv.
-BIN_DIR = Path(sys.executable).parent
-
-#: How long one cw-admin call may take before the test calls it hung.
-ADMIN_TIMEOUT_S = 30
-
-
-def cw_admin(*args: str, env: dict[str, str] | None = None,
-             timeout: float = ADMIN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run the ``cw-admin`` console script; text output captured."""
-    child_env = dict(os.environ)
-    if env:
-        child_env.update(env)
-    return subprocess.run([str(BIN_DIR / "cw-admin"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=child_env, stdin=subprocess.DEVNULL)
+from harness import cw_admin, free_port, server_pids  # noqa: F401 (tests import them from here)
 
 
 def unique(prefix: str) -> str:
@@ -37,9 +17,7 @@ def unique(prefix: str) -> str:
 
 def closed_port() -> int:
     """A 127.0.0.1 port nothing listens on (free a moment ago)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 def port_is_open(port: int) -> bool:
@@ -55,32 +33,6 @@ def assert_one_line_user_error(stderr: str, *, secret: str | None = None) -> Non
     assert "Traceback" not in stderr, stderr
     if secret:
         assert secret not in stderr, f"password leaked on stderr: {stderr!r}"
-
-
-def server_pids(port: int) -> list[int]:
-    """PIDs of live valkey/redis servers whose command line names ``port``.
-
-    valkey-server rewrites its process title to ``valkey-server 127.0.0.1:PORT``,
-    so this finds an embedded server whoever started it.
-    """
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state = stat[stat.rfind(")") + 2:].split()[0]
-        if state in ("Z", "X"):
-            continue
-        if ("valkey" in comm or "redis" in comm) and re.search(
-                rf"(:|--port\s+){port}(\D|$)", cmdline):
-            found.append(int(entry))
-    return found
 
 
 class Outcomes:

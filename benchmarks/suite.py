@@ -1,0 +1,164 @@
+"""The measurements, parent side: what each one runs, on which stack, with what N and how often.
+
+Each method of ``Suite`` is one benchmark name of ``run.py`` and returns its
+table rows: metric -> {median, min, max, runs}, plus plain numbers such as
+``n``. The client side of each run is a role in ``throughput.py``,
+``latency.py`` or ``memory.py``. Keep N, warm-ups and the bare-loop floor
+beside each latency run as they are, so numbers compare across versions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from stack import Stack
+
+#: The benchmark names, in the order a full run takes them.
+ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
+       "bounded_client_memory"]
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per metric over the runs: median/min/max/runs for numbers, runs alone for anything else."""
+    out: dict = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs if key in r]
+        if all(isinstance(v, (int, float)) for v in vals):
+            out[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+                        "runs": vals}
+        else:
+            out[key] = {"runs": vals}
+    return out
+
+
+def derived(value: float) -> dict:
+    """A number computed from medians, shaped like a summarized metric."""
+    return {"median": value, "min": value, "max": value, "runs": [value]}
+
+
+def fmt_num(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3f}"
+    return str(v)
+
+
+def fmt_run(res: dict) -> str:
+    return ", ".join(f"{k}={fmt_num(v)}" for k, v in res.items())
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+class Suite:
+    """The benchmarks, run with ``run.py``'s options (``quick``, ``runs``, worker layouts...)."""
+
+    def __init__(self, opts) -> None:
+        self.o = opts
+        self.q = opts.quick
+        self.R = opts.runs
+        self.layout = (opts.workers, opts.concurrency)
+
+    def repeat(self, st: Stack, role: str, params: dict, timeout: float) -> list[dict]:
+        out = []
+        for i in range(self.R):
+            res = st.client(role, params, timeout)
+            log(f"{role} run {i + 1}: {fmt_run(res)}")
+            out.append(res)
+        return out
+
+    def executor_map(self, aof=False) -> dict:
+        n = 2_000 if self.q else 20_000
+        with Stack(self.o, aof=aof, workers=self.layout) as st:
+            runs = self.repeat(st, "executor_map", {"n": n, "warmup": 50}, timeout=600)
+        return dict(summarize(runs), n=n)
+
+    def client_submit(self) -> dict:
+        n = 5_000
+        with Stack(self.o, workers=self.layout) as st:
+            runs = self.repeat(st, "client_submit", {"n": n, "warmup": 50}, timeout=600)
+        return dict(summarize(runs), n=n)
+
+    def latency(self, aof=False) -> dict:
+        """Sequential submit-to-callback latency, each run next to a run of the bare loop (the floor now)."""
+        n = 1_000
+        runs = []
+        with Stack(self.o, aof=aof, workers=self.layout) as st:
+            for i in range(self.R):
+                bare = st.client("bare_latency", {"n": n, "warmup": 20}, timeout=600)
+                res = st.client("latency", {"n": n, "warmup": 20}, timeout=600)
+                res.update(bare_p50_ms=bare["p50_ms"], bare_p99_ms=bare["p99_ms"],
+                           p50_over_bare=res["p50_ms"] / bare["p50_ms"])
+                log(f"latency run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        return dict(summarize(runs), n=n)
+
+    def fanout(self) -> dict:
+        slots = self.o.fanout_workers * self.o.fanout_concurrency
+        n, secs = 400, 0.05
+        with Stack(self.o, workers=(self.o.fanout_workers, self.o.fanout_concurrency)) as st:
+            runs = self.repeat(st, "fanout", {"n": n, "seconds": secs, "slots": slots}, timeout=300)
+        return dict(summarize(runs), n=n, slots=slots)
+
+    def memory(self) -> dict:
+        n = 10_000
+        runs = []
+        for i in range(self.R):
+            with Stack(self.o, workers=None) as st:  # coordinator, no worker
+                res = st.client("memory", {"n": n}, timeout=600)
+            log(f"memory run {i + 1}: {fmt_run(res)}")
+            runs.append(res)
+        return dict(summarize(runs), n=n)
+
+    def _scale_one(self, n: int) -> dict:
+        with Stack(self.o, workers=None) as st:
+            return st.client("scale", {"n": n}, timeout=max(300, n / 50),
+                             on_event=lambda _event: st.start_workers(*self.layout))
+
+    def scale(self) -> dict:
+        big = 10_000 if self.q else 100_000
+        out: dict = {}
+        medians = {}
+        for n in (1_000, big):
+            runs = []
+            for i in range(self.R):
+                res = self._scale_one(n)
+                log(f"scale n={n} run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+            s = summarize(runs)
+            for k, v in s.items():
+                out[f"{k}@{n}"] = v
+            medians[n] = s["drain_jobs_per_s"]["median"]
+        out["drain_ratio_big/small"] = derived(medians[big] / medians[1_000])
+        return out
+
+    def aof(self) -> dict:
+        out: dict = {}
+        for k, v in self.executor_map(aof=True).items():
+            out[f"executor_map.{k}"] = v
+        for k, v in self.latency(aof=True).items():
+            out[f"latency.{k}"] = v
+        return out
+
+    def bounded_client_memory(self) -> dict:
+        sizes = (10_000, 100_000) if self.q else (100_000, 1_000_000)
+        out: dict = {}
+        peaks = {}
+        with Stack(self.o, workers=self.layout) as st:
+            for n in sizes:
+                res = st.client("bounded", {"n": n}, timeout=max(600, n / 20))
+                log(f"bounded n={n}: {fmt_run(res)}")
+                for k, v in summarize([res]).items():
+                    out[f"{k}@{n}"] = v
+                peaks[n] = res["peak_rss_mb"] - res["start_peak_mb"]
+        out["peak_growth_mb_ratio_big/small"] = derived(
+            peaks[sizes[1]] / peaks[sizes[0]] if peaks[sizes[0]] > 0 else float("nan"))
+        return out
