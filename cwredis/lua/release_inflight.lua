@@ -22,7 +22,9 @@ local released, woken = 0, {}
 unpark(ho, worker_id, split_commas(ARGV[11]))
 redis.call('DEL', inbox)
 local ids = redis.call('LRANGE', inflight, 0, -1)
-for i = #ids, 1, -1 do
+-- Newest first (claims push on the left): each RPUSH goes to the queue's taking
+-- end, so the oldest, pushed last, is taken first -- submission order holds.
+for i = 1, #ids do
   local job_id = ids[i]
   if not keep[job_id] then
     local job = job_prefix .. job_id

@@ -38,11 +38,12 @@ local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
 -- in-flight list like the rest.
 unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
--- Oldest first: the in-flight list read from the right.
 local ids = redis.pcall('LRANGE', inflight, 0, -1)
 local dropped = 0
 if ids.err then ids, dropped = {}, 1 end
-for i = #ids, 1, -1 do
+-- Newest first (claims push on the left): each RPUSH goes to the queue's taking
+-- end, so the oldest, pushed last, is taken first -- submission order holds.
+for i = 1, #ids do
   local job_id = ids[i]
   local job = job_prefix .. job_id
   local f = read_hash(job, 's', 'w', 'n', 'p', 'g', 'pf', 'd')

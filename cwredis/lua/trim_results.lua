@@ -1,3 +1,4 @@
+--!flags allow-oom
 -- trim_results.lua: drop the head of a client's outcome list that the client
 -- has read -- and never an entry it has not.
 -- KEYS[1]: results(client)      the outcome list (entries "seq\njob_id\ngeneration\nkind\nbody")

@@ -509,3 +509,13 @@ def test_at_the_memory_limit_submit_is_refused_whole_and_every_other_transition_
     (b3,), _ = claim(s, r, worker="w3", n=1, now=T0 + 2 * LEASE_MS)
     complete(s, r, Completion(b3.id, b3.token, "c1", "err", b"{}", "exception", "E", "tb"), worker="w3")
     assert s.purge_failed(r, [b3.id]) == 1
+
+
+def test_jobs_given_back_keep_their_submission_order(s, r):
+    """A dead worker's jobs and a live worker's give-back return in submission order (the oldest first)."""
+    submit(s, r, "a", "b", "c")
+    claim(s, r, n=3)
+    expire(s, r)
+    assert [c.id for c in claim(s, r, worker="w2", n=3, now=T0 + LEASE_MS + 2)[0]] == ["a", "b", "c"]
+    assert s.release_inflight(r, worker_id="w2", queues=["default"], keep=[], unregister=False) == 3
+    assert [c.id for c in claim(s, r, worker="w3", n=3, now=T0 + LEASE_MS + 3)[0]] == ["a", "b", "c"]
