@@ -9,6 +9,7 @@ long-lived child process. Its parts, each a module of this package:
   the inbox of hand-offs, reconciliation;
 * :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
 * :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
+* :mod:`~cwredis.worker.recording` -- the round trip that writes them and claims, and reconciliation;
 * :mod:`~cwredis.worker.link` -- every Redis call, with typed replies;
 * :mod:`~cwredis.worker.pacing` -- prefetch, write-ahead, shedding, just-in-time
   claims and record batching, as pure functions;
@@ -52,6 +53,7 @@ from .intake import Intake
 from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
+from .recording import Recorder
 from .pool import MAX_SEND_AHEAD_BYTES, Died, Ended, Pool, Reported, Running, Slot
 from .protocol import Err, Ok, Recorded, Setup
 from .stop import Step, StopRequest
@@ -90,10 +92,10 @@ class Worker:
         self._ledger = Ledger(self._lock)
         self._pool: Pool | None = None  # children start in run()
         self._intake: Intake | None = None
+        self._recorder: Recorder | None = None
         #: Running average of job durations, measured here; pacing's main input. Until
         #: measured, jobs are assumed slow: no prefetch.
         self.avg_job_s = config.SLOW_JOB_S
-        self._retry_at = 0.0  # backing off after a failed round trip until then (monotonic)
         self._stop_asked_at: float | None = None
         # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
         self._progress: dict[str, Reported] = {}
@@ -101,13 +103,18 @@ class Worker:
 
     @property
     def pool(self) -> Pool:
-        assert self._pool is not None, "run() starts the pool"
+        assert self._pool is not None, "start() starts the pool"
         return self._pool
 
     @property
     def intake(self) -> Intake:
-        assert self._intake is not None, "run() starts the intake"
+        assert self._intake is not None, "start() starts the intake"
         return self._intake
+
+    @property
+    def recorder(self) -> Recorder:
+        assert self._recorder is not None, "start() starts the recorder"
+        return self._recorder
 
     # -- running ---------------------------------------------------------------------
 
@@ -165,6 +172,7 @@ class Worker:
         self._pool = Pool(self.concurrency, setup, self._lock, slot=self._slot_class)
         self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
                               burst=self._burst)
+        self._recorder = Recorder(self._link, self._lease, self._ledger, self._intake, self._pool, self._stop, self)
         return True
 
     def step(self, *, wait: bool = True) -> bool:
@@ -179,9 +187,9 @@ class Worker:
         self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self.avg_job_s))
         self.dispatch()
         with self._lock:
-            due = self._record_due_in() <= 0
+            due = self.recorder.due_in() <= 0
         if due:
-            self._record()
+            self.recorder.record()
         if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
             self._send_progress()
         return True
@@ -201,7 +209,7 @@ class Worker:
             if not self._ledger and not self.intake.needs_reconcile:
                 return True
         # Redis away: after FINISH_S, leave what we owe to the coordinator (see FINISH_S).
-        return self._retry_at > now and now - self._stop_asked_at > FINISH_S
+        return self.recorder.retry_at > now and now - self._stop_asked_at > FINISH_S
 
     # -- phase: wait, then collect what the children said -------------------------------------
 
@@ -235,7 +243,7 @@ class Worker:
         stuck_s = pacing.stuck_after_s(self.avg_job_s)
         deadlines += [s.sent[0].started + stuck_s for s in self.pool.slots if len(s.sent) > 1 + len(s.asked_back)]
         with self._lock:
-            deadlines.append(now + self._record_due_in())
+            deadlines.append(now + self.recorder.due_in())
         deadlines += pacing.jit_wakeups((job.started for job in busy), now, self.avg_job_s)
         return pacing.sleep_s(deadlines, now)
 
@@ -304,14 +312,14 @@ class Worker:
     def _shed_excess(self) -> None:
         """Jobs turned out slow: give back what was claimed ahead beyond our capacity (lock held)."""
         ready = self.pool.ready
-        n = pacing.excess(len(ready), self._capacity(), self.pool.in_children(), self.concurrency, self.avg_job_s)
+        n = pacing.excess(len(ready), self.capacity(), self.pool.in_children(), self.concurrency, self.avg_job_s)
         # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
         for running in [ready.pop() for _ in range(n)]:
             self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
 
     # -- pacing inputs (the Host interface of the intake) -----------------------------------------
 
-    def _capacity(self) -> int:
+    def capacity(self) -> int:
         ending = 0
         if pacing.is_slow(self.avg_job_s):
             ending = pacing.ending_soon((j.started for j in self.pool.running()), time.monotonic(), self.avg_job_s)
@@ -319,7 +327,7 @@ class Worker:
 
     def hunger(self) -> int:
         """How many more jobs to claim now (lock held)."""
-        return pacing.hunger(self._capacity(), self.pool.held(), self._stop.graceful)
+        return pacing.hunger(self.capacity(), self.pool.held(), self._stop.graceful)
 
     def starting_now(self) -> int:
         """Of the jobs claimed now, how many go straight to an idle child (lock held)."""
@@ -383,80 +391,10 @@ class Worker:
         except LinkDown as down:
             log.debug("progress reports dropped: %s", down)
 
-    # -- phase: record: one round trip for outcomes, requeues, starts and the next claim ----------
-
-    def _record_due_in(self) -> float:
-        """Seconds until the next round trip is worth making; 0: now (lock held). See pacing.record_due_in."""
-        now = time.monotonic()
-        if self._retry_at > now:
-            return self._retry_at - now  # backing off after a failure
-        intake = self.intake
-        return pacing.record_due_in(
-            now=now, must_send=intake.needs_reconcile or bool(self._ledger.requeues),
-            hunger_jobs=0 if intake.queues_empty else self.hunger(), capacity_jobs=self._capacity(),
-            starving=self.pool.starving(), ready=len(self.pool.ready), concurrency=self.concurrency,
-            outcomes=self._ledger.outcomes, starts=self._ledger.starts, first_unsent=self._ledger.first_unsent)
-
-    def _record(self, *, claim: bool = True) -> bool:
-        """One round trip: record outcomes and requeues, and claim what the children can take.
-
-        Never waits for the fetcher: if it holds the claim lock (claiming, or
-        loading records), this round trip records without claiming. Returns
-        False if Redis could not be reached (everything owed stays owed).
-        """
-        intake = self.intake
-        if intake.needs_reconcile and not intake.reconcile(self._owned_ids):
-            self._retry_at = time.monotonic() + config.RECONNECT_MIN_S
-            return False
-        claiming = claim and intake.claim_lock.acquire(blocking=False)
-        try:
-            with self._lock:
-                want = self.hunger() if claiming else 0
-                start_count = self.starting_now()
-                batch = self._ledger.take()
-            if not batch and not want:
-                self._ledger.sent()
-                return True
-            lease_ms = self._lease.lease_ms
-            try:
-                if want:  # the claim renews our lease
-                    recording = self._lease.renewing(lambda: self._link.record(
-                        batch, lease_ms=lease_ms, claim_count=want, start_count=start_count))
-                else:
-                    recording = self._link.record(batch, lease_ms=lease_ms, claim_count=0, start_count=0)
-            except LinkDown as down:
-                self._ledger.restore(batch)  # start, complete and requeue are fenced: sending again is safe
-                intake.needs_reconcile = intake.needs_reconcile or bool(want)  # a lost claim reply: undo it
-                self._retry_at = time.monotonic() + self._link.failed(down)
-                return False
-            self._retry_at = 0.0
-            self._ledger.sent()
-            if recording.claim is not None:
-                try:
-                    intake.accept_claimed(recording.claim, want, start_count)
-                except LinkDown as down:  # its records could not be loaded: give the jobs back
-                    intake.needs_reconcile = True
-                    self._retry_at = time.monotonic() + self._link.failed(down)
-        finally:
-            if claiming:
-                intake.claim_lock.release()
-        self.link_ok()
-        for outcome, accepted in zip(batch.outcomes, recording.outcomes):
-            if not accepted:
-                log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)",
-                            outcome.id)
-        return True
-
-    def _owned_ids(self) -> list[str]:
-        with self._lock:
-            ids = self.pool.owned_ids()
-        return ids + self._ledger.owned_ids()
-
     def check_strays(self) -> None:
         """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back."""
-        if self._intake is not None and self._intake.has_strays(self._owned_ids):
-            self._intake.needs_reconcile = True
-            self._stop.wake()
+        if self._recorder is not None:
+            self._recorder.check_strays()
 
     def _describe(self) -> dict[str, str]:
         """What the heartbeat publishes about us (cw-admin shows it)."""
@@ -489,7 +427,7 @@ class Worker:
         self.pool.shutdown()
         deadline = time.monotonic() + FINISH_S
         while time.monotonic() < deadline:
-            if (self._ledger or self.intake.needs_reconcile) and not self._record(claim=False):
+            if (self._ledger or self.intake.needs_reconcile) and not self.recorder.record(claim=False):
                 time.sleep(0.2)
                 continue
             try:
