@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import fakeredis
 import pytest
 import redis
 
@@ -19,21 +18,6 @@ KEYS = Keys()
 T0 = 1_000_000
 LEASE_MS = 30_000
 SPEC = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=2)
-
-
-@pytest.fixture(params=["fakeredis", "valkey"])
-def r(request):
-    if request.param == "fakeredis":
-        client = fakeredis.FakeRedis()
-    else:
-        client = request.getfixturevalue("server").client()
-    client.flushall()
-    return client
-
-
-@pytest.fixture
-def s(r):
-    return Scripts(r, KEYS)
 
 
 def submit(s, r, *job_ids, spec=SPEC, send_records=True):

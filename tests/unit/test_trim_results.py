@@ -4,29 +4,10 @@ older data has numbered other outcomes as the ones it delivered."""
 
 from __future__ import annotations
 
-import fakeredis
-import pytest
-
 from cwredis.keys import Keys
-from cwredis.scripts import Scripts
 
 KEYS = Keys()
 CLIENT = "c1"
-
-
-@pytest.fixture(params=["fakeredis", "valkey"])
-def r(request):
-    if request.param == "fakeredis":
-        client = fakeredis.FakeRedis()
-    else:
-        client = request.getfixturevalue("server").client()
-    client.flushall()
-    return client
-
-
-@pytest.fixture
-def s(r):
-    return Scripts(r, KEYS)
 
 
 def header(seq: int, job_id: str) -> bytes:
