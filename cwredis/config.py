@@ -68,6 +68,40 @@ PROGRESS_INTERVAL_S = 0.2
 #: How much of a failed job's output is kept with it for ``cw-admin show``.
 FAILED_OUTPUT_TAIL_BYTES = 4096
 
+#: Read timeout of a worker's own calls to Redis. Below the 10 s of other
+#: roles: a stalled connection must not hold the worker's loop (timeouts,
+#: signals) for long; a call that times out is sent again (every step is fenced
+#: or idempotent).
+WORKER_CALL_TIMEOUT_S = 3.0
+
+#: How long a stopping worker keeps trying to reach Redis to record what it
+#: owes and hand back its jobs; past that the coordinator recovers them when its
+#: lease expires (a job whose outcome was not recorded runs again).
+WORKER_FINISH_S = 3.0
+
+#: The longest a worker's loop sleeps with nothing to do: it then looks at its
+#: stop request, timeouts, and (on kernels without pidfds) its children.
+WORKER_IDLE_TICK_S = 0.5
+
+#: Lease renewals per lease period: one lost renewal still leaves two.
+RENEWALS_PER_LEASE = 3
+
+#: Weight of the newest job in a worker's running average of job durations.
+JOB_TIME_AVERAGE_WEIGHT = 0.2
+
+#: A job is written ahead into a child's pipe only if its arguments are this
+#: small: a full pipe (64 KiB) would block the worker's loop.
+MAX_SEND_AHEAD_BYTES = 4096
+
+#: How long a stopping child may take to exit between jobs before it is killed.
+CHILD_SHUTDOWN_GRACE_S = 2.0
+
+#: Unpickled functions a job process keeps (by content digest).
+FUNCTION_CACHE_SIZE = 256
+
+#: How much of a job's output a job process keeps for the client.
+OUTPUT_TAIL_BYTES = 64 * 1024
+
 #: Python's thread switch interval in the worker (default 5 ms): short, so the
 #: loop feeding the children is never held up long by the Redis-facing threads.
 WORKER_SWITCH_INTERVAL_S = 0.0005

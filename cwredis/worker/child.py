@@ -13,7 +13,7 @@ The messages are the named types of :mod:`cwredis.worker.protocol`: a
 it to record the outcome itself and it could -- :class:`Recorded` per job.
 
 With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
-(the last OUTPUT_TAIL_BYTES) and returned as ``output`` for the client.
+(the last ``config.OUTPUT_TAIL_BYTES``) and returned as ``output`` for the client.
 
 The child ignores SIGINT/SIGTERM (a Ctrl-C to the worker's process group is
 for the supervisor to handle gracefully) and dies with its supervisor
@@ -40,20 +40,15 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from .. import jobcontext
+from .. import config, jobcontext
 from ..serialization import Corrupt, error_line, parse_env
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
 
 log = logging.getLogger("cwredis.worker.child")
 
-#: Unpickled functions kept per child.
-FUNCTION_CACHE_SIZE = 256
-
 _PR_SET_PDEATHSIG = 1
 
-#: How much of a job's output is kept for the client and for failed jobs.
-OUTPUT_TAIL_BYTES = 64 * 1024
 
 
 class _Tee(io.TextIOBase):
@@ -69,7 +64,7 @@ class _Tee(io.TextIOBase):
     def write(self, text: str) -> int:
         self._sink.append(text)
         if len(self._sink) > 256:  # keep the buffer a bounded tail
-            joined = "".join(self._sink)[-OUTPUT_TAIL_BYTES:]
+            joined = "".join(self._sink)[-config.OUTPUT_TAIL_BYTES:]
             self._sink[:] = [joined]
         try:
             self._stream.write(text)
@@ -128,7 +123,7 @@ class JobRunner:
         assert blob is not None  # run() asked for a resend otherwise
         fn = cloudpickle.loads(blob)
         self._functions[digest] = fn
-        if len(self._functions) > FUNCTION_CACHE_SIZE:
+        if len(self._functions) > config.FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)
         return fn
 
@@ -148,7 +143,7 @@ class JobRunner:
                 outcome = self._run(job)
         finally:
             jobcontext._leave()
-        output = "".join(sink)[-OUTPUT_TAIL_BYTES:]
+        output = "".join(sink)[-config.OUTPUT_TAIL_BYTES:]
         if isinstance(outcome, bytes):
             return Ok(job.job_id, outcome, output)
         reason, error, text = outcome

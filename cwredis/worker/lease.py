@@ -27,10 +27,6 @@ from .stop import Step, StopRequest
 log = logging.getLogger("cwredis.worker")
 T = TypeVar("T")
 
-#: Renewals per lease period: one lost renewal still leaves two.
-RENEWALS_PER_LEASE = 3
-
-
 class Lease:
     """Our lease: its length (set by the coordinator), when it was last renewed, and the thread renewing it."""
 
@@ -70,15 +66,15 @@ class Lease:
 
     def run(self) -> None:
         """The renewing thread: until the supervisor has finished (running jobs keep their lease while stopping)."""
-        wait_s = self.lease_ms / 1000 / RENEWALS_PER_LEASE
+        wait_s = self.lease_ms / 1000 / config.RENEWALS_PER_LEASE
         while not self._stop.wait(Step.FINISHED, wait_s):
             try:
                 self.renew()
                 self._check()
-                wait_s = self.lease_ms / 1000 / RENEWALS_PER_LEASE
+                wait_s = self.lease_ms / 1000 / config.RENEWALS_PER_LEASE
                 if self._link.succeeded():
                     self._reconnected()
             except LinkDown as down:
-                wait_s = min(self._link.failed(down), self.lease_ms / 1000 / RENEWALS_PER_LEASE)
+                wait_s = min(self._link.failed(down), self.lease_ms / 1000 / config.RENEWALS_PER_LEASE)
             except Exception:  # a bug must not end the renewals: our running jobs would be requeued
                 log.exception("worker %s: lease renewal failed", self._link.worker_id)

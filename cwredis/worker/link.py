@@ -34,12 +34,6 @@ from .ledger import Batch
 log = logging.getLogger("cwredis.worker")
 T = TypeVar("T")
 
-#: Read timeout of the worker's own calls. Below the 10 s of other roles: a
-#: stalled connection must not hold the worker's loop (timeouts, signals) for
-#: long; a call that times out is sent again (every step is fenced or idempotent).
-CALL_TIMEOUT_S = 3.0
-
-
 class LinkDown(Exception):
     """A round trip failed; ``transient`` says whether Redis is away or busy (retry) or refused it."""
 
@@ -83,8 +77,8 @@ class Link:
         self.worker_id = worker_id
         self.queues = list(queues)
         self._redis = connect(url, "worker")
-        # redis-py's own attribute for new connections of this pool (see CALL_TIMEOUT_S).
-        self._redis.connection_pool.connection_kwargs["socket_timeout"] = CALL_TIMEOUT_S
+        # redis-py's own attribute for new connections of this pool (see WORKER_CALL_TIMEOUT_S).
+        self._redis.connection_pool.connection_kwargs["socket_timeout"] = config.WORKER_CALL_TIMEOUT_S
         self._scripts = Scripts(self._redis, keys)
         self._inbox = Pinned(self._redis)
         self.catalog = Catalog(self._redis, keys, signer)

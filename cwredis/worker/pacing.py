@@ -23,13 +23,9 @@ from typing import Iterable
 
 from .. import config
 
-#: Weight of the newest job in the running average of job durations.
-AVERAGE_WEIGHT = 0.2
-
-
 def average(previous_s: float, newest_s: float) -> float:
     """The running average of job durations after a job that took ``newest_s``."""
-    return previous_s + AVERAGE_WEIGHT * (newest_s - previous_s)
+    return previous_s + config.JOB_TIME_AVERAGE_WEIGHT * (newest_s - previous_s)
 
 
 def is_slow(avg_job_s: float) -> bool:
@@ -113,11 +109,7 @@ def record_due_in(*, now: float, must_send: bool, hunger_jobs: int, capacity_job
         if (starving and outcomes) or outcomes >= config.MAX_RECORD_BATCH:
             return 0.0
         return first_unsent + config.RECORD_DELAY_S - now
-    return IDLE_TICK_S
-
-
-#: The longest the main loop sleeps with nothing to do: it then looks at stops, timeouts and its links.
-IDLE_TICK_S = 0.5
+    return config.WORKER_IDLE_TICK_S
 
 
 def jit_wakeups(started: Iterable[float], now: float, avg_job_s: float) -> list[float]:
@@ -129,6 +121,6 @@ def jit_wakeups(started: Iterable[float], now: float, avg_job_s: float) -> list[
 
 
 def sleep_s(deadlines: Iterable[float], now: float) -> float:
-    """How long the main loop may sleep: until the first deadline, at most IDLE_TICK_S."""
-    first = min(deadlines, default=now + IDLE_TICK_S)
-    return max(0.0, min(IDLE_TICK_S, first - now))
+    """How long the main loop may sleep: until the first deadline, at most config.WORKER_IDLE_TICK_S."""
+    first = min(deadlines, default=now + config.WORKER_IDLE_TICK_S)
+    return max(0.0, min(config.WORKER_IDLE_TICK_S, first - now))

@@ -11,7 +11,9 @@ free.
 
 A child's death is seen on its **pidfd**, not only as end-of-file on its
 pipe: a process the job forked may hold the pipe open for ever, but the
-pidfd becomes readable the moment the child itself exits. Killing a slot
+pidfd becomes readable the moment the child itself exits. (On a kernel
+without pidfds, before Linux 5.3, the loop polls the process instead, at
+least twice a second.) Killing a slot
 kills its whole process group, so whatever the job started goes too.
 
 The slot remembers which functions and which environment its child holds,
@@ -36,17 +38,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Iterator, Union
 
+from .. import config
 from ..job import Spec
 from ..scripts import Claimed
 from .protocol import Direct, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
-
-#: A job is written ahead into a child's pipe only if its arguments are this
-#: small: a full pipe (64 KiB) would block the worker's loop.
-MAX_SEND_AHEAD_BYTES = 4096
-
-#: How long a stopping child may take to exit between jobs before it is killed.
-SHUTDOWN_GRACE_S = 2.0
-
 
 @dataclass
 class Running:
@@ -104,7 +99,10 @@ class Slot:
         self.jobs = Connection(job_w, readable=False)
         self.out = Connection(out_r, writable=False)
         self.control = Connection(ctl_w, readable=False)
-        self.pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # Linux before 5.3: Pool.exited polls the process instead
+            self.pidfd = None
         self.functions = set()
         self.env = None
         self._send(self.setup)
@@ -192,7 +190,7 @@ class Slot:
             os.close(self.pidfd)
             self.pidfd = None
 
-    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    def shutdown(self, grace_s: float = config.CHILD_SHUTDOWN_GRACE_S) -> None:
         """Close the child's job pipe so it exits between jobs; kill it (and its group) if it lingers."""
         if self.jobs is not None:
             try:
@@ -314,6 +312,11 @@ class Pool:
             slot.asked_back.clear()
             slot.spawn()
         return Died(slot, head, code)
+
+    def exited(self) -> list[Slot]:
+        """Children that exited, among those without a pidfd (old kernels): polled on every turn of the loop."""
+        return [s for s in self.slots if s.pidfd is None and s.proc is not None and s.alive
+                and s.proc.poll() is not None]
 
     def expired(self, now: float) -> list[Slot]:
         """Slots whose running job is past its timeout."""

@@ -54,17 +54,11 @@ from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
-from .pool import MAX_SEND_AHEAD_BYTES, Died, Ended, Pool, Reported, Running, Slot
+from .pool import Died, Ended, Pool, Reported, Running, Slot
 from .protocol import Err, Ok, Recorded, Setup
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
-
-#: How long a stopping worker keeps trying to reach Redis to record what it
-#: owes and hand back its jobs; past that the coordinator recovers them when
-#: our lease expires (a job whose outcome was not recorded runs again).
-FINISH_S = 3.0
-
 
 class Worker:
     """Claims jobs from ``queues`` and runs up to ``concurrency`` at once."""
@@ -208,8 +202,8 @@ class Worker:
                 return False
             if not self._ledger and not self.intake.needs_reconcile:
                 return True
-        # Redis away: after FINISH_S, leave what we owe to the coordinator (see FINISH_S).
-        return self.recorder.retry_at > now and now - self._stop_asked_at > FINISH_S
+        # Redis away: after WORKER_FINISH_S, leave what we owe to the coordinator (see config).
+        return self.recorder.retry_at > now and now - self._stop_asked_at > config.WORKER_FINISH_S
 
     # -- phase: wait, then collect what the children said -------------------------------------
 
@@ -220,8 +214,9 @@ class Worker:
         poller = select.poll()
         watched: dict[int, tuple[Slot, bool] | None] = {self._stop.wake_fd: None}
         for slot in self.pool.slots:
-            if slot.out is not None and slot.pidfd is not None:
+            if slot.out is not None:
                 watched[slot.out.fileno()] = (slot, False)
+            if slot.pidfd is not None:
                 watched[slot.pidfd] = (slot, True)
         for fd in watched:
             poller.register(fd, select.POLLIN)
@@ -231,6 +226,8 @@ class Worker:
                 self._stop.drain()
             else:
                 fired[target[0]] = fired.get(target[0], False) or target[1]
+        for slot in self.pool.exited():  # no pidfd (an old kernel): polled
+            fired[slot] = True
         for slot, exited in fired.items():
             # An exited child is handled as dead even if a process it forked holds its pipe open.
             for event in ([self.pool.died(slot)] if exited else self.pool.read(slot)):
@@ -298,7 +295,7 @@ class Worker:
                 ahead = pacing.ahead(self.avg_job_s)
                 for slot in pool.slots:  # then, for short jobs, a few ahead per child
                     while (pool.ready and 0 < len(slot.sent) <= ahead and not slot.asked_back and slot.alive
-                           and len(pool.ready[0].args) <= MAX_SEND_AHEAD_BYTES):
+                           and len(pool.ready[0].args) <= config.MAX_SEND_AHEAD_BYTES):
                         slot.start(pool.ready.popleft())
             if self.hunger() or self._ledger.starts:
                 self._lock.notify_all()  # the fetcher may wait for work
@@ -423,9 +420,9 @@ class Worker:
                         len(stopped))
 
     def finish(self) -> None:
-        """Stop the children; record what is owed, hand back the rest and unregister, for up to FINISH_S."""
+        """Stop the children; record what is owed, hand back the rest, unregister (for WORKER_FINISH_S at most)."""
         self.pool.shutdown()
-        deadline = time.monotonic() + FINISH_S
+        deadline = time.monotonic() + config.WORKER_FINISH_S
         while time.monotonic() < deadline:
             if (self._ledger or self.intake.needs_reconcile) and not self.recorder.record(claim=False):
                 time.sleep(0.2)

@@ -83,7 +83,7 @@ def _due(**overrides):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ({}, pacing.IDLE_TICK_S),                                        # nothing to do
+    ({}, config.WORKER_IDLE_TICK_S),                                        # nothing to do
     ({"must_send": True}, 0.0),                                       # a requeue or reconciliation
     ({"hunger_jobs": 1, "starving": True}, 0.0),                      # a child waits for work
     ({"hunger_jobs": 1, "ready": 1}, 0.0),                            # fewer ready than children
@@ -108,7 +108,8 @@ def test_jit_wakeups(started, now, avg_job_s, expected):
 
 
 @pytest.mark.parametrize("deadlines, now, expected", [
-    ([], 5.0, pacing.IDLE_TICK_S), ([5.1, 7.0], 5.0, 0.1), ([4.0], 5.0, 0.0), ([9.0], 5.0, pacing.IDLE_TICK_S),
+    ([], 5.0, config.WORKER_IDLE_TICK_S), ([5.1, 7.0], 5.0, 0.1), ([4.0], 5.0, 0.0),
+    ([9.0], 5.0, config.WORKER_IDLE_TICK_S),
 ])
 def test_sleep_s(deadlines, now, expected):
     assert pacing.sleep_s(deadlines, now) == pytest.approx(expected)
