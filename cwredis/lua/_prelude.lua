@@ -101,6 +101,14 @@ local function frame(fields)
   return table.concat(parts)
 end
 
+-- An outcome entry, as a client's results list holds it and pub/sub carries it:
+-- "seq\njob_id\ngeneration\nkind\nbody" (kind 'ok', 'err', or 'big' for a
+-- published header whose body is only in the list). The one place it is
+-- spelled in Lua; the client parses it in ClientThread._parse.
+local function outcome_header(seq, job_id, generation)
+  return seq .. '\n' .. job_id .. '\n' .. generation .. '\n'
+end
+
 -- "a,b,c" -> {"a", "b", "c"}
 local function split_commas(text)
   local out = {}

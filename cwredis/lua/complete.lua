@@ -4,7 +4,7 @@
 -- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
 --       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel, output_tail
--- An outcome entry is "seq\njob_id\ngeneration\nkind\nbody"; seq numbers a
+-- An outcome entry (outcome_header in the prelude, then kind and body); seq numbers a
 -- client's entries so it can trim exactly what it consumed. The entry is also
 -- published (or, above publish_max_bytes, just its header with kind 'big'), so
 -- a listening client needs no further round trip; the list stays the truth.
@@ -43,7 +43,7 @@ for k = 4, #KEYS, 3 do
     if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
       local seq = redis.call('INCR', seq_key)
       keep_alive(seq_key, result_ttl)
-      local head = seq .. '\n' .. job_id .. '\n' .. (f[3] or '0') .. '\n'
+      local head = outcome_header(seq, job_id, f[3] or '0')
       redis.call('RPUSH', results, head .. kind .. '\n' .. body)
       keep_alive(results, result_ttl)
       if #body <= publish_max then

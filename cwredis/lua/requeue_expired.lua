@@ -69,7 +69,7 @@ for i = 1, #ids do
       local results, seq_key = results_prefix .. spec[3], seq_prefix .. spec[3]
       local seq = redis.call('INCR', seq_key)
       keep_alive(seq_key, result_ttl)
-      local entry = seq .. '\n' .. job_id .. '\n' .. (f[5] or '0') .. '\nerr\n' .. lost_body
+      local entry = outcome_header(seq, job_id, f[5] or '0') .. 'err\n' .. lost_body
       redis.call('RPUSH', results, entry)
       keep_alive(results, result_ttl)
       redis.call('PUBLISH', channel_prefix .. spec[3], entry)
