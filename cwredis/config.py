@@ -79,6 +79,10 @@ WORKER_CALL_TIMEOUT_S = 3.0
 #: lease expires (a job whose outcome was not recorded runs again).
 WORKER_FINISH_S = 3.0
 
+#: How long a worker's loop waits for its fetcher thread to finish a claim
+#: before it records without claiming (an outage must not hold the loop).
+CLAIM_LOCK_WAIT_S = 0.05
+
 #: The longest a worker's loop sleeps with nothing to do: it then looks at its
 #: stop request, timeouts, and (on kernels without pidfds) its children.
 WORKER_IDLE_TICK_S = 0.5

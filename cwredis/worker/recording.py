@@ -73,15 +73,19 @@ class Recorder:
     def record(self, *, claim: bool = True) -> bool:
         """One round trip: record outcomes and requeues, and claim what the children can take.
 
-        Never waits for the fetcher: if it holds the claim lock (claiming, or
-        loading records), this round trip records without claiming. Returns
-        False if Redis could not be reached (everything owed stays owed).
+        Waits for the fetcher's claim lock only briefly (CLAIM_LOCK_WAIT_S: a
+        round trip of the fetcher's, normally well under a millisecond); if the
+        fetcher holds it longer (an outage), this round trip records without
+        claiming and the next try comes a moment later. Returns False if Redis
+        could not be reached (everything owed stays owed).
         """
         intake = self._intake
         if intake.needs_reconcile and not intake.reconcile(self.owned_ids):
             self.retry_at = time.monotonic() + config.RECONNECT_MIN_S
             return False
-        claiming = claim and intake.claim_lock.acquire(blocking=False)
+        claiming = claim and intake.claim_lock.acquire(timeout=config.CLAIM_LOCK_WAIT_S)
+        if claim and not claiming:
+            self.retry_at = time.monotonic() + config.CLAIM_LOCK_WAIT_S  # no busy loop behind the fetcher
         try:
             with self._ledger.lock:
                 want = self._pacer.hunger() if claiming else 0
