@@ -26,11 +26,17 @@ from typing import Iterator
 
 import pytest
 
-from harness import Proc, Procs, Server
+from harness import Proc, Procs, Server, raise_interrupt_on_termination
 from helpers import has_failed, wait_for
 
 
 # ------------------------------------------------------------------ reporting
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended by SIGTERM/SIGHUP (a time limit, CI, a closed terminal) unwinds like Ctrl-C,
+    so fixture teardowns stop every server and process it started, by PID."""
+    raise_interrupt_on_termination()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
