@@ -279,7 +279,7 @@ class ClientThread(threading.Thread):
             try:
                 if subscription is None:
                     subscription = Subscription(self._redis, self._channel)
-                    self._drain()  # whatever arrived while we were not listening
+                    self._drain(look_for_restart=True)  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
                 wait_s = 0.5 if not self._trim_due else max(0.0, min(0.5, self._trim_due - time.monotonic()))
                 data = subscription.next(wait_s)
@@ -287,8 +287,9 @@ class ClientThread(threading.Thread):
                 while data is not None:
                     needs_drain = self._on_published(data) or needs_drain
                     data = subscription.next(0.0)
-                if needs_drain or (self.outstanding and time.monotonic() - last_drain > SAFETY_POLL_S):
-                    self._drain()
+                periodic = bool(self.outstanding) and time.monotonic() - last_drain > SAFETY_POLL_S
+                if needs_drain or periodic:
+                    self._drain(look_for_restart=periodic)
                     last_drain = time.monotonic()
                 elif self._consumed and (len(self._consumed) >= TRIM_BATCH or time.monotonic() >= self._trim_due):
                     if not self._trim_consumed():
@@ -347,16 +348,24 @@ class ClientThread(threading.Thread):
         self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
         return in_step
 
-    def _drain(self) -> None:
-        """Deliver every outcome in our list and trim what was read; resynchronises the sequence count."""
+    def _drain(self, *, look_for_restart: bool = False) -> None:
+        """Deliver every outcome in our list and trim what was read; resynchronises the sequence count.
+
+        With ``look_for_restart`` (on (re)subscribing and on the periodic safety
+        poll, not on every drain: INFO is not free) the server's ``run_id`` comes
+        in the same round trip.
+        """
         while True:
             pipe = self._redis.pipeline(transaction=True)  # counter, length and entries from one instant
             pipe.get(self._seq_key)
             pipe.llen(self._results_key)
             pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            pipe.info("server")
-            raw_seq, length, raw_entries, server = pipe.execute()
-            self._note_run_id(server.get("run_id"))
+            if look_for_restart:
+                pipe.info("server")
+            raw_seq, length, raw_entries, *server = pipe.execute()
+            if server:
+                self._note_run_id(server[0].get("run_id"))
+                look_for_restart = False
             entries = [self._parse(raw) for raw in raw_entries]
             for entry in entries:
                 if entry.job_id is not None:

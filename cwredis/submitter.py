@@ -138,15 +138,11 @@ class Submitter:
 
         Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
         """
-        spec_digest, spec_fields = shared.spec_digest, shared.spec_fields
-        fn_digest, fn_blob, fn_name = shared.fn_digest, shared.fn_blob, shared.fn_name
-        env_digest, env_blob = shared.env_digest, shared.env_blob
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
             try:
-                self._reconnector.call(lambda: self._submit_batch(
-                    spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob, batch),
-                    retry_if=lambda exc: not is_server_full(exc))
+                self._reconnector.call(lambda: self._submit_batch(shared, batch),
+                                       retry_if=lambda exc: not is_server_full(exc))
             except redis.ResponseError as exc:
                 if is_server_full(exc):  # submit.lua is refused as a whole: nothing of this batch was written
                     queued = f" ({start} earlier job(s) of this call were queued)" if start else ""
@@ -156,19 +152,19 @@ class Submitter:
                         "the queues, or raise the server's maxmemory") from None
                 raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued") from None
 
-    def _submit_batch(self, spec_digest: str, spec_fields: dict[str, str], fn_digest: str, fn_blob: bytes,
-                      fn_name: str, env_digest: str, env_blob: bytes, batch: Sequence[tuple[str, bytes]]) -> None:
-        known = {spec_digest, fn_digest, env_digest} <= self._stored
-        for send_records in ((False, True) if known else (True,)):
+    def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> None:
+        """One submit.lua call; the shared records go along only when the server may lack them."""
+        digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
+        for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
             reply = self._scripts.submit(
-                self._pinned, queue=self._queue, spec_digest=spec_digest,
-                spec_fields=spec_fields if send_records else None, fn_digest=fn_digest,
-                fn_blob=fn_blob if send_records else None, fn_name=fn_name, env_digest=env_digest,
-                env_blob=env_blob if send_records else None, jobs=batch,
+                self._pinned, queue=self._queue, spec_digest=shared.spec_digest,
+                spec_fields=shared.spec_fields if send_records else None, fn_digest=shared.fn_digest,
+                fn_blob=shared.fn_blob if send_records else None, fn_name=shared.fn_name,
+                env_digest=shared.env_digest, env_blob=shared.env_blob if send_records else None, jobs=batch,
                 blob_ttl_ms=int(config.RESULT_TTL_S * 1000))
             if int(reply) >= 0:
                 with self._lock:
-                    self._stored.update((spec_digest, fn_digest, env_digest))
+                    self._stored.update(digests)
                 return
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
 
