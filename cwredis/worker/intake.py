@@ -133,9 +133,7 @@ class Intake:
                 self.queues_empty = False
             if claimed and self._lease.may_have_expired():
                 claimed = self._confirm(claimed)
-            with self.lock:
-                start_count = self._host.starting_now()
-            self._accept(claimed, start_count, len(claimed), garbled)
+            self._accept(claimed, 0, len(claimed), garbled)  # handed jobs: all charged at hand-off
 
     def _confirm(self, claimed: list[Claimed]) -> list[Claimed]:
         """Jobs handed to us while our lease may have run out: keep those still ours (see Link.confirm)."""
@@ -188,7 +186,7 @@ class Intake:
         for index, item in enumerate(claimed):
             running = self._prepare(item)
             if running is not None:
-                running.prefetched = index >= handed and index >= start_count
+                running.prefetched = index >= max(handed, start_count)
                 accepted.append(running)
         with self.lock:
             self._pool.ready.extend(accepted)

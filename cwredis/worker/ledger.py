@@ -103,7 +103,7 @@ class Ledger:
         """The round trip failed: everything goes back in front, in order."""
         with self.lock:
             if batch.outcomes or batch.starts:
-                self.first_unsent = min(self.first_unsent, time.monotonic()) if self else time.monotonic()
+                self._note_first()
             self._pending.starts[:0] = batch.starts
             self._pending.outcomes[:0] = batch.outcomes
             self._pending.requeues[:0] = batch.requeues

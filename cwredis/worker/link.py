@@ -57,7 +57,6 @@ class Recording:
     """The replies of one recording round trip."""
 
     outcomes: list[bool]  # per outcome: recorded, or refused (the attempt lost its job)
-    requeues: list[bool]  # per requeue, likewise
     claim: ClaimReply | None  # what the claim in the same round trip took, if one was sent
 
 
@@ -188,9 +187,10 @@ class Link:
             if batch.starts:
                 next(replies)
             outcomes = [bool(int(f)) for f in next(replies)] if batch.outcomes else []
-            requeues = [bool(int(f)) for f in next(replies)] if batch.requeues else []
+            if batch.requeues:
+                next(replies)  # a refused requeue: the job is another attempt's now, nothing to do
             claim = self._scripts.parse_claim(next(replies)) if claim_count else None
-            return Recording(outcomes, requeues, claim)
+            return Recording(outcomes, claim)
         return self._call(round_trip)
 
     def send_progress(self, reports: Sequence[tuple[str, str, str, float, str | None]]) -> None:

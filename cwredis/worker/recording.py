@@ -83,6 +83,9 @@ class Recorder:
         if intake.needs_reconcile and not intake.reconcile(self.owned_ids):
             self.retry_at = time.monotonic() + config.RECONNECT_MIN_S
             return False
+        if claim:
+            with self._ledger.lock:
+                claim = self._pacer.hunger() > 0  # nothing to claim: no need to wait for the fetcher
         claiming = claim and intake.claim_lock.acquire(timeout=config.CLAIM_LOCK_WAIT_S)
         if claim and not claiming:
             self.retry_at = time.monotonic() + config.CLAIM_LOCK_WAIT_S  # no busy loop behind the fetcher

@@ -10,6 +10,7 @@ long-lived child process. Its parts, each a module of this package:
 * :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
 * :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
 * :mod:`~cwredis.worker.recording` -- the round trip that writes them and claims, and reconciliation;
+* :mod:`~cwredis.worker.attempts` -- what follows an attempt's end: record, retry, fail, give back;
 * :mod:`~cwredis.worker.link` -- every Redis call, with typed replies;
 * :mod:`~cwredis.worker.pacing` -- prefetch, write-ahead, shedding, just-in-time
   claims and record batching, as pure functions;
@@ -45,10 +46,9 @@ from typing import Sequence
 
 from .. import config
 from ..keys import DEFAULT_KEYS, Keys
-from ..scripts import Requeue
 from ..serialization import Signer
 from . import pacing
-from .direct import completion
+from .attempts import Attempts
 from .intake import Intake
 from .lease import Lease
 from .ledger import Ledger, Start
@@ -91,9 +91,7 @@ class Worker:
         #: measured, jobs are assumed slow: no prefetch.
         self.avg_job_s = config.SLOW_JOB_S
         self._stop_asked_at: float | None = None
-        # Latest progress report per running job, sent at most every PROGRESS_INTERVAL_S.
-        self._progress: dict[str, Reported] = {}
-        self._progress_sent = 0.0
+        self._attempts = Attempts(self._ledger, self._link, self._signer)
 
     @property
     def pool(self) -> Pool:
@@ -184,8 +182,7 @@ class Worker:
             due = self.recorder.due_in() <= 0
         if due:
             self.recorder.record()
-        if self._progress and time.monotonic() - self._progress_sent >= config.PROGRESS_INTERVAL_S:
-            self._send_progress()
+        self._attempts.send_progress_if_due()
         return True
 
     def _stopped_serving(self) -> bool:
@@ -247,7 +244,7 @@ class Worker:
     def handle(self, event: Ended | Died | Reported) -> None:
         """Act on what the pool saw: a job's end, a child's death, a progress report."""
         if isinstance(event, Reported):
-            self._progress[event.running.id] = event
+            self._attempts.report(event)
         elif isinstance(event, Ended):
             with self._lock:
                 if (head := event.slot.job) is not None:
@@ -260,7 +257,7 @@ class Worker:
                         event.exit_code)
         else:
             self.jobs_done += 1
-            self._retry_or_fail(event.running, "lost",
+            self._attempts.cut_short(event.running, "lost",
                                 f"the process running the job died (exit code {event.exit_code})", 0)
 
     # -- phase: timeouts ----------------------------------------------------------------------
@@ -272,7 +269,7 @@ class Worker:
                 continue
             self.jobs_done += 1
             delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
-            self._retry_or_fail(running, "timeout",
+            self._attempts.cut_short(running, "timeout",
                                 f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
 
     # -- phase: dispatch -----------------------------------------------------------------------
@@ -312,7 +309,7 @@ class Worker:
         n = pacing.excess(len(ready), self.capacity(), self.pool.in_children(), self.concurrency, self.avg_job_s)
         # Newest first: each RPUSH goes to the queue's taking end, so the oldest is taken first.
         for running in [ready.pop() for _ in range(n)]:
-            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+            self._attempts.give_back(running)
 
     # -- pacing inputs (the Host interface of the intake) -----------------------------------------
 
@@ -343,10 +340,9 @@ class Worker:
         self.avg_job_s = pacing.average(self.avg_job_s, time.monotonic() - running.started)
         self.jobs_done += 1
         if not isinstance(reply, Recorded):
-            self._record_later(running, reply)
+            self._attempts.record(running, reply)
             return
-        self._progress.pop(running.id, None)
-        self._ledger.forget_start(running.id)  # complete.lua charged it
+        self._attempts.recorded(running)
         with self._lock:
             if running.repark and reply.room:
                 self.intake.room = reply.room  # the child re-parked us: the fetcher waits on the inbox
@@ -358,35 +354,9 @@ class Worker:
         if not reply.accepted:
             log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)", running.id)
 
-    def _record_later(self, running: Running, reply: Ok | Err) -> None:
-        self._progress.pop(running.id, None)
-        self._ledger.add_outcome(completion(running.claimed.token, running.spec.client, reply, self._signer))
-
     def fail(self, running: Running, reply: Err) -> None:
-        """End an attempt with a failure, queued for recording."""
-        self._record_later(running, reply)
-
-    def _retry_or_fail(self, running: Running, reason: str, explanation: str, delay_s: float) -> None:
-        """An attempt was cut short: try again if attempts remain, else fail with ``reason``."""
-        claimed, spec = running.claimed, running.spec
-        if claimed.attempts < spec.max_attempts:
-            log.warning("job %s: %s (attempt %d of %d); will retry", claimed.id, explanation,
-                        claimed.attempts, spec.max_attempts)
-            self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000)))
-        else:
-            error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
-            log.warning("job %s: %s", claimed.id, error)
-            self.fail(running, Err(claimed.id, reason, error, error, ""))
-
-    def _send_progress(self) -> None:
-        """Pass the latest progress of running jobs to their clients (best effort: never retried)."""
-        reports, self._progress = self._progress, {}
-        self._progress_sent = time.monotonic()
-        try:
-            self._link.send_progress([(r.running.id, r.running.claimed.token, r.running.spec.client, r.fraction,
-                                       r.message) for r in reports.values()])
-        except LinkDown as down:
-            log.debug("progress reports dropped: %s", down)
+        """End an attempt with a failure, queued for recording (the intake's rejected and corrupt jobs)."""
+        self._attempts.record(running, reply)
 
     def check_strays(self) -> None:
         """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back."""
@@ -406,7 +376,7 @@ class Worker:
         ready = self.pool.ready
         while ready:
             running = ready.pop()
-            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+            self._attempts.give_back(running)
 
     def _stop_running_jobs(self) -> None:
         """Second signal: kill the children now and give their jobs back without using an attempt."""
@@ -414,7 +384,7 @@ class Worker:
             self._give_back_ready()
         stopped = self.pool.take_all_sent()
         for running in stopped:
-            self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+            self._attempts.give_back(running)
         if stopped:
             log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
                         len(stopped))
