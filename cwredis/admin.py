@@ -63,6 +63,18 @@ class Inspector:
             infos.append(info)
         return infos
 
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers as ``cw-admin workers --json`` lists them; garbage in a worker's record reads as empty."""
+        rows = []
+        for info in self.worker_infos():
+            rows.append({
+                "id": info["id"], "host": info.get("host") or None, "pid": _int_or_none(info.get("pid")),
+                "queues": [q for q in (info.get("queues") or "").split(",") if q],
+                "concurrency": _int_or_none(info.get("concurrency")),
+                "running": len([j for j in (info.get("running") or "").split(",") if j]),
+                "since": _int_or_none(info.get("since")), "quarantined": info.get("quarantined") == "1"})
+        return rows
+
     def running(self) -> int:
         """Jobs held by workers now (all clients): the length of their in-flight lists."""
         pipe = self.redis.pipeline(transaction=False)
@@ -123,7 +135,31 @@ class Inspector:
                 "reason": record.reason if failed else None, "error": record.error if failed else None}
 
 
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
 # -- subcommands --------------------------------------------------------------------
+
+
+def cmd_workers(inspector: Inspector, args: argparse.Namespace) -> int:
+    rows = inspector.workers()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{'host':<20} {'pid':>7} {'queues':<20} {'slots':>5} {'running':>7} {'up':>8}  state")
+    now = time.time()
+    for w in rows:
+        up = f"{int(now - w['since'])}s" if w["since"] else "-"
+        state = "QUARANTINED (wrong secret? see its log)" if w["quarantined"] else "ok"
+        print(f"{(w['host'] or '-')[:20]:<20} {w['pid'] or '-':>7} {','.join(w['queues'])[:20]:<20} "
+              f"{w['concurrency'] or '-':>5} {w['running']:>7} {up:>8}  {state}")
+    if not rows:
+        print("no live workers")
+    return EXIT_OK
 
 
 def cmd_status(inspector: Inspector, args: argparse.Namespace) -> int:
@@ -234,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge-failed", parents=[common], help="delete failed jobs (all, or the named)")
     purge.add_argument("jobids", nargs="*", metavar="JOBID")
     purge.set_defaults(run=cmd_purge_failed)
+    sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
+                   ).set_defaults(run=cmd_workers)
     show = sub.add_parser("show", parents=[common], help="one job")
     show.add_argument("jobid", metavar="JOBID")
     show.set_defaults(run=cmd_show)

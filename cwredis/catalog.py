@@ -2,19 +2,22 @@
 
 Specs and blobs are content-addressed, so a cached copy never goes stale; a
 worker fetches each once (one pipelined round trip for all misses of a
-claimed batch) and verifies each blob's signature once.
+claimed batch) and verifies each once: a blob's own signature, and for
+blobs and specs alike that the record is the one its digest names (digests
+are keyed by the secret and signed into every job: :mod:`cwredis.signing`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import redis
 
 from . import job
 from .keys import Keys
-from .serialization import ENV, FUNCTION, Corrupt, Signer
+from .serialization import ENV, FUNCTION
+from .signing import Corrupt, Rejected, Signer
 
 #: Entries kept per kind.
 CACHE_SIZE = 512
@@ -29,7 +32,7 @@ class _Lru(OrderedDict[str, Any]):
 
 
 class Catalog:
-    """Specs, functions and environments by digest; verified blobs only."""
+    """Specs, functions and environments by digest; verified records only."""
 
     def __init__(self, client: redis.Redis, keys: Keys, signer: Signer) -> None:
         self._redis = client
@@ -54,18 +57,37 @@ class Catalog:
         replies = pipe.execute()
         for digest, fields in zip(specs, replies[: len(specs)]):
             if fields:
-                try:
-                    self._specs.put(digest, job.Spec.from_hash(fields))
-                except ValueError:
-                    pass  # garbage spec: the job fails corrupt
+                self._specs.put(digest, self._verified_spec(digest, fields))
         for digest, (data, name) in zip(blobs, replies[len(specs):]):
             if data is not None:
                 self._blobs.put(digest, data)
                 if name is not None:
                     self._names[digest] = name.decode(errors="replace")
 
+    def _verified_spec(self, digest: str, fields: Mapping[bytes | str, bytes | str]) -> tuple[job.Spec | None, bool]:
+        """The decoded spec (None if garbage), and whether it is the record ``digest`` names."""
+        named = {job.text(k) or "": job.text(v) or "" for k, v in fields.items()}
+        verified = self._signer.secret is None or self._signer.spec_digest(named) == digest
+        try:
+            return job.Spec.from_hash(fields), verified
+        except ValueError:
+            return None, verified  # garbage spec: the job fails corrupt
+
     def spec(self, digest: str) -> job.Spec | None:
-        return self._specs.get(digest)
+        """The spec a digest names (None: missing or garbage); Rejected if the record was swapped."""
+        spec, verified = self._specs.get(digest, (None, True))
+        if not verified:
+            raise Rejected("the job's spec (client, queue, limits) does not match the digest it was signed with")
+        return spec
+
+    def routing_spec(self, digest: str) -> job.Spec | None:
+        """The spec record under a digest, verified or not: where a job's rejection goes."""
+        return self._specs.get(digest, (None, True))[0]
+
+    def env_digests(self, spec_digests: Iterable[str]) -> list[str]:
+        """The environments the cached, untampered specs among ``spec_digests`` point at."""
+        specs = (self._specs.get(d, (None, False)) for d in spec_digests)
+        return [spec.env for spec, verified in specs if spec is not None and verified]
 
     def function(self, digest: str) -> bytes:
         """The verified pickle of a function; Rejected or Corrupt."""
@@ -85,6 +107,7 @@ class Catalog:
         sealed = self._blobs.get(digest)
         if sealed is None:
             raise Corrupt(f"{what} record {digest} is missing")
+        self._signer.check_digest(what, sealed, digest)
         data = self._signer.open(kind, sealed)
         self._verified.put(kind.decode() + digest, data)
         return data

@@ -36,11 +36,12 @@ import cloudpickle
 
 from . import config, progressbar
 from .connection import Reconnector, Subscription, connect, describe, is_transient
-from .errors import RemoteError
+from .errors import LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
-from .serialization import RESULT, Corrupt, Rejected, Signer, decode_error, unframe_outcome
-from .submitter import SharedRecords, Submitter, chunked, new_job_id
+from .serialization import decode_error, unframe_outcome
+from .signing import Corrupt, Lost, Rejected, Signer
+from .submitter import SharedRecords, Submitter, chunked
 
 log = logging.getLogger("cwredis.client")
 
@@ -160,20 +161,22 @@ class ClientThread(threading.Thread):
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         """Queue ``func(*args, **kwargs)``; returns its job id once the job is durable in Redis."""
         prepared = self._submitter.prepare_function(func)
-        sealed = self._submitter.seal_args(func, args, kwargs)
-        job_id = new_job_id()
-        self._submit(self._submitter.shared_records(prepared), [(job_id, sealed)])
-        return job_id
+        pickled = self._submitter.pickle_args(func, args, kwargs)
+        shared = self._submitter.shared_records(prepared)
+        jobs = self._submitter.seal_jobs(shared, [pickled])
+        self._submit(shared, jobs)
+        return jobs[0][0]
 
-    def submit_prepared(self, prepared: tuple[bytes, str, str], sealed_args: list[bytes]) -> list[str]:
+    def submit_prepared(self, prepared: tuple[bytes, str, str], pickled_args: list[bytes]) -> list[str]:
         """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``).
 
         If a batch fails, the error is raised and no later batch is sent; the
         jobs of the batches before it stay queued and their outcomes are
         delivered as usual (the error's note says how many).
         """
-        jobs = [(new_job_id(), sealed) for sealed in sealed_args]
-        self._submit(self._submitter.shared_records(prepared), jobs)
+        shared = self._submitter.shared_records(prepared)
+        jobs = self._submitter.seal_jobs(shared, pickled_args)
+        self._submit(shared, jobs)
         return [job_id for job_id, _ in jobs]
 
     def _submit(self, shared: SharedRecords, jobs: list[tuple[str, bytes]]) -> None:
@@ -470,15 +473,20 @@ class ClientThread(threading.Thread):
             self._failed_seen.pop(job_id, None)
         try:
             try:
-                output, body = unframe_outcome(body)
+                output, payload = unframe_outcome(self._signer.open_outcome(job_id, generation, kind, body))
+            except Lost:  # the coordinator's: no content, so the text is ours
+                return self._deliver_error(job_id, generation, RemoteError(job_id, "lost", LOST_ERROR, LOST_TRACEBACK))
+            except Rejected as exc:
+                return self._deliver_error(job_id, generation, RemoteError(
+                    job_id, "rejected", f"RejectedError: outcome refused: {exc}", str(exc)))
             except Corrupt as exc:
                 return self._deliver_error(job_id, generation, RemoteError(job_id, "corrupt", str(exc), str(exc)))
             if output and self.forward_output:
                 self._print_output(job_id, output)
             if kind == b"ok":
-                self._deliver_result(job_id, generation, body)
+                self._deliver_result(job_id, generation, payload)
             else:
-                reason, error, tb = decode_error(body)
+                reason, error, tb = decode_error(payload)
                 self._deliver_error(job_id, generation, RemoteError(job_id, reason, error, tb))
         finally:
             with self._cond:
@@ -491,11 +499,10 @@ class ClientThread(threading.Thread):
         sys.stdout.write("".join(f"[{job_id}] {line}\n" for line in lines))
         sys.stdout.flush()
 
-    def _deliver_result(self, job_id: str, generation: int, body: bytes) -> None:
+    def _deliver_result(self, job_id: str, generation: int, payload: bytes) -> None:
+        """Unpickle a result whose outcome verified (never one that did not)."""
         try:
-            result = cloudpickle.loads(self._signer.open(RESULT, body))
-        except Rejected as exc:
-            return self._deliver_error(job_id, generation, RemoteError(job_id, "rejected", f"result refused: {exc}", str(exc)))
+            result = cloudpickle.loads(payload)
         except Exception as exc:
             error = f"result could not be decoded: {type(exc).__name__}: {exc}"
             return self._deliver_error(job_id, generation, RemoteError(job_id, "corrupt", error, traceback.format_exc()))

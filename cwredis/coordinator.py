@@ -25,10 +25,10 @@ import redis
 
 from . import config
 from .connection import Reconnector, connect, describe, is_server_full, is_transient, setup_logging
-from .errors import ConfigError
+from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
-from .serialization import encode_error, frame_outcome
+from .signing import LOST_OUTCOME
 from .server import EmbeddedServer, ensure_secret, write_private
 
 log = logging.getLogger("cwredis.coordinator")
@@ -37,12 +37,6 @@ log = logging.getLogger("cwredis.coordinator")
 FORGET_AFTER_S = 600
 #: Expired workers read per ZRANGEBYSCORE call; a sweep reads them all, page by page.
 SWEEP_PAGE = 100
-
-LOST_ERROR = "LostError: the job's worker died or stopped renewing its lease on every attempt"
-LOST_TRACEBACK = ("The worker running this job stopped renewing its lease (it was killed, lost its node, or was "
-                  "cut off from Redis) on each of the job's max_attempts attempts, so the job was failed "
-                  "instead of retried again.")
-
 
 class Coordinator:
     """Sweeps one Redis; ``run`` loops until ``stop`` is set."""
@@ -58,7 +52,6 @@ class Coordinator:
         self._keys = keys
         self._redis = connect(url, "coordinator")
         self._scripts = Scripts(self._redis, keys)
-        self._lost_body = frame_outcome("", encode_error("lost", LOST_ERROR, LOST_TRACEBACK))
         self._failing: dict[str, str] = {}  # expired workers the last sweep could not recover -> error
 
     def publish_settings(self) -> bool:
@@ -95,7 +88,7 @@ class Coordinator:
             try:
                 recovered = self._scripts.requeue_expired(
                     self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,
-                    result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=self._lost_body, lost_error=LOST_ERROR,
+                    result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=LOST_OUTCOME, lost_error=LOST_ERROR,
                     lost_traceback=LOST_TRACEBACK, now_ms=now_ms)
             except Exception as exc:
                 if is_transient(exc):

@@ -34,6 +34,14 @@ class ServerFullError(CwredisError, RuntimeError):
     """
 
 
+#: What a job that failed 'lost' says. The coordinator records it with the job (for cw-admin); its
+#: outcome carries no text (the coordinator has no secret to sign one), so the client writes this itself.
+LOST_ERROR = "LostError: the job's worker died or stopped renewing its lease on every attempt"
+LOST_TRACEBACK = ("The worker running this job stopped renewing its lease (it was killed, lost its node, or was "
+                  "cut off from Redis) on each of the job's max_attempts attempts, so the job was failed "
+                  "instead of retried again.")
+
+
 class RemoteError(CwredisError):
     """A job failed. ``reason`` is one of exception, timeout, lost, rejected, corrupt.
 

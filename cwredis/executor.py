@@ -64,11 +64,11 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         submitter = self._client.submitter
         prepared = submitter.prepare_function(fn)
-        sealed = [submitter.seal_args(fn, args, kwargs) for args, kwargs in calls]
+        pickled = [submitter.pickle_args(fn, args, kwargs) for args, kwargs in calls]
         # The futures must exist before an outcome can arrive: hold the lock
         # across the submit so the callbacks wait for _track.
         with self._lock:
-            job_ids = self._client.submit_prepared(prepared, sealed)
+            job_ids = self._client.submit_prepared(prepared, pickled)
             futures = []
             for job_id in job_ids:
                 future: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Sequence
 
 import redis
 
-from . import job
+from . import config, job
 from .connection import Batch, Pinned, describe, is_transient
 from .keys import Keys
 
@@ -180,13 +180,23 @@ class Recovered(NamedTuple):
 
 @dataclass
 class Requeue:
-    """One job a worker gives back: mode 'retry' (attempt counted) or 'release' (refunded)."""
+    """One job a worker gives back: mode 'retry' (attempt counted), 'release' (refunded) or 'reject'.
+
+    A rejection (see requeue.lua) is refunded like a release and goes to the
+    back of the queue, until ``limit`` different workers rejected the job;
+    then it fails ``rejected`` with ``error``, and ``body`` (a signed outcome)
+    goes to ``client``.
+    """
 
     id: str
     token: str
     queue: str
     mode: str
     delay_ms: int = 0
+    limit: int = 0
+    client: str = ""
+    body: bytes = b""
+    error: str = ""
 
 
 class Scripts:
@@ -372,13 +382,16 @@ class Scripts:
         return self._run("progress", client, [self.keys.job(job_id)],
                          [token, text, self.keys.channel(client_id), published])
 
-    def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None) -> Any:
-        """Give back owned jobs (retry after a timeout, or release on a hard stop); flags per job."""
-        keys = [self.keys.inflight(worker_id), self.keys.delayed]
-        args: list[Any] = [_clock(now_ms), *self._handoff]
+    def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None,
+                result_ttl_ms: int = 0) -> Any:
+        """Give back owned jobs (retry after a timeout, release on a hard stop, or reject); flags per job
+        (1 requeued, 2 failed after its last rejection, 0 refused)."""
+        keys = [self.keys.inflight(worker_id), self.keys.delayed, self.keys.failed, self.keys.stats]
+        args: list[Any] = [_clock(now_ms), *self._handoff, result_ttl_ms or config.RESULT_TTL_S * 1000,
+                           self._results_prefix, self._seq_prefix, self._channel_prefix, worker_id]
         for r in jobs:
             keys += [self.keys.job(r.id), self.keys.queue(r.queue)]
-            args += [r.id, r.token, r.mode, r.delay_ms, r.queue]
+            args += [r.id, r.token, r.mode, r.delay_ms, r.queue, r.limit or "", r.client, r.body, r.error]
         return self._run("requeue", client, keys, args)
 
     def release_inflight(self, client: Any, *, worker_id: str, queues: Sequence[str], keep: Sequence[str],

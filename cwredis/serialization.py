@@ -1,20 +1,11 @@
-"""What travels through Redis: pickled calls, the client's environment, results.
+"""What travels through Redis besides the signatures: pickled calls, the client's environment, outcomes.
 
-Every blob that will be unpickled carries a one-byte marker and, with a
-secret, an HMAC-SHA256 tag over a *kind* label and the data, so a tag made for
-a result cannot pass as a function::
-
-    b"S" + tag(32) + data     signed
-    b"U" + data               unsigned (no secret on the sending side)
-
-A side that has a secret refuses (``Rejected``) anything unsigned or badly
-tagged and never unpickles it. Malformed framing raises ``Corrupt``.
+Signing lives in :mod:`cwredis.signing`; this module only turns Python
+objects into bytes and back, and frames outcomes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import pickle
@@ -25,62 +16,11 @@ from typing import Any, Callable
 import cloudpickle
 
 from .errors import SerializationError
+from .signing import Corrupt
 
+#: Kind labels of the shared blobs a signature is made for (a function never passes for an environment).
 FUNCTION = b"fn"
-ARGS = b"args"
 ENV = b"env"
-RESULT = b"result"
-
-_SIGNED = b"S"
-_UNSIGNED = b"U"
-_TAG_LEN = 32
-
-
-class Rejected(Exception):
-    """A blob's signature is missing or wrong for our secret."""
-
-
-class Corrupt(Exception):
-    """A blob is missing, truncated or cannot be decoded."""
-
-
-class Signer:
-    """Seals and opens blobs with an optional shared secret."""
-
-    def __init__(self, secret: bytes | None) -> None:
-        self.secret = secret or None
-
-    def _tag(self, kind: bytes, data: bytes) -> bytes:
-        assert self.secret is not None
-        return hmac.new(self.secret, kind + b"\0" + data, hashlib.sha256).digest()
-
-    def seal(self, kind: bytes, data: bytes) -> bytes:
-        if self.secret is None:
-            return _UNSIGNED + data
-        return _SIGNED + self._tag(kind, data) + data
-
-    def open(self, kind: bytes, blob: bytes | None) -> bytes:
-        """Return the data inside ``blob``; raise Rejected or Corrupt."""
-        if not blob:
-            raise Corrupt(f"{kind.decode()} payload is missing")
-        marker = blob[:1]
-        if marker == _SIGNED:
-            if len(blob) < 1 + _TAG_LEN:
-                raise Corrupt(f"{kind.decode()} payload is truncated")
-            tag, data = blob[1 : 1 + _TAG_LEN], blob[1 + _TAG_LEN :]
-            if self.secret is not None and not hmac.compare_digest(tag, self._tag(kind, data)):
-                raise Rejected(f"{kind.decode()} signature does not verify with this side's secret")
-            return data
-        if marker == _UNSIGNED:
-            if self.secret is not None:
-                raise Rejected(f"{kind.decode()} payload is unsigned but this side has a secret")
-            return blob[1:]
-        raise Corrupt(f"{kind.decode()} payload has an unknown format")
-
-
-def digest(blob: bytes) -> str:
-    """Content address of a sealed blob: equal blobs are stored once."""
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 def function_name(fn: Callable[..., Any]) -> str:

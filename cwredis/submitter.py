@@ -4,6 +4,8 @@ A submitter belongs to one client. What all its jobs share -- the client id,
 queue, limits and the client's environment (cwd and sys.path) -- is stored
 once as a *spec*; each distinct function once as a *blob*; a job carries only
 its pickled arguments and two digests. That keeps a queued no-op job small.
+Each job's arguments are sealed together with its id and both digests
+(:meth:`cwredis.signing.Signer.seal_job`), so the job is signed as a whole.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .connection import Pinned, Reconnector, describe, is_server_full, memory_li
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
-from .serialization import ARGS, ENV, FUNCTION, Signer, capture_env, digest, dumps_call, dumps_function, function_name
+from .serialization import ENV, FUNCTION, capture_env, dumps_call, dumps_function, function_name
+from .signing import Signer
 
 
 @dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
@@ -88,7 +91,7 @@ class Submitter:
         cached = self._env_cache
         if cached is None or cached[0] != current:
             sealed = self._signer.seal(ENV, capture_env())
-            cached = self._env_cache = (current, sealed, digest(sealed))
+            cached = self._env_cache = (current, sealed, self._signer.digest(sealed))
         return cached[1], cached[2]
 
     def _spec(self, env_digest: str) -> tuple[dict[str, str], str]:
@@ -98,8 +101,7 @@ class Submitter:
             spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
                             self._forward_output)
             fields = spec.to_hash()
-            cached = self._specs[env_digest] = (
-                fields, digest("\0".join(f"{k}={v}" for k, v in sorted(fields.items())).encode()))
+            cached = self._specs[env_digest] = (fields, self._signer.spec_digest(fields))
         return cached
 
     def prepare_function(self, fn: Callable[..., Any]) -> tuple[bytes, str, str]:
@@ -113,13 +115,25 @@ class Submitter:
         cached = self._by_reference.get(fn) if _importable(fn) else None
         if cached is None:
             sealed = self._signer.seal(FUNCTION, dumps_function(fn))
-            cached = (sealed, digest(sealed), function_name(fn))
+            cached = (sealed, self._signer.digest(sealed), function_name(fn))
             if _importable(fn):
                 self._by_reference[fn] = cached
         return cached
 
-    def seal_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        return self._signer.seal(ARGS, dumps_call(fn, args, kwargs))
+    @staticmethod
+    def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`)."""
+        return dumps_call(fn, args, kwargs)
+
+    def seal_jobs(self, shared: SharedRecords, pickled_args: Iterable[bytes]) -> list[tuple[str, bytes]]:
+        """New jobs (id, envelope) for ``shared``: each signed with its id, spec, function and arguments."""
+        seal = self._signer.seal_job
+        spec_digest, fn_digest = shared.spec_digest, shared.fn_digest
+        jobs = []
+        for args in pickled_args:
+            job_id = new_job_id()
+            jobs.append((job_id, seal(job_id, spec_digest, fn_digest, args)))
+        return jobs
 
     def shared_records(self, prepared: tuple[bytes, str, str]) -> SharedRecords:
         """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
@@ -134,7 +148,7 @@ class Submitter:
         return shared
 
     def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> None:
-        """Store ``jobs`` (id, sealed args) durably with ``shared``, in batches, retrying through outages.
+        """Store ``jobs`` (id, envelope from :meth:`seal_jobs`) durably with ``shared``, in batches, retrying through outages.
 
         Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
         """

@@ -109,6 +109,23 @@ local function outcome_header(seq, job_id, generation)
   return seq .. '\n' .. job_id .. '\n' .. generation .. '\n'
 end
 
+-- Append an outcome entry to a client's results list (numbered by its seq
+-- key; both live result_ttl more) and publish it -- or, when the body is
+-- longer than publish_max (nil: no limit), just its header with kind 'big',
+-- so a listening client needs no further round trip; the list stays the truth.
+local function push_outcome(results, seq_key, channel, job_id, generation, kind, body, result_ttl, publish_max)
+  local seq = redis.call('INCR', seq_key)
+  keep_alive(seq_key, result_ttl)
+  local head = outcome_header(seq, job_id, generation)
+  redis.call('RPUSH', results, head .. kind .. '\n' .. body)
+  keep_alive(results, result_ttl)
+  if not publish_max or #body <= publish_max then
+    redis.call('PUBLISH', channel, head .. kind .. '\n' .. body)
+  else
+    redis.call('PUBLISH', channel, head .. 'big\n')
+  end
+end
+
 -- "a,b,c" -> {"a", "b", "c"}
 local function split_commas(text)
   local out = {}

@@ -4,10 +4,8 @@
 -- KEYS: inflight(worker), failed, stats, then per job: job, results(client), result_seq(client)
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
 --       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, channel, output_tail
--- An outcome entry (outcome_header in the prelude, then kind and body); seq numbers a
--- client's entries so it can trim exactly what it consumed. The entry is also
--- published (or, above publish_max_bytes, just its header with kind 'big'), so
--- a listening client needs no further round trip; the list stays the truth.
+-- An outcome entry (push_outcome in the prelude); seq numbers a client's
+-- entries so it can trim exactly what it consumed.
 -- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
 -- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
 -- Atomic: state, in-flight list, outcome list and the wake-up change together,
@@ -41,16 +39,7 @@ for k = 4, #KEYS, 3 do
       failed_count = failed_count + 1
     end
     if channel ~= '' then  -- '' only when the job's spec (and so its client) is unknown
-      local seq = redis.call('INCR', seq_key)
-      keep_alive(seq_key, result_ttl)
-      local head = outcome_header(seq, job_id, f[3] or '0')
-      redis.call('RPUSH', results, head .. kind .. '\n' .. body)
-      keep_alive(results, result_ttl)
-      if #body <= publish_max then
-        redis.call('PUBLISH', channel, head .. kind .. '\n' .. body)
-      else
-        redis.call('PUBLISH', channel, head .. 'big\n')
-      end
+      push_outcome(results, seq_key, channel, job_id, f[3] or '0', kind, body, result_ttl, publish_max)
     end
     flags[n] = 1
   else

@@ -65,14 +65,9 @@ for i = 1, #ids do
       redis.call('HDEL', job, 'w')
       redis.call('ZADD', failed, now, job_id)
       redis.call('HINCRBY', stats, 'failed', 1)
-      -- The same outcome entry complete.lua writes (see there).
-      local results, seq_key = results_prefix .. spec[3], seq_prefix .. spec[3]
-      local seq = redis.call('INCR', seq_key)
-      keep_alive(seq_key, result_ttl)
-      local entry = outcome_header(seq, job_id, f[5] or '0') .. 'err\n' .. lost_body
-      redis.call('RPUSH', results, entry)
-      keep_alive(results, result_ttl)
-      redis.call('PUBLISH', channel_prefix .. spec[3], entry)
+      -- The outcome carries no content (the client writes the message: we hold no secret).
+      push_outcome(results_prefix .. spec[3], seq_prefix .. spec[3], channel_prefix .. spec[3], job_id,
+                   f[5] or '0', 'err', lost_body, result_ttl)
       lost = lost + 1
     else
       redis.call('HSET', job, 's', 'pending')

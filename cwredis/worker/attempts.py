@@ -14,7 +14,7 @@ import time
 
 from .. import config
 from ..scripts import Requeue
-from ..serialization import Signer
+from ..signing import Signer
 from .direct import completion
 from .ledger import Ledger
 from .link import Link, LinkDown
@@ -37,7 +37,9 @@ class Attempts:
     def record(self, running: Running, reply: Ok | Err) -> None:
         """The attempt ended with this reply: sign it and queue it for complete.lua."""
         self._progress.pop(running.id, None)
-        self._ledger.add_outcome(completion(running.claimed.token, running.spec.client, reply, self._signer))
+        claimed = running.claimed
+        self._ledger.add_outcome(completion(claimed.token, claimed.generation, running.spec.client, reply,
+                                            self._signer))
 
     def recorded(self, running: Running) -> None:
         """The child recorded the outcome itself (complete.lua charged the attempt): nothing left to send."""

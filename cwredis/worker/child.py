@@ -41,7 +41,8 @@ from typing import Any, Callable
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import Corrupt, error_line, parse_env
+from ..serialization import error_line, parse_env
+from ..signing import Corrupt
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         reply = runner.run(message, report)
         direct = message.direct
         if direct is not None and recorder is not None and not isinstance(reply, Resend):
-            recorded: Recorded | None = recorder.record(reply, direct.token, direct.client, direct.repark)
+            recorded: Recorded | None = recorder.record(reply, direct)
             if recorded is not None:
                 send(recorded)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = config.resolve_url(args.url)
     try:
         worker = Worker(url, queues=args.queue or [config.DEFAULT_QUEUE], concurrency=args.concurrency,
-                        burst=args.burst, secret=config.resolve_secret())
+                        burst=args.burst, secret=config.resolve_secret(),
+                        secret_source="$CWREDIS_SECRET" if os.environ.get("CWREDIS_SECRET") else str(config.secret_file()))
         return worker.run()
     except ConfigError as exc:
         print(f"cw-worker: {exc}", file=sys.stderr)

@@ -22,19 +22,21 @@ from .. import config
 from ..connection import Pinned, connect
 from ..keys import Keys
 from ..scripts import Completion, Scripts
-from ..serialization import RESULT, Signer, encode_error, frame_outcome
-from .protocol import Ok, Recorded, Reply, Setup
+from ..serialization import encode_error, frame_outcome
+from ..signing import Signer
+from .protocol import Direct, Ok, Recorded, Reply, Setup
 
 log = logging.getLogger("cwredis.worker.direct")
 
 
-def completion(token: str, client: str, reply: Reply, signer: Signer) -> Completion:
-    """A child's reply (Ok or Err) as the outcome complete.lua records: results signed, errors framed."""
+def completion(token: str, generation: int, client: str, reply: Reply, signer: Signer) -> Completion:
+    """A child's reply (Ok or Err) as the outcome complete.lua records, signed with its job id and attempt."""
     if isinstance(reply, Ok):
-        return Completion(reply.job_id, token, client, "ok",
-                          frame_outcome(reply.output, signer.seal(RESULT, reply.result)))
+        return Completion(reply.job_id, token, client, "ok", signer.seal_outcome(
+            reply.job_id, generation, token, "ok", frame_outcome(reply.output, reply.result)))
+    framed = frame_outcome(reply.output, encode_error(reply.reason, reply.error, reply.traceback))
     return Completion(reply.job_id, token, client, "err",
-                      frame_outcome(reply.output, encode_error(reply.reason, reply.error, reply.traceback)),
+                      signer.seal_outcome(reply.job_id, generation, token, "err", framed),
                       reply.reason, reply.error, reply.traceback, reply.output[-config.FAILED_OUTPUT_TAIL_BYTES:])
 
 
@@ -50,7 +52,7 @@ class DirectRecorder:
         self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
 
-    def record(self, reply: Reply, token: str, client: str, repark: bool) -> Recorded | None:
+    def record(self, reply: Reply, direct: Direct) -> Recorded | None:
         """Record one outcome; None if Redis was not reached (the worker then records it).
 
         ``accepted`` is False when the attempt had lost its job (refused). With
@@ -58,7 +60,8 @@ class DirectRecorder:
         same round trip; ``room`` is the worker's room after that (0: not parked).
         """
         job_id = reply.job_id
-        outcome = completion(token, client, reply, self._signer)
+        outcome = completion(direct.token, direct.generation, direct.client, reply, self._signer)
+        repark = direct.repark
         try:
             if self._redis is None or self._scripts is None:
                 connection = connect(self._url, "child")

@@ -13,8 +13,14 @@ trip as it records outcomes (:meth:`accept_claimed` serves both).
 Claims and reconciliations are serialised by ``claim_lock``, so jobs start in
 the order they were taken and a reconciliation knows every job we hold.
 
-A job that cannot be run -- its spec missing, its payload undecodable or
-its signature wrong -- fails at once here (``corrupt`` / ``rejected``).
+A job that cannot be run because its spec is missing or its payload is
+undecodable fails at once here (``corrupt``). A job whose signature does
+not verify is *rejected*: it goes back to its queue without using an attempt
+(and fails ``rejected`` once ``max_attempts`` workers refused it, see
+requeue.lua), because the fault may be ours -- a worker started with the
+wrong secret. A worker that rejects ``QUARANTINE_AFTER`` jobs in a row stops
+taking jobs (*quarantined*): it says in its log where its secret came from,
+and ``cw-admin workers`` shows it, so one misconfigured node cannot burn a queue.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import threading
 from typing import Callable, Protocol
 
 from .. import config
-from ..scripts import ClaimReply, Claimed, Completion
-from ..serialization import ARGS, Corrupt, Rejected, Signer
+from ..job import Spec
+from ..scripts import ClaimReply, Claimed, Completion, Requeue
+from ..serialization import encode_error, frame_outcome
+from ..signing import Corrupt, Rejected, Signer
 from .ledger import Ledger
 from .lease import Lease
 from .link import Handed, Link, LinkDown
@@ -34,6 +42,9 @@ from .protocol import Err
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
+
+#: Jobs rejected in a row (their envelope did not verify) after which a worker quarantines itself.
+QUARANTINE_AFTER = 3
 
 
 class Host(Protocol):
@@ -59,7 +70,7 @@ class Intake:
     """Claims, hand-offs and reconciliation for one worker; see the module docstring."""
 
     def __init__(self, link: Link, lease: Lease, pool: Pool, ledger: Ledger, stop: StopRequest, signer: Signer,
-                 host: Host, *, burst: bool) -> None:
+                 host: Host, *, burst: bool, secret_source: str = "") -> None:
         self._link = link
         self._lease = lease
         self._pool = pool
@@ -74,6 +85,9 @@ class Intake:
         self.room = 0  # jobs submit may still hand us (parked while > 0): the fetcher waits on the inbox
         self.epoch = 0  # reconciliations so far: a hand-off read across one may be stale
         self.needs_reconcile = False
+        self._secret_source = secret_source or "no secret (--insecure)"
+        self._rejected_in_a_row = 0
+        self.quarantined = False  # too many rejections in a row: we take no more jobs
 
     # -- the fetcher thread -------------------------------------------------------------
 
@@ -83,7 +97,8 @@ class Intake:
         while True:
             with self.lock:
                 # Wait until a child would sit idle: nothing ready, and the last claim came up short.
-                while not self._stop.graceful and not (self.queues_empty and self._host.starting_now()):
+                while not self._stop.graceful and (self.quarantined or not (
+                        self.queues_empty and self._host.starting_now())):
                     self.lock.wait(0.5)
                 if self._stop.graceful:
                     return
@@ -209,8 +224,13 @@ class Intake:
             raise
 
     def _prepare(self, claimed: Claimed) -> Running | None:
-        """Verify and gather a claimed job's payload; on bad input, fail the job instead (None)."""
-        spec = self._link.catalog.spec(claimed.spec)
+        """Verify and gather a claimed job's payload; a job that cannot run is failed or rejected (None).
+
+        The job's envelope is checked first (it signs the digests of its spec
+        and function); then each record is checked against its digest.
+        """
+        catalog = self._link.catalog
+        spec = catalog.routing_spec(claimed.spec)  # not yet verified: only where a rejection goes
         if spec is None:
             log.warning("job %s: its spec is missing or garbage; failing it as corrupt (no client can be told)",
                         claimed.id)
@@ -220,11 +240,21 @@ class Intake:
             return None
         running = Running(claimed, spec)
         try:
-            running.args = self._signer.open(ARGS, claimed.args)
-            running.function = self._link.catalog.function(claimed.function)
-            running.env = self._link.catalog.env(spec.env)
-        except Rejected as exc:
-            self._fail_now(running, "rejected", f"RejectedError: {exc}")
+            running.args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
+        except Rejected as exc:  # our secret may be the wrong one: back to the queue for another worker
+            self._reject(running, exc, limit=self._rejection_limit(claimed, spec))
+            self._count_rejection()
+            return None
+        except Corrupt as exc:
+            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
+            return None
+        self._rejected_in_a_row = 0  # our secret verified this job: it is not us
+        try:
+            catalog.spec(claimed.spec)
+            running.function = catalog.function(claimed.function)
+            running.env = catalog.env(spec.env)
+        except Rejected as exc:  # a record swapped under a job our secret verified: no worker may run it
+            self._reject(running, exc, limit=1)
             return None
         except Corrupt as exc:
             self._fail_now(running, "corrupt", f"CorruptError: {exc}")
@@ -234,6 +264,39 @@ class Intake:
     def _fail_now(self, running: Running, reason: str, error: str) -> None:
         log.warning("job %s: failing it (%s): %s", running.id, reason, error)
         self._host.fail(running, Err(running.id, reason, error, error, ""))
+
+    def _rejection_limit(self, claimed: Claimed, spec: Spec) -> int:
+        """How many rejections fail the job: its max_attempts if its spec verifies, else the default
+        (a spec we cannot verify may have been altered to keep a forged job going round)."""
+        try:
+            self._link.catalog.spec(claimed.spec)
+        except Rejected:
+            return min(spec.max_attempts, config.DEFAULT_MAX_ATTEMPTS)
+        return spec.max_attempts
+
+    def _reject(self, running: Running, exc: Rejected, *, limit: int) -> None:
+        """Give the job back unrun, its attempt refunded; the limit-th rejection fails it (requeue.lua)."""
+        claimed, spec = running.claimed, running.spec
+        error = f"RejectedError: {exc}"
+        log.warning("job %s: rejected: %s", claimed.id, exc)
+        body = self._signer.seal_outcome(claimed.id, claimed.generation, claimed.token, "err",
+                                         frame_outcome("", encode_error("rejected", error, error)))
+        self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "reject", limit=limit,
+                                         client=spec.client, body=body, error=error))
+
+    def _count_rejection(self) -> None:
+        """One more job whose envelope our secret could not verify; quarantine at QUARANTINE_AFTER in a row."""
+        self._rejected_in_a_row += 1
+        if self._rejected_in_a_row < QUARANTINE_AFTER or self.quarantined:
+            return
+        self.quarantined = True
+        self.needs_reconcile = True  # unparks us: no job is handed to a quarantined worker
+        log.error("worker %s: quarantined: the signatures of %d jobs in a row did not verify with this worker's "
+                  "secret, from %s. This worker takes no more jobs (the rejected ones went back to their queue); "
+                  "give every worker and client the same secret ($CWREDIS_SECRET, or the same "
+                  "$CWREDIS_HOME/secret file) and restart this worker.", self._link.worker_id,
+                  self._rejected_in_a_row, self._secret_source)
+        self._stop.wake()
 
     # -- reconciliation ---------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ..catalog import Catalog
 from ..connection import Pinned, Reconnector, connect, describe, is_transient
 from ..keys import Keys
 from ..scripts import ClaimReply, Claimed, Scripts, parse_handed
-from ..serialization import Signer
+from ..signing import Signer
 from .ledger import Batch
 
 log = logging.getLogger("cwredis.worker")
@@ -163,7 +163,7 @@ class Link:
         """Fetch the specs, functions and environments of claimed jobs that are not cached yet."""
         def round_trip() -> None:
             self.catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
-            self.catalog.fetch([], [s.env for c in claimed if (s := self.catalog.spec(c.spec))])
+            self.catalog.fetch([], self.catalog.env_digests(c.spec for c in claimed))
         self._call(round_trip)
 
     # -- recording --------------------------------------------------------------------------

@@ -125,7 +125,8 @@ class Slot:
     def resend(self, running: Running) -> None:
         """(Re)write a job, leaving out the function and environment the child already holds."""
         fn_digest, env_digest = running.claimed.function, running.spec.env
-        direct = Direct(running.claimed.token, running.spec.client, running.repark) if running.direct else None
+        direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark)
+                  if running.direct else None)
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
                        running.args, env_digest, None if self.env == env_digest else running.env,
                        running.spec.forward_output, direct))

@@ -28,9 +28,11 @@ class Setup(NamedTuple):
 
 
 class Direct(NamedTuple):
-    """Asks the child to record a job's outcome itself: the attempt's token, the client, and whether to re-park."""
+    """Asks the child to record a job's outcome itself: the attempt's token and the job's generation (both
+    signed into the outcome), the client, and whether to re-park."""
 
     token: str
+    generation: int
     client: str
     repark: bool
 

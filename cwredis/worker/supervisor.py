@@ -46,7 +46,7 @@ from typing import Sequence
 
 from .. import config
 from ..keys import DEFAULT_KEYS, Keys
-from ..serialization import Signer
+from ..signing import Signer
 from . import pacing
 from .attempts import Attempts
 from .intake import Intake
@@ -64,8 +64,8 @@ class Worker:
     """Claims jobs from ``queues`` and runs up to ``concurrency`` at once."""
 
     def __init__(self, url: str, *, queues: Sequence[str] = (config.DEFAULT_QUEUE,), concurrency: int = 1,
-                 burst: bool = False, secret: bytes | None = None, keys: Keys = DEFAULT_KEYS,
-                 slot: type[Slot] = Slot) -> None:
+                 burst: bool = False, secret: bytes | None = None, secret_source: str = "",
+                 keys: Keys = DEFAULT_KEYS, slot: type[Slot] = Slot) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.url = url
@@ -73,10 +73,12 @@ class Worker:
         self.concurrency = concurrency
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.jobs_done = 0
+        self.since = int(time.time())  # when it started (cw-admin workers)
         self._keys = keys
         self._burst = burst
         self._slot_class = slot  # tests drive the loop with slots that start no process
         self._signer = Signer(secret)
+        self._secret_source = secret_source  # where the secret came from, for the quarantine message
         self._stop = StopRequest()
         self._link = Link(url, keys, self._signer, self.worker_id, self.queues)
         self._lease = Lease(self._link, self._stop, describe=self._describe, check=self.check_strays,
@@ -163,7 +165,7 @@ class Worker:
         setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
         self._pool = Pool(self.concurrency, setup, self._lock, slot=self._slot_class)
         self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
-                              burst=self._burst)
+                              burst=self._burst, secret_source=self._secret_source)
         self._recorder = Recorder(self._link, self._lease, self._ledger, self._intake, self._pool, self._stop, self)
         return True
 
@@ -321,7 +323,8 @@ class Worker:
 
     def hunger(self) -> int:
         """How many more jobs to claim now (lock held)."""
-        return pacing.hunger(self.capacity(), self.pool.held(), self._stop.graceful)
+        stopping = self._stop.graceful or (self._intake is not None and self._intake.quarantined)
+        return pacing.hunger(self.capacity(), self.pool.held(), stopping)
 
     def starting_now(self) -> int:
         """Of the jobs claimed now, how many go straight to an idle child (lock held)."""
@@ -367,7 +370,11 @@ class Worker:
         """What the heartbeat publishes about us (cw-admin shows it)."""
         with self._lock:
             running = [job.id for job in self.pool.running()] if self._pool is not None else []
-        return {"queues": ",".join(self.queues), "concurrency": str(self.concurrency), "running": ",".join(running)}
+        info = {"queues": ",".join(self.queues), "concurrency": str(self.concurrency), "running": ",".join(running),
+                "since": str(self.since)}
+        if self._intake is not None and self._intake.quarantined:  # for good: only a restart ends it
+            info["quarantined"] = "1"
+        return info
 
     # -- stopping ------------------------------------------------------------------------------
 

@@ -179,9 +179,9 @@ def test_submit_refused_part_way_delivers_the_batches_already_queued(server, hom
     outcomes = Outcomes()
     with _client(outcomes, server) as t:
         n = 2 * config.SUBMIT_BATCH + 200
-        sealed = [t.submitter.seal_args(helpers.square, (i,), {}) for i in range(n)]
+        pickled = [t.submitter.pickle_args(helpers.square, (i,), {}) for i in range(n)]
         with pytest.raises((CwredisError, redis.ResponseError)) as refused:
-            t.submit_prepared(t.submitter.prepare_function(helpers.square), sealed)
+            t.submit_prepared(t.submitter.prepare_function(helpers.square), pickled)
         admin.execute_command("ACL", "SETUSER", "default", "+@all")
         assert calls == [config.SUBMIT_BATCH, config.SUBMIT_BATCH], "a batch was sent after the refusal"
         assert t.outstanding == config.SUBMIT_BATCH, "the client forgot the batch already queued"

@@ -1,4 +1,4 @@
-"""Signing, pickling errors, environment capture, URL and secret resolution."""
+"""Pickling errors, environment capture, error records, URL and secret resolution (signing: test_signing.py)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,8 @@ import pytest
 
 from cwredis import config
 from cwredis.errors import SerializationError
-from cwredis.serialization import (ARGS, FUNCTION, RESULT, Corrupt, Rejected, Signer, capture_env, decode_error,
-                                   dumps_call, encode_error, parse_env)
-
-
-def test_a_signed_blob_opens_only_with_the_same_secret_and_kind():
-    blob = Signer(b"k1").seal(ARGS, b"data")
-    assert Signer(b"k1").open(ARGS, blob) == b"data"
-    with pytest.raises(Rejected):
-        Signer(b"k2").open(ARGS, blob)
-    with pytest.raises(Rejected):
-        Signer(b"k1").open(FUNCTION, blob)  # a tag for args cannot pass as a function
-    with pytest.raises(Rejected):
-        Signer(b"k1").open(ARGS, blob[:-1] + b"X")
-    assert Signer(None).open(ARGS, blob) == b"data"  # no secret: cannot verify, accepts
-
-
-def test_a_side_with_a_secret_refuses_unsigned_blobs():
-    blob = Signer(None).seal(RESULT, b"data")
-    assert Signer(None).open(RESULT, blob) == b"data"
-    with pytest.raises(Rejected):
-        Signer(b"k").open(RESULT, blob)
-
-
-@pytest.mark.parametrize("blob", [None, b"", b"S123", b"Zjunk"])
-def test_malformed_blobs_are_corrupt(blob):
-    with pytest.raises(Corrupt):
-        Signer(b"k").open(ARGS, blob)
+from cwredis.serialization import capture_env, decode_error, dumps_call, encode_error, parse_env
+from cwredis.signing import Corrupt
 
 
 def test_an_unpicklable_argument_is_named():

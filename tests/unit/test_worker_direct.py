@@ -9,27 +9,29 @@ import pytest
 from cwredis import job
 from cwredis.keys import Keys
 from cwredis.worker.direct import DirectRecorder, completion
-from cwredis.worker.protocol import Err, Ok, Recorded, Setup
+from cwredis.worker.protocol import Direct, Err, Ok, Recorded, Setup
 from cwredis.scripts import Scripts, parse_handed
-from cwredis.serialization import RESULT, Signer, decode_error, unframe_outcome
+from cwredis.serialization import decode_error, unframe_outcome
+from cwredis.signing import Signer
 
 KEYS = Keys("cwtest")
 SPEC = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=2)
 
 
 def test_completion_of_a_result_is_signed_and_framed_with_the_output():
-    signer = Signer(b"k")
-    c = completion("3", "c1", Ok("j1", b"PICKLE", "printed\n"), signer)
+    signer = Signer(b"k" * 32)
+    c = completion("3", 0, "c1", Ok("j1", b"PICKLE", "printed\n"), signer)
     assert (c.id, c.token, c.client, c.kind, c.output) == ("j1", "3", "c1", "ok", "")
-    output, body = unframe_outcome(c.body)
-    assert output == "printed\n" and signer.open(RESULT, body) == b"PICKLE"
+    output, body = unframe_outcome(signer.open_outcome("j1", 0, b"ok", c.body))
+    assert output == "printed\n" and body == b"PICKLE"
 
 
 def test_completion_of_an_error_keeps_the_output_tail_for_the_failed_job():
-    c = completion("1", "c1", Err("j1", "exception", "ValueError: x", "Traceback...", "o" * 10_000), Signer(None))
+    c = completion("1", 0, "c1", Err("j1", "exception", "ValueError: x", "Traceback...", "o" * 10_000),
+                   Signer(None))
     assert (c.kind, c.reason, c.error, c.traceback) == ("err", "exception", "ValueError: x", "Traceback...")
     assert len(c.output) == 4096
-    _, body = unframe_outcome(c.body)
+    _, body = unframe_outcome(Signer(None).open_outcome("j1", 0, b"err", c.body))
     assert decode_error(body) == ("exception", "ValueError: x", "Traceback...")
 
 
@@ -49,11 +51,11 @@ def test_a_child_records_its_outcome_once_and_reparks_its_worker(server, handed)
     r, claimed = handed
     recorder = DirectRecorder(Setup(server.url, None, KEYS.namespace, "w1", ["default"]))
     reply = Ok("a", b"PICKLE", "")
-    assert recorder.record(reply, claimed.token, "c1", repark=True) == Recorded("a", True, 1)
+    assert recorder.record(reply, Direct(claimed.token, 0, "c1", repark=True)) == Recorded("a", True, 1)
     assert r.hget(KEYS.job("a"), job.STATE) == b"done" and r.llen(KEYS.results("c1")) == 1
     assert r.get(KEYS.parked("w1")) == b"1" and r.zrange(KEYS.idle("default"), 0, -1) == [b"w1"]
     # A lost reply makes the worker record it again: refused, not delivered twice.
-    assert recorder.record(reply, claimed.token, "c1", repark=False) == Recorded("a", False, 0)
+    assert recorder.record(reply, Direct(claimed.token, 0, "c1", repark=False)) == Recorded("a", False, 0)
     assert r.llen(KEYS.results("c1")) == 1
 
 
@@ -61,6 +63,6 @@ def test_a_child_that_cannot_reach_redis_leaves_the_outcome_to_its_worker(handed
     r, claimed = handed
     recorder = DirectRecorder(Setup("redis://127.0.0.1:1/0", None, KEYS.namespace, "w1", ["default"]))
     started = time.monotonic()
-    assert recorder.record(Ok("a", b"P", ""), claimed.token, "c1", repark=True) is None
+    assert recorder.record(Ok("a", b"P", ""), Direct(claimed.token, 0, "c1", repark=True)) is None
     assert time.monotonic() - started < 5
     assert r.hget(KEYS.job("a"), job.STATE) == b"running"
