@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fanout-workers", type=int, default=2)
     ap.add_argument("--fanout-concurrency", type=int, default=8)
     ap.add_argument("--lease-timeout", type=float, default=30)
-    ap.add_argument("--secret", action="store_true", help="set CWREDIS_SECRET (HMAC signing on)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="run every role with CWREDIS_INSECURE=1 and no secret (signing off; on by default)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dirs with logs")
     ap.add_argument("--smoke", action="store_true", help="only check that the package works")
     ap.add_argument("--profile", metavar="DIR",
@@ -115,7 +116,7 @@ def run_suite(o: argparse.Namespace, t_start: float) -> int:
     meta = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
             "valkey": valkey_version(), "workers": f"{o.workers} x --concurrency {o.concurrency}",
             "fanout": f"{o.fanout_workers} x --concurrency {o.fanout_concurrency}",
-            "runs": o.runs, "quick": o.quick, "signing": bool(o.secret),
+            "runs": o.runs, "quick": o.quick, "signing": not o.insecure,
             "seconds": time.perf_counter() - t_start, "platform": platform.platform()}
     print_table(results, meta)
     if o.json:
@@ -126,9 +127,10 @@ def run_suite(o: argparse.Namespace, t_start: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
-    # Each stack gives its processes its own URL and (with --secret) signing key.
+    # Each stack gives its processes its own URL and (unless --insecure) signing key.
     os.environ.pop("CWREDIS_URL", None)
     os.environ.pop("CWREDIS_SECRET", None)
+    os.environ.pop("CWREDIS_INSECURE", None)
     raise_interrupt_on_termination()  # every stack then stops what it started, in its `with`
     t_start = time.perf_counter()
     print(f"os.cpu_count() = {os.cpu_count()}", flush=True)

@@ -51,8 +51,10 @@ class Stack:
         home = self.dir / "home"
         home.mkdir()
         self.env = {"CWREDIS_HOME": str(home)}
-        if opts.secret:
-            self.env["CWREDIS_SECRET"] = secrets.token_hex(16)
+        if opts.insecure:
+            self.env["CWREDIS_INSECURE"] = "1"
+        else:
+            self.env["CWREDIS_SECRET"] = secrets.token_urlsafe(32)
         self.server = Server(self.dir, aof=aof)
         self.url = self.server.url
         # cwd: the temp dir, so no checkout's cwredis/ shadows the one PYTHONPATH names.

@@ -36,7 +36,7 @@ OUTPUT = "o"  # output tail of a failed job
 PROGRESS = "pg"  # latest "fraction message" a running job reported
 PREFETCHED = "pf"  # set while a claimed-ahead attempt has not started: its attempt is not yet charged
 DEATHS = "d"  # how many workers died holding the job (at 2 x max_attempts it fails lost)
-REJECTERS = "rw"  # ids of the workers that refused its signature, comma-joined (at max_attempts it fails rejected)
+REJECTIONS = "rj"  # how often a worker refused its signature (at max_attempts it fails rejected)
 
 # Field names of the spec hash.
 SPEC_CLIENT = "c"

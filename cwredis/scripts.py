@@ -183,9 +183,8 @@ class Requeue:
     """One job a worker gives back: mode 'retry' (attempt counted), 'release' (refunded) or 'reject'.
 
     A rejection (see requeue.lua) is refunded like a release and goes to the
-    back of the queue, until ``limit`` different workers rejected the job;
-    then it fails ``rejected`` with ``error``, and ``body`` (a signed outcome)
-    goes to ``client``.
+    back of the queue, until the job's ``limit``-th rejection; that one fails
+    it ``rejected`` with ``error``, and ``body`` (a signed outcome) goes to ``client``.
     """
 
     id: str
@@ -388,7 +387,7 @@ class Scripts:
         (1 requeued, 2 failed after its last rejection, 0 refused)."""
         keys = [self.keys.inflight(worker_id), self.keys.delayed, self.keys.failed, self.keys.stats]
         args: list[Any] = [_clock(now_ms), *self._handoff, result_ttl_ms or config.RESULT_TTL_S * 1000,
-                           self._results_prefix, self._seq_prefix, self._channel_prefix, worker_id]
+                           self._results_prefix, self._seq_prefix, self._channel_prefix]
         for r in jobs:
             keys += [self.keys.job(r.id), self.keys.queue(r.queue)]
             args += [r.id, r.token, r.mode, r.delay_ms, r.queue, r.limit or "", r.client, r.body, r.error]

@@ -2,7 +2,7 @@
 -- requeue.lua: give back jobs a worker still owns, each fenced by its token.
 -- KEYS: inflight(worker), delayed, failed, stats, then per job: job, queue
 -- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), result_ttl_ms,
---       results_prefix, result_seq_prefix, channel_prefix, worker_id, then per job:
+--       results_prefix, result_seq_prefix, channel_prefix, then per job:
 --       job_id, token, mode, delay_ms, queue_name, limit, client, body, error
 -- mode 'retry': the attempt counted (it timed out); the job waits in the
 --   delayed set for delay_ms (or goes straight back if delay_ms is 0).
@@ -10,12 +10,12 @@
 --   job goes to the front of its queue at once (a parked worker is woken).
 -- mode 'reject': the worker refused the job's signature (a worker with the
 --   wrong secret, or a job altered by someone without it). Not an attempt:
---   the worker joins the job's rejecters ('rw', ids joined by commas), and
---   the job goes to the back of its queue, so the same worker takes others
---   next (and quarantines itself if it rejects those too). Once `limit` (the
---   job's max_attempts) *different* workers rejected it, the job fails
---   'rejected' (error: `error`) with `body` as the outcome sent to `client`
---   ('' : none): one misconfigured worker can never fail a job.
+--   counted in 'rj', and the job goes to the back of its queue, so the
+--   worker takes the others next (a worker that rejects 3 in a row stops
+--   taking jobs: with jobs to spare, a misconfigured worker fails none).
+--   The limit-th rejection (the job's max_attempts) fails the job 'rejected'
+--   (error: `error`) with `body` as the outcome sent to `client` ('' : none),
+--   so a job no worker can verify ends instead of circling for ever.
 -- limit, client, body and error are '' for the other modes.
 -- Returns one flag per job: 1 requeued, 2 failed (rejected), 0 refused (not ours any more).
 -- Atomic per call: each job's state, lists and outcome change together.
@@ -23,8 +23,7 @@ local inflight, delayed, failed, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms(ARGV[1])
 local ho = handoff_keys(ARGV, 2)
 local result_ttl, results_prefix, seq_prefix, channel_prefix = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
-local worker_id = ARGV[11]
-local flags, a, n, woken, failed_count = {}, 12, 0, {}, 0
+local flags, a, n, woken, failed_count = {}, 11, 0, {}, 0
 for k = 5, #KEYS, 2 do
   local job, queue = KEYS[k], KEYS[k + 1]
   local job_id, token, mode, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], now + tonumber(ARGV[a + 3])
@@ -32,7 +31,7 @@ for k = 5, #KEYS, 2 do
                                                ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rw', 'g') or {}  -- not a hash: refused, like a lost lease
+  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rj', 'g') or {}  -- not a hash: refused, like a lost lease
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     redis.call('HDEL', job, 'w', 'pf')
@@ -42,16 +41,9 @@ for k = 5, #KEYS, 2 do
     elseif mode == 'retry' and f[4] then  -- it ran (and timed out) before its start was recorded
       redis.call('HSET', job, 'n', (tonumber(f[3]) or 0) + 1)
     end
-    local rejecters = split_commas(f[5])
-    if mode == 'reject' then
-      local known = false
-      for _, w in ipairs(rejecters) do known = known or w == worker_id end
-      if not known then
-        rejecters[#rejecters + 1] = worker_id
-        redis.call('HSET', job, 'rw', table.concat(rejecters, ','))
-      end
-    end
-    if mode == 'reject' and #rejecters >= (limit or 1) then
+    local rejections = (tonumber(f[5]) or 0) + 1
+    if mode == 'reject' then redis.call('HSET', job, 'rj', rejections) end
+    if mode == 'reject' and rejections >= (limit or 1) then
       redis.call('HSET', job, 's', 'failed', 'r', 'rejected', 'x', err, 'tb', err)
       redis.call('ZADD', failed, now, job_id)
       failed_count = failed_count + 1

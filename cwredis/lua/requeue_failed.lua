@@ -32,7 +32,7 @@ for i, job_id in ipairs(ids) do
   if queues[i] then
     local job = job_prefix .. job_id
     redis.call('HSET', job, 's', 'pending', 'n', 0, 'g', generations[i])
-    redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o', 'rw')
+    redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o', 'rj')
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
     tally(woken, queues[i])
     n = n + 1
