@@ -53,6 +53,8 @@ class Stack:
         self.env = {"CWREDIS_HOME": str(home)}
         if opts.secret:
             self.env["CWREDIS_SECRET"] = secrets.token_hex(16)
+        else:  # measured without signing on purpose: v2 roles need to be told
+            self.env["CWREDIS_INSECURE"] = "1"
         self.server = Server(self.dir, aof=aof)
         self.url = self.server.url
         # cwd: the temp dir, so no checkout's cwredis/ shadows the one PYTHONPATH names.
