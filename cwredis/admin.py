@@ -4,6 +4,9 @@ Exit codes: 0 success; 1 a user error (unknown job id, a job that is not
 failed, ...), with a one-line message on stderr and nothing changed; 2 when
 Redis cannot be reached (checked before anything else). Each subcommand is a
 small function over :class:`Inspector`, which does the reading.
+
+Whatever came from Redis is printed through :func:`~cwredis.terminal.printable`:
+anyone who can write there must not be able to drive our terminal.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .connection import connect, check_reachable, describe
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts
+from .terminal import printable
 
 EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -178,12 +182,13 @@ def _status_text(status: dict[str, Any], workers: list[dict[str, str]], rate: fl
              f"failed {status['failed']}" + (f"   {rate:.1f} jobs/s" if rate is not None else "")]
     lines.append("queue                pending")
     for name, q in status["queues"].items():
-        lines.append(f"{name:<20} {q['pending']:>7}")
+        lines.append(f"{printable(name):<20} {q['pending']:>7}")
     if workers:
         lines.append("worker                                  host              concurrency  running")
         for w in workers:
-            running = w.get("running", "")
-            lines.append(f"{w['id']:<39} {w.get('host', '?'):<17} {w.get('concurrency', '?'):>11}  {running or '-'}")
+            running = printable(w.get("running", "") or "-")
+            lines.append(f"{printable(w['id']):<39} {printable(w.get('host', '?')):<17} "
+                         f"{printable(w.get('concurrency', '?')):>11}  {running}")
     return "\n".join(lines)
 
 
@@ -211,7 +216,8 @@ def cmd_failed(inspector: Inspector, args: argparse.Namespace) -> int:
         print("no failed jobs")
     else:
         for row in rows:
-            print(f"{row['id']}  {row['function']}  attempts={row['attempts']}  {row['reason']}: {row['error']}")
+            print(printable(f"{row['id']}  {row['function']}  attempts={row['attempts']}  "
+                            f"{row['reason']}: {row['error']}"))
     return EXIT_OK
 
 
@@ -221,15 +227,15 @@ def cmd_show(inspector: Inspector, args: argparse.Namespace) -> int:
         print(json.dumps({k: row[k] for k in ("id", "state", "function", "attempts", "reason", "error")}))
         return EXIT_OK
     for key in ("id", "state", "function", "attempts", "reason", "error"):
-        print(f"{key:<9} {row[key] if row[key] is not None else '-'}")
+        print(f"{key:<9} {printable(row[key]) if row[key] is not None else '-'}")
     record = inspector.records([args.jobid])[0]
     if record is not None and record.progress and record.state == job.RUNNING:
-        print(f"progress  {record.progress}")
+        print(f"progress  {printable(record.progress)}")
     if record is not None and record.state == job.FAILED:
         if record.output:
-            print("output (tail):\n" + record.output.rstrip())
+            print("output (tail):\n" + printable(record.output.rstrip(), multiline=True))
         if record.traceback:
-            print("traceback:\n" + record.traceback.rstrip())
+            print("traceback:\n" + printable(record.traceback.rstrip(), multiline=True))
     return EXIT_OK
 
 
@@ -281,20 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
-    url = config.resolve_url(args.url)
     try:
+        url = config.resolve_url(args.url)
         client = connect(url, "admin")
         check_reachable(client, url)
     except ConfigError as exc:
-        print(f"cw-admin: {exc}", file=sys.stderr)
+        print(f"cw-admin: {printable(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     try:
         return int(args.run(Inspector(client), args))
     except UserError as exc:
-        print(f"cw-admin: {exc}", file=sys.stderr)
+        print(f"cw-admin: {printable(exc)}", file=sys.stderr)
         return EXIT_USER
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f"cw-admin: lost Redis at {config.mask_url(url)}: {describe(exc)}", file=sys.stderr)
+        print(f"cw-admin: lost Redis at {config.mask_url(url)}: {printable(describe(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     finally:
         client.close()

@@ -113,6 +113,7 @@ class ClientThread(threading.Thread):
         progress_callback: ProgressCallback | None = None,
         forward_output: bool = True,
         secret: bytes | str | None = None,
+        insecure: bool = False,
         keys: Keys = DEFAULT_KEYS,
     ) -> None:
         super().__init__(name="cwredis-client", daemon=True)
@@ -127,7 +128,9 @@ class ClientThread(threading.Thread):
         self._keys = keys
         if isinstance(secret, str):
             secret = secret.encode()
-        self._signer = Signer(secret if secret is not None else config.resolve_secret())
+        # Fail closed: no secret is a ConfigError unless insecure (see config.require_secret).
+        self._signer = Signer(config.check_secret(secret, "secret=").value if secret is not None
+                              else config.require_secret(insecure))
         self._stop_event = threading.Event()
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")

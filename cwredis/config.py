@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import re
+import secrets
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+from .safefiles import create_private, read_private
+
+log = logging.getLogger("cwredis")
 
 #: How long a worker may go without renewing its lease before the coordinator
 #: declares it dead and requeues its jobs. The coordinator publishes its value.
@@ -139,34 +147,154 @@ def secret_file() -> Path:
 
 
 def resolve_url(explicit: str | None = None) -> str:
-    """The contract's order: explicit argument, ``$CWREDIS_URL``, ``$CWREDIS_HOME/url``, default."""
+    """The contract's order: explicit argument, ``$CWREDIS_URL``, ``$CWREDIS_HOME/url``, default.
+
+    ConfigError if the URL file (or the home holding it) is not safely ours:
+    someone else's URL would hand them our jobs' results and our password.
+    """
     if explicit:
         return explicit
     env = os.environ.get("CWREDIS_URL")
     if env:
         return env
-    try:
-        text = url_file().read_text().strip()
-    except OSError:
-        text = ""
+    content = read_private(url_file(), "URL file")
+    text = content.decode(errors="replace").strip() if content is not None else ""
     return text or DEFAULT_URL
 
 
-def resolve_secret() -> bytes | None:
-    """``$CWREDIS_SECRET``, else the stripped content of ``$CWREDIS_HOME/secret``, else None."""
-    env = os.environ.get("CWREDIS_SECRET")
+# ------------------------------------------------------------------------ secret
+
+#: The shortest secret accepted: a guessable secret lets anyone who can write to Redis sign jobs.
+MIN_SECRET_CHARS = 32
+#: The placeholder the example files in deploy/ carry; a copied example is not a secret.
+EXAMPLE_SECRET_PREFIX = "CHANGE-ME"
+
+
+class ResolvedSecret(NamedTuple):
+    """A signing secret and where it came from (``$CWREDIS_SECRET`` or the file's path), for logs."""
+
+    value: bytes
+    source: str
+
+
+def find_secret() -> ResolvedSecret | None:
+    """``$CWREDIS_SECRET``, else the stripped content of ``$CWREDIS_HOME/secret``, else None.
+
+    A secret that exists but is unusable is a ConfigError, never "no secret":
+    an empty, unreadable or untrusted file (see :mod:`cwredis.safefiles`), a
+    value shorter than MIN_SECRET_CHARS, or the example value from deploy/.
+    """
+    env = os.environ.get("CWREDIS_SECRET", "").strip()
     if env:
-        return env.encode()
-    try:
-        text = secret_file().read_bytes().strip()
-    except OSError:
+        return check_secret(env.encode(), "$CWREDIS_SECRET")
+    path = secret_file()
+    content = read_private(path, "secret file", private=True)
+    if content is None:
         return None
-    return text or None
+    value = content.strip()
+    if not value:
+        raise ConfigError(f"the secret file {path} is empty; delete it (the coordinator writes a new one) "
+                          "or put a random string of at least 32 characters in it")
+    return check_secret(value, str(path))
 
 
-_PASSWORD = re.compile(r"(?P<scheme>rediss?://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+def check_secret(value: bytes, source: str) -> ResolvedSecret:
+    """``value`` as a ResolvedSecret; ConfigError if it is the example value or too short."""
+    text = value.decode(errors="replace")
+    if text.startswith(EXAMPLE_SECRET_PREFIX):
+        raise ConfigError(f"the secret in {source} is the example value from deploy/; replace it with a "
+                          "random string, e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    if len(text) < MIN_SECRET_CHARS:
+        raise ConfigError(f"the secret in {source} has {len(text)} characters; at least {MIN_SECRET_CHARS} are "
+                          "needed, e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return ResolvedSecret(value, source)
+
+
+def insecure_requested(insecure: bool = False) -> bool:
+    """True if told to run without a secret: ``insecure=True``/``--insecure`` or ``$CWREDIS_INSECURE=1``."""
+    return insecure or os.environ.get("CWREDIS_INSECURE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def require_secret(insecure: bool = False) -> bytes | None:
+    """The signing secret of a client or worker; None only when told it may run insecure and none is set.
+
+    Fail closed: with no secret and no permission to run unsigned, ConfigError
+    with a one-line message saying how to set one. An unusable secret is an
+    error even with ``insecure`` (see :func:`find_secret`).
+    """
+    found = find_secret()
+    if found is not None:
+        log.info("signing secret from %s", found.source)
+        return found.value
+    if insecure_requested(insecure):
+        log.warning("no signing secret: running insecure (anyone who can write to Redis can run code here)")
+        return None
+    raise ConfigError(
+        f"no signing secret: set $CWREDIS_SECRET (the same random string of at least {MIN_SECRET_CHARS} "
+        f"characters on every client and worker), or start `cw-coordinator` once with this $CWREDIS_HOME "
+        f"(it writes {secret_file()}); to run unsigned anyway, pass --insecure, set CWREDIS_INSECURE=1 "
+        "or give insecure=True")
+
+
+def secret_source() -> str:
+    """Where the secret comes from, for a log line: ``$CWREDIS_SECRET``, the file's path, or why none."""
+    try:
+        found = find_secret()
+    except ConfigError as exc:
+        return f"unusable ({exc})"
+    return found.source if found is not None else "none (running insecure)"
+
+
+def ensure_secret() -> ResolvedSecret:
+    """The secret, creating ``$CWREDIS_HOME/secret`` (0600, a fresh random value) if none resolves.
+
+    The coordinator calls this with any URL, so that workers and clients
+    sharing its home are signed with no setup; a secret file someone else
+    wrote first is left alone (and checked).
+    """
+    found = find_secret()
+    if found is not None:
+        return found
+    path = secret_file()
+    if create_private(path, secrets.token_urlsafe(32) + "\n"):
+        log.info("no signing secret was set: created %s (mode 0600); clients and workers with this "
+                 "$CWREDIS_HOME use it", path)
+    found = find_secret()
+    assert found is not None
+    return found
+
+
+# ------------------------------------------------------------------------ masking
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and errors."""
-    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """The URL with every password redis-py would read from it replaced by ``***``, for logs and errors.
+
+    Parsed as redis-py parses it (``urllib.parse``): the password of the user
+    info (everything between the first ``:`` and the *last* ``@`` of the
+    network location, so a password may hold ``@`` or ``:``), in every scheme
+    (``redis``, ``rediss``, ``unix``, ``redis+sentinel`` with its host list),
+    and any ``password``/``*_password`` query parameter. Text that does not
+    parse is masked whole after its scheme.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://***" if sep else "***"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if colon else netloc
+    query = "&".join(_mask_param(param) for param in parts.query.split("&")) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # Rebuilt by hand: urlunsplit drops the "//" of an empty host (unix:///path).
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def _mask_param(param: str) -> str:
+    name, eq, _value = param.partition("=")
+    return f"{name}=***" if eq and unquote(name).lower().endswith("password") else param

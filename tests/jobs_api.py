@@ -99,3 +99,9 @@ class Nested:
     @staticmethod
     def boom():
         raise ValueError("boom")
+
+
+def print_then_raise(output, message):
+    """Print ``output``, then raise ValueError(``message``): both may carry terminal escapes."""
+    print(output)
+    raise ValueError(message)

@@ -1,9 +1,13 @@
-"""``cw-worker`` / ``python -m cwredis.worker [REDIS_URL] [--concurrency N] [--queue NAME]...``."""
+"""``cw-worker`` / ``python -m cwredis.worker [REDIS_URL] [--concurrency N] [--queue NAME]... [--insecure]``.
+
+A worker without a signing secret refuses to start (exit 1, one line on
+stderr saying how to set one) unless ``--insecure``/``$CWREDIS_INSECURE=1``:
+it would otherwise run whatever anyone who can write to Redis queues.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -22,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run up to N jobs at once, each in its own child process (default 1)")
     parser.add_argument("--queue", "-q", action="append", metavar="NAME",
                         help="queue to serve; repeat for several, earlier names first (default: default)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="run without a signing secret if none is set (also $CWREDIS_INSECURE=1): anyone "
+                             "who can write to Redis can then run code as you")
     parser.add_argument("--burst", action="store_true", help="exit once the queues are empty and nothing runs")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     return parser
@@ -33,11 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     setup_logging(args.log_level)
-    url = config.resolve_url(args.url)
     try:
+        url = config.resolve_url(args.url)
+        secret = config.require_secret(args.insecure)
         worker = Worker(url, queues=args.queue or [config.DEFAULT_QUEUE], concurrency=args.concurrency,
-                        burst=args.burst, secret=config.resolve_secret(),
-                        secret_source="$CWREDIS_SECRET" if os.environ.get("CWREDIS_SECRET") else str(config.secret_file()))
+                        burst=args.burst, secret=secret, secret_source=config.secret_source())
         return worker.run()
     except ConfigError as exc:
         print(f"cw-worker: {exc}", file=sys.stderr)

@@ -90,7 +90,9 @@ class Slot:
         ctl_r, ctl_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cwredis.worker.child", str(job_r), str(out_w), str(ctl_r)],
+                # -P: the child's own imports (cloudpickle...) never come from the worker's working
+                # directory; child.py adds the client's cwd and sys.path for the job afterwards.
+                [sys.executable, "-P", "-m", "cwredis.worker.child", str(job_r), str(out_w), str(ctl_r)],
                 pass_fds=(job_r, out_w, ctl_r), stdin=subprocess.DEVNULL, process_group=0)
         finally:
             os.close(job_r)

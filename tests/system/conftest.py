@@ -5,8 +5,9 @@ only need "a working cluster" share one per module (``cluster``); tests that
 need a particular worker (a queue, a secret, a start after submitting) start
 it themselves with the harness's function-scoped ``procs``.
 
-The module-wide processes run with an isolated ``CWREDIS_HOME`` and without
-``CWREDIS_URL``/``CWREDIS_SECRET``, like the harness's ``home`` fixture.
+The module-wide processes run with an isolated ``CWREDIS_HOME``, without
+``CWREDIS_URL`` and with the run's ``CWREDIS_SECRET``, like the harness's
+``home`` fixture.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from harness import Proc, Procs, Server
-from helpers import has_failed
+from helpers import TEST_SECRET, has_failed
 
 #: Short leases keep failure detection (and so these tests) fast.
 LEASE_S = 2
@@ -45,7 +46,7 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CWREDIS_HOME", str(path))
         mp.delenv("CWREDIS_URL", raising=False)
-        mp.delenv("CWREDIS_SECRET", raising=False)
+        mp.setenv("CWREDIS_SECRET", TEST_SECRET)
         yield path
 
 

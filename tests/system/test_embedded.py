@@ -86,6 +86,7 @@ def stop_and_check_server_gone(coordinator, port: int, sig: int = signal.SIGTERM
 
 
 def test_embedded_server_files_password_and_signing(home, procs, tmp_path, embedded_ports, monkeypatch):
+    monkeypatch.delenv("CWREDIS_SECRET")  # the embedded default generates one
     coordinator, url = start_embedded(procs, home, embedded_ports)
     parts = urlsplit(url)
     assert parts.scheme == "redis" and parts.hostname == "127.0.0.1", url
@@ -109,18 +110,19 @@ def test_embedded_server_files_password_and_signing(home, procs, tmp_path, embed
         t.wait(timeout=JOB_TIMEOUT_S)
     assert seen.errors == {} and seen.results == {jobid: 16}
 
-    # Signing is on: a worker without the secret runs the job, but the client
-    # refuses its unsigned result...
+    # Signing is on: a worker without the secret (told to run insecure) runs the job, but the
+    # client refuses its unsigned result...
     other_home = tmp_path / "home-without-secret"
     other_home.mkdir()
-    procs.worker(url, "--queue", "unsigned", env={"CWREDIS_HOME": str(other_home)})
+    procs.worker(url, "--queue", "unsigned", "--insecure", env={"CWREDIS_HOME": str(other_home)})
     seen = Outcomes()
     with cwredis.ClientThread(seen.on_result, error_callback=seen.on_error, queue="unsigned") as t:
         jobid = t.submit(helpers.square, 5)
         t.wait(timeout=JOB_TIMEOUT_S)
     assert seen.results == {} and seen.errors[jobid].reason == "rejected", seen.errors
-    # ...and the worker refuses an unsigned payload from a client without the secret.
+    # ...and the worker refuses an unsigned payload from an insecure client without the secret.
     monkeypatch.setenv("CWREDIS_HOME", str(other_home))
+    monkeypatch.setenv("CWREDIS_INSECURE", "1")
     seen = Outcomes()
     with cwredis.ClientThread(seen.on_result, url=url, error_callback=seen.on_error) as t:
         jobid = t.submit(helpers.square, 6)

@@ -24,13 +24,17 @@ from sysutil import Outcomes, assert_one_line_user_error, closed_port, cw_admin,
 pytestmark = pytest.mark.system
 
 JOB_TIMEOUT_S = 60
+#: Two different valid secrets (32 characters at least).
+SECRET_ONE = "s3cret-one-" + "1" * 32
+SECRET_TWO = "s3cret-two-" + "2" * 32
 
 
 def run_one(url: str, queue: str, func, *args, client_secret: str | None, monkeypatch,
             before_worker=None, start_worker=None):
-    """Submit one job as a client with ``client_secret``; return (outcomes, jobid)."""
+    """Submit one job as a client with ``client_secret`` (None: an insecure client); return (outcomes, jobid)."""
     if client_secret is None:
         monkeypatch.delenv("CWREDIS_SECRET", raising=False)
+        monkeypatch.setenv("CWREDIS_INSECURE", "1")
     else:
         monkeypatch.setenv("CWREDIS_SECRET", client_secret)
     seen = Outcomes()
@@ -45,13 +49,16 @@ def run_one(url: str, queue: str, func, *args, client_secret: str | None, monkey
 
 
 def spawn_worker(procs, url: str, queue: str, secret: str | None):
-    """A worker on ``queue`` whose environment has ``CWREDIS_SECRET=secret`` (or none at all).
+    """A worker on ``queue`` whose environment has ``CWREDIS_SECRET=secret`` (or none at all, and
+    ``--insecure``).
 
     procs.run copies os.environ, where the test may have set the client's secret.
     """
     saved = os.environ.pop("CWREDIS_SECRET", None)
     try:
-        return procs.worker(url, "--queue", queue, env={"CWREDIS_SECRET": secret} if secret else None)
+        if secret is None:
+            return procs.worker(url, "--queue", queue, "--insecure")
+        return procs.worker(url, "--queue", queue, env={"CWREDIS_SECRET": secret})
     finally:
         if saved is not None:
             os.environ["CWREDIS_SECRET"] = saved
@@ -63,11 +70,11 @@ def spawn_worker(procs, url: str, queue: str, secret: str | None):
 @pytest.mark.parametrize(
     "client_secret, worker_secret, expect_reason, expect_ran",
     [
-        ("s3cret-one", "s3cret-one", None, True),          # same secret: works
-        (None, "s3cret-one", "rejected", False),           # worker refuses an unsigned payload
-        ("s3cret-one", None, "rejected", True),            # runs, but the client refuses the unsigned result
-        ("s3cret-one", "s3cret-two", "rejected", False),   # wrong secret at the worker
-        ("s3cret-two", "s3cret-one", "rejected", False),   # ...or at the client
+        (SECRET_ONE, SECRET_ONE, None, True),          # same secret: works
+        (None, SECRET_ONE, "rejected", False),         # worker refuses an insecure client's unsigned payload
+        (SECRET_ONE, None, "rejected", True),          # runs, but the client refuses the unsigned result
+        (SECRET_ONE, SECRET_TWO, "rejected", False),   # wrong secret at the worker
+        (SECRET_TWO, SECRET_ONE, "rejected", False),   # ...or at the client
     ],
     ids=["same", "client-none", "worker-none", "worker-wrong", "client-wrong"],
 )
@@ -98,11 +105,15 @@ def test_secret_from_the_home_file_is_stripped(cluster, procs, tmp_path, monkeyp
     queue = unique("sig-file")
     secret_home = tmp_path / "home-with-secret"
     secret_home.mkdir()
-    (secret_home / "secret").write_text("  file-s3cret \n")
+    (secret_home / "secret").write_text(f"  {SECRET_ONE} \n")
+    (secret_home / "secret").chmod(0o600)
     monkeypatch.setenv("CWREDIS_HOME", str(secret_home))
-    seen, jobid = run_one(
-        cluster.url, queue, helpers.square, 5, client_secret=None, monkeypatch=monkeypatch,
-        start_worker=lambda: spawn_worker(procs, cluster.url, queue, "file-s3cret"))
+    monkeypatch.delenv("CWREDIS_SECRET")
+    seen = Outcomes()
+    spawn_worker(procs, cluster.url, queue, SECRET_ONE)
+    with cwredis.ClientThread(seen.on_result, url=cluster.url, error_callback=seen.on_error, queue=queue) as t:
+        jobid = t.submit(helpers.square, 5)
+        t.wait(timeout=JOB_TIMEOUT_S)
     assert seen.errors == {} and seen.results == {jobid: 25}, seen.errors
 
 
@@ -120,8 +131,8 @@ def test_tampered_args_are_rejected(cluster, procs, tmp_path, monkeypatch, keys)
 
     seen, jobid = run_one(
         cluster.url, queue, jobs_api.touch_then, str(proof), "x",
-        client_secret="tamper-key", monkeypatch=monkeypatch, before_worker=tamper,
-        start_worker=lambda: spawn_worker(procs, cluster.url, queue, "tamper-key"))
+        client_secret=SECRET_ONE, monkeypatch=monkeypatch, before_worker=tamper,
+        start_worker=lambda: spawn_worker(procs, cluster.url, queue, SECRET_ONE))
     assert seen.results == {}
     assert seen.errors[jobid].reason == "rejected", (seen.errors[jobid], seen.errors[jobid].traceback)
     assert not proof.exists(), "a tampered payload was unpickled and run"
@@ -201,8 +212,10 @@ def test_corrupt_or_missing_payload_fails_with_reason_corrupt(cluster, procs, ke
     assert isinstance(shown["error"], str) and "\n" not in shown["error"], shown
 
 
-def test_undecodable_function_or_environment_fails_with_reason_corrupt(cluster, procs, keys, tmp_path):
-    """The pickled function and the client's environment are payload too (stored once, shared)."""
+def test_altered_function_or_environment_records_fail_rejected(cluster, procs, keys, tmp_path):
+    """The pickled function and the client's environment are payload too (stored once, shared): garbage
+    written over them no longer matches the digest their jobs were signed with, so the jobs fail
+    ``rejected`` (never unpickled), and a healthy job sharing nothing altered is unharmed."""
     cluster.check_alive()
     queue = unique("corrupt-shared")
     r = cluster.redis
@@ -245,7 +258,7 @@ def test_undecodable_function_or_environment_fails_with_reason_corrupt(cluster, 
         worker = procs.worker(cluster.url, "--queue", queue)
         t.wait(timeout=JOB_TIMEOUT_S)
     reasons = {label: seen.errors[jobid].reason for label, jobid in jobs.items()}
-    assert reasons == dict.fromkeys(jobs, "corrupt"), {
+    assert reasons == dict.fromkeys(jobs, "rejected"), {
         label: (seen.errors[j].reason, str(seen.errors[j])) for label, j in jobs.items()}
     # A healthy job submitted after them (same function as the env-corrupt ones) is unharmed.
     if fine in seen.errors:

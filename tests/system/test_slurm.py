@@ -77,8 +77,11 @@ def slurm_conf() -> Iterator[str]:
 
 @pytest.fixture
 def slurm_home(home: Path, slurm_conf: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh CWREDIS_HOME (the harness's ``home``) with SLURM_CONF set."""
+    """A fresh CWREDIS_HOME (the harness's ``home``) with SLURM_CONF set and no CWREDIS_SECRET:
+    sbatch passes none on, so the job signs with the secret file its coordinator writes in the
+    home, which is where the test's clients find it too (as a user's on the login node)."""
     monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    monkeypatch.delenv("CWREDIS_SECRET")
     return home
 
 

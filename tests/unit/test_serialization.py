@@ -1,4 +1,5 @@
-"""Pickling errors, environment capture, error records, URL and secret resolution (signing: test_signing.py)."""
+"""Pickling errors, environment capture, error records, URL resolution (signing: test_signing.py; secrets
+and masking: test_trust.py)."""
 
 from __future__ import annotations
 
@@ -45,19 +46,3 @@ def test_url_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CWREDIS_URL", "redis://env:1/0")
     assert config.resolve_url() == "redis://env:1/0"
     assert config.resolve_url("redis://arg:1/0") == "redis://arg:1/0"
-
-
-def test_secret_resolution(tmp_path, monkeypatch):
-    monkeypatch.setenv("CWREDIS_HOME", str(tmp_path))
-    monkeypatch.delenv("CWREDIS_SECRET", raising=False)
-    assert config.resolve_secret() is None
-    (tmp_path / "secret").write_text("  s3cret \n")
-    assert config.resolve_secret() == b"s3cret"
-    monkeypatch.setenv("CWREDIS_SECRET", "env")
-    assert config.resolve_secret() == b"env"
-
-
-def test_passwords_are_masked():
-    assert config.mask_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
-    assert config.mask_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
-    assert config.mask_url("redis://h:1/0") == "redis://h:1/0"

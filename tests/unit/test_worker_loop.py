@@ -19,7 +19,7 @@ from cwredis.scripts import Scripts
 from cwredis.worker import Worker
 from cwredis.worker.pool import Ended, Running, Slot
 from cwredis.worker.protocol import Ok, Run, Setup
-from helpers import Outcomes, square, wait_for
+from helpers import TEST_SECRET, Outcomes, square, wait_for
 
 KEYS = Keys()
 SHORT_S = 0.001  # a measured average that makes the pacing prefetch (see test_worker_pacing)
@@ -53,7 +53,7 @@ class StubSlot(Slot):
 
 @pytest.fixture
 def worker(server):
-    w = Worker(server.url, concurrency=1, slot=StubSlot)
+    w = Worker(server.url, concurrency=1, slot=StubSlot, secret=TEST_SECRET.encode())
     assert w.start()
     yield w
     w.finish()
