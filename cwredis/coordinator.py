@@ -138,7 +138,7 @@ class Coordinator:
         published = False
         while not stop.is_set():
             if server is not None and not server.alive():
-                log.error("the embedded server died (exit code %s); restarting it", server.proc and server.proc.returncode)
+                log.error("the embedded server died (exit code %s); restarting it", server.exit_code)
                 try:
                     server.start()
                 except ConfigError as exc:
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if server is not None:
-            server.stop()
+            server.close()
     return 0
 
 

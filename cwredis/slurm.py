@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from cwredis import config
 from cwredis.errors import CwredisError
+from cwredis.server import discard_password
 
 #: The batch script. A test keeps deploy/slurm/cwredis.sbatch identical to it.
 SBATCH_SCRIPT = r"""#!/bin/bash
@@ -282,6 +283,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                          "`cw-slurm stop` it first")
     url_file = config.url_file()
     url_file.unlink(missing_ok=True)  # a stale URL must not pass for the new server
+    # A new allocation, a new password: one that leaked lasts no longer than its allocation.
+    discard_password(config.cwredis_home() / "data")  # the script's --data-dir
     script_args = ["--lease-timeout", str(args.lease_timeout)] if args.lease_timeout else []
     for queue in args.queue:
         script_args += ["--queue", queue]
