@@ -138,6 +138,26 @@ def secret_file() -> Path:
     return cwredis_home() / "secret"
 
 
+class UrlFromFile(str):
+    """A URL that came from ``$CWREDIS_HOME/url``: the connection layer reads the file again
+    (:func:`url_from_file`) when the server refuses the password or has vanished, since a
+    restarted coordinator or a new ``cw-slurm`` allocation writes a new port or password there.
+
+    A ``str`` subclass so that every role passes it on unchanged as the URL it is; what
+    re-reads it is only :func:`cwredis.connection.connect`. An explicit URL or
+    ``$CWREDIS_URL`` is a plain ``str`` and is never replaced.
+    """
+
+
+def url_from_file() -> UrlFromFile | None:
+    """The URL in ``$CWREDIS_HOME/url`` now, or None while there is none."""
+    try:
+        text = url_file().read_text().strip()
+    except OSError:
+        return None
+    return UrlFromFile(text) if text else None
+
+
 def resolve_url(explicit: str | None = None) -> str:
     """The contract's order: explicit argument, ``$CWREDIS_URL``, ``$CWREDIS_HOME/url``, default."""
     if explicit:
@@ -145,11 +165,7 @@ def resolve_url(explicit: str | None = None) -> str:
     env = os.environ.get("CWREDIS_URL")
     if env:
         return env
-    try:
-        text = url_file().read_text().strip()
-    except OSError:
-        text = ""
-    return text or DEFAULT_URL
+    return url_from_file() or DEFAULT_URL
 
 
 def resolve_secret() -> bytes | None:

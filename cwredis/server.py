@@ -35,6 +35,7 @@ import redis
 
 from . import config
 from .acl import default_user_rule
+from .connection import connect
 from .errors import ConfigError
 from .serverproc import DataDirLock, ProcessId
 
@@ -178,7 +179,7 @@ class EmbeddedServer:
 
     def _is_ours(self, previous: ProcessId) -> bool:
         """True if ``previous`` serves our password on our port under our ACL (it refuses CONFIG)."""
-        client = redis.Redis.from_url(self.local_url, socket_connect_timeout=2, socket_timeout=5)
+        client = connect(self.local_url, "coordinator")
         try:
             pid = client.info("server").get("process_id")
             try:
@@ -263,7 +264,7 @@ class EmbeddedServer:
                                      start_new_session=True)  # a Ctrl-C is for the coordinator to pass on
         self.process = ProcessId.of(self.proc.pid)
         self._save_state()  # at once: a coordinator killed from here on leaves a server the next one finds
-        client = redis.Redis.from_url(self.local_url, socket_connect_timeout=1, socket_timeout=5)
+        client = connect(self.local_url, "coordinator")  # checks who listens before sending the password
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while True:

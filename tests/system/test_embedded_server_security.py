@@ -10,6 +10,7 @@ any left over is SIGKILLed by PID at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -21,7 +22,7 @@ import redis
 import cwredis
 import helpers
 from helpers import wait_for
-from sysutil import Outcomes, free_port, unique
+from sysutil import Outcomes, cw_admin, free_port, unique
 
 pytestmark = pytest.mark.system
 
@@ -89,6 +90,14 @@ def stop_coordinator(coordinator, home: Path) -> None:
     coordinator.signal(signal.SIGTERM)
     assert coordinator.wait(timeout=30) == 0, coordinator.log()
     wait_for(lambda: not servers_in(home), timeout=15, message="embedded server process to exit")
+
+
+def forget_password(data_dir: Path) -> None:
+    """What ``cw-slurm start`` does to the data dir (cwredis.server.discard_password, unit-tested on its own)."""
+    state_file = data_dir / "server.json"
+    state = json.loads(state_file.read_text())
+    del state["password"]
+    state_file.write_text(json.dumps(state))
 
 
 def run_one(x: int, **client_options) -> None:
@@ -180,15 +189,118 @@ def test_second_coordinator_on_a_data_dir_refuses(home, procs, leftover_servers)
 
 
 def test_server_left_with_an_old_password_is_stopped_not_adopted(home, procs, leftover_servers):
-    from cwredis.server import discard_password
-
     coordinator, url = start_embedded(procs, home)
     (old_pid,) = servers_in(home)
     coordinator.signal(signal.SIGKILL)
     coordinator.wait(timeout=10)
-    discard_password(home)  # what `cw-slurm start` does
+    forget_password(home)  # as `cw-slurm start` does
 
     _, new_url = start_embedded(procs, home, old_url=url)
     assert urlsplit(new_url).password != urlsplit(url).password
     new_servers = servers_in(home)
     assert len(new_servers) == 1 and new_servers != [old_pid], new_servers
+
+
+# ------------------------------------------------- a new password per allocation, followed by roles
+
+
+def test_new_password_and_port_reach_running_worker_and_client(home, procs, leftover_servers):
+    coordinator, url = start_embedded(procs, home)
+    worker = procs.worker(None)
+    seen = Outcomes()
+    with cwredis.ClientThread(seen.on_result, error_callback=seen.on_error) as t:
+        first = t.submit(helpers.square, 2)
+        wait_for(lambda: first in seen.results, timeout=JOB_TIMEOUT_S, message="first job done")
+
+        stop_coordinator(coordinator, home)
+        forget_password(home)  # as `cw-slurm start` does: a new allocation, a new password
+        _, new_url = start_embedded(procs, home, "--port", str(free_port()), old_url=url)
+        old, new = urlsplit(url), urlsplit(new_url)
+        assert new.password != old.password and new.port != old.port
+
+        second = t.submit(helpers.square, 3)  # the client and the worker find the new server by the URL file
+        t.wait(timeout=JOB_TIMEOUT_S)
+    assert seen.errors == {} and seen.results == {first: 4, second: 9}
+    assert worker.alive(), worker.log()
+
+
+# ------------------------------------------------ the password only to our own listener (item 5)
+
+ATTACKER_UID = 64102
+VICTIM_UID = 64101
+
+#: The attacker's listener: records every connection and every byte it receives.
+ATTACKER = """
+import socket, sys, threading
+port, record = int(sys.argv[1]), sys.argv[2]
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen()
+open(record + ".ready", "w").close()
+def serve(conn):
+    with conn, open(record, "ab") as out:
+        out.write(b"<connection>"); out.flush()
+        while data := conn.recv(4096):
+            out.write(data); out.flush()
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+def as_user(uid: int, argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+
+
+@pytest.mark.parametrize("victim_uid", [VICTIM_UID, 0], ids=["victim-uid-64101", "victim-root"])
+def test_password_is_not_sent_to_another_users_listener(victim_uid, procs):
+    import secrets
+    import shutil
+    import sys
+
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as two users")
+    shared = Path("/tmp") / f"cw-two-users-{secrets.token_hex(4)}"  # root's tmp_path is 0700: not here
+    shared.mkdir(mode=0o755)
+    try:
+        victim_home, attacker_dir = shared / "victim-home", shared / "attacker"
+        victim_home.mkdir(mode=0o700)
+        attacker_dir.mkdir(mode=0o700)
+        os.chown(attacker_dir, ATTACKER_UID, ATTACKER_UID)
+        # The victim's home as the coordinator left it when it stopped: URL (port, password) and secret.
+        port, password = free_port(), secrets.token_urlsafe(24)
+        for name, text in (("url", f"redis://:{password}@127.0.0.1:{port}/0\n"),
+                           ("secret", secrets.token_urlsafe(32) + "\n")):
+            (victim_home / name).write_text(text)
+            os.chmod(victim_home / name, 0o600)
+            os.chown(victim_home / name, victim_uid, victim_uid)
+        os.chown(victim_home, victim_uid, victim_uid)
+
+        record = attacker_dir / "received"
+        procs.run(as_user(ATTACKER_UID, [sys.executable, "-c", ATTACKER, str(port), str(record)]), name="attacker")
+        wait_for(lambda: Path(f"{record}.ready").exists(), timeout=15, message="attacker listening")
+
+        env = {"CWREDIS_HOME": str(victim_home), "CWREDIS_SECRET": secrets.token_urlsafe(32)}
+        if victim_uid:
+            # Another uid cannot reach root's interpreter and falls back to the system one,
+            # which may be older than 3.11.3: redis-py then imports async_timeout (for its
+            # asyncio client only), which asyncio.timeout stands in for here.
+            shim = shared / "shim"
+            shim.mkdir(mode=0o755)
+            (shim / "async_timeout.py").write_text("from asyncio import timeout  # noqa: F401\n")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+        worker_argv = [sys.executable, "-m", "cwredis.worker"]
+        worker = procs.run(as_user(victim_uid, worker_argv) if victim_uid else worker_argv, env=env,
+                           name="victim-worker")
+        wait_for(lambda: record.exists() and record.read_bytes().count(b"<connection>") >= 2, timeout=30,
+                 message="the victim's worker to try the attacker's port (and retry)")
+        if victim_uid == 0:  # cw-admin, which cannot go on without the server, says why
+            done = cw_admin("status", env=env)
+            assert done.returncode == 2 and f"belongs to uid {ATTACKER_UID}" in done.stderr, done.stderr
+        received = record.read_bytes()
+        assert password.encode() not in received, f"the password reached the attacker: {received!r}"
+        assert worker.alive(), worker.log()
+        assert f"belongs to uid {ATTACKER_UID}" in worker.log(), worker.log()
+    finally:
+        procs.cleanup()
+        shutil.rmtree(shared, ignore_errors=True)
