@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 from pathlib import Path
 
 #: How long a worker may go without renewing its lease before the coordinator
@@ -149,13 +151,33 @@ class UrlFromFile(str):
     """
 
 
+def local_url_file() -> Path:
+    """Where the embedded server's Unix socket is told to roles on its own host (see :func:`url_from_file`)."""
+    return cwredis_home() / "url.local"
+
+
 def url_from_file() -> UrlFromFile | None:
-    """The URL in ``$CWREDIS_HOME/url`` now, or None while there is none."""
+    """The URL in ``$CWREDIS_HOME/url`` now, or None while there is none.
+
+    On the server's own host, its Unix-socket URL instead (faster than TCP
+    loopback, and the socket sits in the 0700 data dir): ``url.local`` names
+    the host, the TCP URL it stands for and the socket's URL, and is used
+    only while that TCP URL is still the one in ``url`` (so a stale file
+    never wins over a newer server).
+    """
     try:
         text = url_file().read_text().strip()
     except OSError:
         return None
-    return UrlFromFile(text) if text else None
+    if not text:
+        return None
+    try:
+        local = json.loads(local_url_file().read_text())
+    except (OSError, ValueError):
+        local = None
+    if isinstance(local, dict) and local.get("host") == socket.gethostname() and local.get("url") == text:
+        return UrlFromFile(str(local.get("socket_url") or text))
+    return UrlFromFile(text)
 
 
 def resolve_url(explicit: str | None = None) -> str:

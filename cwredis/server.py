@@ -43,6 +43,8 @@ log = logging.getLogger("cwredis.server")
 
 #: How long a starting server may take to answer PING (it may be replaying a large AOF).
 START_TIMEOUT_S = 60.0
+#: A Unix socket path must be shorter than this (sun_path is 108 bytes on Linux, 104 elsewhere).
+MAX_SOCKET_PATH = 100
 #: How long a stopping server may take to write its AOF and exit before it is SIGKILLed.
 STOP_TIMEOUT_S = 30.0
 
@@ -158,6 +160,16 @@ class EmbeddedServer:
         host = f"[{host}]" if ":" in host else host
         return f"redis://:{self.password}@{host}:{self.port}/0"
 
+    @property
+    def socket_path(self) -> Path | None:
+        """The Unix socket in the data dir, or None if its path is too long for one (108 bytes on Linux)."""
+        path = self.data_dir / "server.sock"
+        return path if len(os.fsencode(path)) < MAX_SOCKET_PATH else None
+
+    @property
+    def socket_url(self) -> str | None:
+        return f"unix://:{self.password}@{self.socket_path}?db=0" if self.socket_path else None
+
     def _save_state(self) -> None:
         state: dict[str, Any] = {"port": self.port, "password": self.password, "bind": self.bind}
         if self.process is not None:
@@ -228,6 +240,7 @@ class EmbeddedServer:
         write_private(conf, "\n".join([
             f"bind {self.bind}",
             f"port {self.port}",
+            *([f'unixsocket "{self.socket_path}"', "unixsocketperm 700"] if self.socket_path else []),
             default_user_rule(self.password),  # the password may run only what cwredis sends
             f'dir "{self.data_dir}"',
             "appendonly yes",  # every change logged: a restart brings back every job

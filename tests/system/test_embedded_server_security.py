@@ -153,6 +153,23 @@ def test_password_cannot_reconfigure_or_stop_the_embedded_server(home, procs, le
     stop_coordinator(coordinator, home)
 
 
+# ------------------------------------------------------------------------- the Unix socket
+
+
+def test_roles_on_the_servers_host_use_its_unix_socket(home, procs, leftover_servers):
+    import stat
+
+    coordinator, url = start_embedded(procs, home)
+    local = json.loads((home / "url.local").read_text())
+    assert local["url"] == url and local["socket_url"].startswith("unix://")
+    assert stat.S_IMODE((home / "url.local").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "server.sock").stat().st_mode) == 0o700
+    assert cwredis.config.resolve_url() == local["socket_url"]
+    procs.worker(None)
+    run_one(5)  # worker and client both on the socket
+    stop_coordinator(coordinator, home)
+
+
 # -------------------------------------------------------------- one server per data dir (item 11)
 
 

@@ -109,3 +109,16 @@ def test_a_refused_connection_rereads_the_url_file(home):
         thread.join(timeout=10)
         client.close()
     assert received and b"new" in received[0] and b"old" not in received[0], received
+
+
+def test_roles_on_the_servers_host_take_its_unix_socket_while_it_is_current(home):
+    tcp = "redis://:pw@10.0.0.1:1234/0"
+    sock = f"unix://:pw@{home}/server.sock?db=0"
+    (home / "url").write_text(tcp + "\n")
+    local = {"host": socket.gethostname(), "url": tcp, "socket_url": sock}
+    (home / "url.local").write_text(json.dumps(local))
+    assert config.resolve_url() == sock
+    (home / "url.local").write_text(json.dumps(dict(local, host="another-node")))
+    assert config.resolve_url() == tcp
+    (home / "url.local").write_text(json.dumps(dict(local, url="redis://:older@10.0.0.1:999/0")))
+    assert config.resolve_url() == tcp  # a stale url.local never wins over a newer url
