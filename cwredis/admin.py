@@ -25,12 +25,9 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts
 from .terminal import printable
+from .admin_sessions import UserError, add_parsers as add_session_parsers
 
 EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; exit 1, nothing changed."""
 
 
 class Inspector:
@@ -159,8 +156,9 @@ def cmd_workers(inspector: Inspector, args: argparse.Namespace) -> int:
     for w in rows:
         up = f"{int(now - w['since'])}s" if w["since"] else "-"
         state = "QUARANTINED (wrong secret? see its log)" if w["quarantined"] else "ok"
-        print(f"{(w['host'] or '-')[:20]:<20} {w['pid'] or '-':>7} {','.join(w['queues'])[:20]:<20} "
-              f"{w['concurrency'] or '-':>5} {w['running']:>7} {up:>8}  {state}")
+        print(f"{printable(w['host'] or '-')[:20]:<20} {w['pid'] or '-':>7} "
+              f"{printable(','.join(w['queues']))[:20]:<20} {w['concurrency'] or '-':>5} {w['running']:>7} "
+              f"{up:>8}  {state}")
     if not rows:
         print("no live workers")
     return EXIT_OK
@@ -276,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge-failed", parents=[common], help="delete failed jobs (all, or the named)")
     purge.add_argument("jobids", nargs="*", metavar="JOBID")
     purge.set_defaults(run=cmd_purge_failed)
+    add_session_parsers(sub, common)
     sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
                    ).set_defaults(run=cmd_workers)
     show = sub.add_parser("show", parents=[common], help="one job")

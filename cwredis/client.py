@@ -24,6 +24,7 @@ longer holds (pipelined EXISTS) and submits them again under the same ids.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import sys
@@ -36,12 +37,13 @@ import cloudpickle
 
 from . import config, progressbar
 from .connection import Reconnector, Subscription, connect, describe, is_transient
-from .errors import LOST_ERROR, LOST_TRACEBACK, RemoteError
+from .errors import CANCELLED_ERROR, LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
 from .serialization import decode_error, unframe_outcome
-from .signing import Corrupt, Lost, Rejected, Signer
-from .submitter import SharedRecords, Submitter, chunked
+from .signing import Cancelled, Corrupt, Lost, Rejected, Signer
+from .session import SessionKeys
+from .submitter import Attached, SharedRecords, Submitter, chunked
 
 log = logging.getLogger("cwredis.client")
 
@@ -114,6 +116,7 @@ class ClientThread(threading.Thread):
         forward_output: bool = True,
         secret: bytes | str | None = None,
         insecure: bool = False,
+        session: str | None = None,
         keys: Keys = DEFAULT_KEYS,
     ) -> None:
         super().__init__(name="cwredis-client", daemon=True)
@@ -135,10 +138,11 @@ class ClientThread(threading.Thread):
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
         self._scripts = Scripts(self._redis, keys)
+        self.session = SessionKeys(session, self._signer) if session is not None else None
         self._submitter = Submitter(
             self._redis, self._scripts, keys, self._signer, self._reconnector,
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
-            forward_output=forward_output)
+            forward_output=forward_output, session=session or "")
         self._results_key = keys.results(self.client_id)
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
@@ -158,19 +162,33 @@ class ClientThread(threading.Thread):
         self._loss_suspected = False
         self._loss_checks = 0
         self._run_id: object = None  # the server's INFO run_id at our last drain
+        # Outcomes a session already held when we submitted (see submit.lua), for this
+        # thread to deliver: callbacks run on it only.
+        self._attached: collections.deque[Attached] = collections.deque()
+        self._cancelled_here: set[str] = set()  # cancelled through us: wait() does not raise for them
 
     # -- submitting ----------------------------------------------------------
 
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
-        """Queue ``func(*args, **kwargs)``; returns its job id once the job is durable in Redis."""
-        prepared = self._submitter.prepare_function(func)
-        pickled = self._submitter.pickle_args(func, args, kwargs)
-        shared = self._submitter.shared_records(prepared)
-        jobs = self._submitter.seal_jobs(shared, [pickled])
-        self._submit(shared, jobs)
-        return jobs[0][0]
+        """Queue ``func(*args, **kwargs)``; returns its job id once the job is durable in Redis.
 
-    def submit_prepared(self, prepared: tuple[bytes, str, str], pickled_args: list[bytes]) -> list[str]:
+        In a session, a job the session already holds (same content and
+        occurrence) is not queued again: its id is returned and its outcome
+        delivered (at once if it finished).
+        """
+        return self.submit_prepared(self._submitter.prepare_function(func),
+                                    [self._submitter.pickle_args(func, args, kwargs)])[0]
+
+    def submit_keyed(self, key: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+        """As :meth:`submit`, but the job's key in the session is ``key`` instead of its content."""
+        if self.session is None:
+            raise ValueError("submit_keyed needs a session: ClientThread(..., session=NAME)")
+        return self.submit_prepared(self._submitter.prepare_function(func),
+                                    [self._submitter.pickle_args(func, args, kwargs)],
+                                    ids=[self.session.keyed_id(key)])[0]
+
+    def submit_prepared(self, prepared: tuple[bytes, str, str], pickled_args: list[bytes],
+                        ids: list[str] | None = None) -> list[str]:
         """Queue many calls of one already-pickled function in pipelined batches (used by ``Executor.map``).
 
         If a batch fails, the error is raised and no later batch is sent; the
@@ -178,7 +196,9 @@ class ClientThread(threading.Thread):
         delivered as usual (the error's note says how many).
         """
         shared = self._submitter.shared_records(prepared)
-        jobs = self._submitter.seal_jobs(shared, pickled_args)
+        if ids is None and self.session is not None:
+            ids = self.session.content_ids(shared.fn_digest, pickled_args)
+        jobs = self._submitter.seal_jobs(shared, pickled_args, ids)
         self._submit(shared, jobs)
         return [job_id for job_id, _ in jobs]
 
@@ -193,7 +213,7 @@ class ClientThread(threading.Thread):
                     self._pending[job_id] = None
                 checks = self._loss_checks
             try:
-                self._submitter.submit(shared, batch)
+                attached = self._submitter.submit(shared, batch)
             except BaseException as exc:
                 with self._cond:
                     for job_id, _ in batch:
@@ -210,10 +230,69 @@ class ClientThread(threading.Thread):
                         self._pending[job_id] = Resubmission(shared, args)
                 if self._loss_checks != checks:  # a check began while this batch was in flight: it missed it
                     self._loss_suspected = True
+                finished = [a for a in attached if a.kind]
+                self._attached.extend(finished)  # finished in an earlier run: delivered by the results thread
+            if finished:
+                self._wake_results_thread()
+
+    def _wake_results_thread(self) -> None:
+        """A message on our own channel: the results thread looks at _attached and the stop request now."""
+        try:
+            self._redis.publish(self._channel, b"W")
+        except Exception as exc:  # it looks at both twice a second anyway
+            log.debug("client %s: could not wake its results thread: %s", self.client_id, describe(exc))
 
     @property
     def submitter(self) -> Submitter:
         return self._submitter
+
+    # -- cancelling ------------------------------------------------------------
+
+    def cancel(self, jobid: str) -> bool:
+        """Cancel a job: a pending one never runs, a running one is stopped (its processes gone within
+        seconds; the worker goes on). False if it had already finished (or is unknown).
+
+        Its outcome is one error callback with reason ``cancelled`` (``wait()``
+        does not raise it: the caller asked for it). A cancelled job is never retried.
+        """
+        return self.cancel_many([jobid], stop_running=True)[jobid] in ("cancelled", "stopping")
+
+    def cancel_many(self, job_ids: list[str], *, stop_running: bool) -> dict[str, str]:
+        """Cancel jobs in one round trip per batch; per job 'cancelled', 'stopping', or the state it was
+        left in (``stop_running=False`` leaves running jobs alone: 'running')."""
+        words: dict[str, str] = {}
+        for batch in chunked(job_ids, config.SUBMIT_BATCH):
+            with self._cond:
+                self._cancelled_here.update(batch)
+            replies = self._reconnector.call(
+                lambda: self._scripts.cancel(self._redis, batch, stop_running=stop_running))
+            words.update(zip(batch, replies))
+        with self._cond:
+            self._cancelled_here.difference_update(j for j, word in words.items()
+                                                   if word not in ("cancelled", "stopping"))
+        return words
+
+    def _cancel_outstanding(self) -> None:
+        """Leaving by an exception: without a session, nothing of ours may run for nobody; with one, the
+        jobs go on and we say how to collect or cancel them."""
+        with self._cond:
+            outstanding = list(self._pending)
+        if not outstanding:
+            return
+        if self.session is not None:
+            print(f"cwredis: {len(outstanding)} job(s) of session {self.session.name!r} keep running. "
+                  f"Run the same script again to collect their results, or cancel them with: "
+                  f"cw-admin cancel --session {self.session.name}", file=sys.stderr)
+            return
+        try:
+            words = self.cancel_many(outstanding, stop_running=True)
+        except Exception as exc:
+            log.warning("client %s: could not cancel its %d outstanding job(s) on the way out: %s",
+                        self.client_id, len(outstanding), describe(exc))
+            return
+        stopped = sum(1 for word in words.values() if word in ("cancelled", "stopping"))
+        log.warning("client %s: left by an exception: cancelled its %d outstanding job(s)", self.client_id,
+                    stopped)
 
     # -- waiting and stopping ------------------------------------------------
 
@@ -261,6 +340,7 @@ class ClientThread(threading.Thread):
         """
         self._stop_event.set()
         if self.is_alive() and threading.current_thread() is not self:
+            self._wake_results_thread()  # it may be waiting for a message: no need to let it time out
             self.join()
         self._submitter.close()
         self._redis.close()
@@ -270,9 +350,13 @@ class ClientThread(threading.Thread):
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Leaving normally waits for every job; leaving by an exception (Ctrl-C included) cancels the
+        outstanding ones, unless this client is in a session (then they keep running)."""
         try:
             if exc_type is None:
                 self.wait()
+            else:
+                self._cancel_outstanding()
         finally:
             self.stop()
 
@@ -288,11 +372,14 @@ class ClientThread(threading.Thread):
                     self._drain(look_for_restart=True)  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
                 wait_s = 0.5 if not self._trim_due else max(0.0, min(0.5, self._trim_due - time.monotonic()))
+                if self._attached:  # its wake-up may have come before we subscribed
+                    wait_s = 0.0
                 data = subscription.next(wait_s)
                 needs_drain = False
                 while data is not None:
                     needs_drain = self._on_published(data) or needs_drain
                     data = subscription.next(0.0)
+                self._deliver_attached()
                 periodic = bool(self.outstanding) and time.monotonic() - last_drain > SAFETY_POLL_S
                 if needs_drain or periodic:
                     self._drain(look_for_restart=periodic)
@@ -323,6 +410,9 @@ class ClientThread(threading.Thread):
         if data.startswith(b"P\n"):
             self._on_progress(data)
             return False
+        if data == b"W":
+            self._deliver_attached()
+            return False
         entry = self._parse(data)
         if entry.kind == b"big":
             return True
@@ -333,6 +423,12 @@ class ClientThread(threading.Thread):
         if entry.job_id is not None:
             self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
         return False
+
+    def _deliver_attached(self) -> None:
+        """Outcomes a session kept for jobs we submitted again (see :meth:`_submit`)."""
+        while self._attached:
+            found = self._attached.popleft()
+            self._deliver(found.job_id, found.generation, found.kind, found.body)
 
     def _trim_consumed(self, *, drop_if_empty: bool = False) -> bool:
         """Trim the head of our list that has been delivered: entries _trimmed+1 ... without a gap.
@@ -481,6 +577,9 @@ class ClientThread(threading.Thread):
                 output, payload = unframe_outcome(self._signer.open_outcome(job_id, generation, kind, body))
             except Lost:  # the coordinator's: no content, so the text is ours
                 return self._deliver_error(job_id, generation, RemoteError(job_id, "lost", LOST_ERROR, LOST_TRACEBACK))
+            except Cancelled:  # cancel.lua's: likewise
+                return self._deliver_error(job_id, generation, RemoteError(
+                    job_id, "cancelled", CANCELLED_ERROR, "The job was cancelled before it started."))
             except Rejected as exc:
                 return self._deliver_error(job_id, generation, RemoteError(
                     job_id, "rejected", f"RejectedError: outcome refused: {exc}", str(exc)))
@@ -520,7 +619,8 @@ class ClientThread(threading.Thread):
         self.failed_count += 1
         with self._cond:
             self._failed_seen[job_id] = generation
-            if self.error_callback is None and self._first_error is None:
+            asked = error.reason == "cancelled" and job_id in self._cancelled_here  # not news to the caller
+            if self.error_callback is None and self._first_error is None and not asked:
                 self._first_error = error
         if self.error_callback is not None:
             self._call_user(self.error_callback, job_id, error)

@@ -72,6 +72,9 @@ JIT_LEAD_S = 0.01
 RECORD_DELAY_S = 0.002
 MAX_RECORD_BATCH = 256
 
+#: How often a busy worker looks at its inbox for cancellations of its running jobs.
+CANCEL_POLL_S = 1.0
+
 #: How often a worker passes on jobs' progress reports, at most.
 PROGRESS_INTERVAL_S = 0.2
 

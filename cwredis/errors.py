@@ -42,8 +42,12 @@ LOST_TRACEBACK = ("The worker running this job stopped renewing its lease (it wa
                   "instead of retried again.")
 
 
+#: What a cancelled job says (its outcome carries no text either: cancel.lua has no secret).
+CANCELLED_ERROR = "CancelledError: the job was cancelled"
+
+
 class RemoteError(CwredisError):
-    """A job failed. ``reason`` is one of exception, timeout, lost, rejected, corrupt.
+    """A job failed. ``reason`` is one of exception, timeout, lost, rejected, corrupt, cancelled.
 
     ``traceback`` is the remote traceback text (for ``exception``) or an
     explanation; ``str()`` gives the remote exception's type and message.

@@ -1,9 +1,18 @@
-"""Executor: the ``concurrent.futures`` face of a ClientThread."""
+"""Executor: the ``concurrent.futures`` face of a ClientThread.
+
+Its futures stay *pending* until the job's outcome arrives (a queued job may
+still be cancelled), so ``Future.cancel()`` keeps the ``concurrent.futures``
+meaning: True, and the job never runs, if it had not started; False
+otherwise. A job cancelled from elsewhere (``cw-admin cancel``) cancels its
+future. Leaving the ``with`` block by an exception (Ctrl-C included) cancels
+every outstanding job, unless the executor is in a session.
+"""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -13,6 +22,37 @@ from .client import ClientThread
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .submitter import chunked
+
+log = logging.getLogger("cwredis.executor")
+
+
+class JobFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A job's future; :meth:`cancel` asks Redis first (see the module docstring)."""
+
+    def __init__(self, executor: "Executor", job_id: str) -> None:
+        super().__init__()
+        self._executor = executor
+        self.job_id = job_id
+
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        if self._executor.client.cancel_many([self.job_id], stop_running=False)[self.job_id] != "cancelled":
+            return False  # started (or finished): it runs to its end
+        return self.mark_cancelled()
+
+    def mark_cancelled(self) -> bool:
+        """Cancel the future itself and tell its waiters (``wait``/``as_completed`` count it done only then).
+
+        Under the future's own (re-entrant) lock: the caller's thread and the
+        results thread (the job's 'cancelled' outcome) may both get here.
+        """
+        with self._condition:
+            if self.done():
+                return self.cancelled()
+            super().cancel()
+            self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED, as executors do
+        return True
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
@@ -33,13 +73,16 @@ class Executor(concurrent.futures.Executor):
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
         secret: bytes | str | None = None,
         insecure: bool = False,
+        session: str | None = None,
         keys: Keys = DEFAULT_KEYS,
     ) -> None:
-        self._futures: dict[str, concurrent.futures.Future[Any]] = {}
+        # Job id -> its futures (more than one only when a session's key is submitted twice).
+        self._futures: dict[str, list[JobFuture]] = {}
         self._lock = threading.Lock()
         self._client = ClientThread(
             self._on_result, url, host=host, error_callback=self._on_error, queue=queue,
-            timeout=timeout, max_attempts=max_attempts, secret=secret, insecure=insecure, keys=keys)
+            timeout=timeout, max_attempts=max_attempts, secret=secret, insecure=insecure, session=session,
+            keys=keys)
         self._client.start()
         self._shutdown = False
 
@@ -49,18 +92,24 @@ class Executor(concurrent.futures.Executor):
 
     def _on_result(self, job_id: str, result: Any) -> None:
         with self._lock:
-            future = self._futures.pop(job_id, None)
-        if future is not None:
-            future.set_result(result)
+            futures = self._futures.pop(job_id, [])
+        for future in futures:
+            if not future.done():  # a cancelled one stays cancelled
+                future.set_result(result)
 
     def _on_error(self, job_id: str, error: RemoteError) -> None:
         with self._lock:
-            future = self._futures.pop(job_id, None)
-        if future is not None:
-            future.set_exception(error)
+            futures = self._futures.pop(job_id, [])
+        for future in futures:
+            if future.done():
+                continue
+            if error.reason == "cancelled":
+                future.mark_cancelled()  # cancelled elsewhere: the future says so
+            else:
+                future.set_exception(error)
 
-    def _submit_many(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-                     ) -> list[concurrent.futures.Future[Any]]:
+    def _submit_many(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                     key: str | None = None) -> list[JobFuture]:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         submitter = self._client.submitter
@@ -68,19 +117,26 @@ class Executor(concurrent.futures.Executor):
         pickled = [submitter.pickle_args(fn, args, kwargs) for args, kwargs in calls]
         # The futures must exist before an outcome can arrive: hold the lock
         # across the submit so the callbacks wait for _track.
+        session = self._client.session
+        ids = [session.keyed_id(key)] if key is not None and session is not None else None
         with self._lock:
-            job_ids = self._client.submit_prepared(prepared, pickled)
+            job_ids = self._client.submit_prepared(prepared, pickled, ids)
             futures = []
             for job_id in job_ids:
-                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-                future.set_running_or_notify_cancel()  # queued jobs cannot be cancelled
-                self._futures[job_id] = future
+                future = JobFuture(self, job_id)
+                self._futures.setdefault(job_id, []).append(future)
                 futures.append(future)
         return futures
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)``; the future is returned once the job is durable."""
         return self._submit_many(fn, [(args, kwargs)])[0]
+
+    def submit_keyed(self, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        """As :meth:`submit`, with ``key`` as the job's key in the session (see ClientThread.submit_keyed)."""
+        if self._client.session is None:
+            raise ValueError("submit_keyed needs a session: Executor(..., session=NAME)")
+        return self._submit_many(fn, [(args, kwargs)], key=key)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, progress: bool | str = False) -> Iterator[Any]:
@@ -160,13 +216,36 @@ class Executor(concurrent.futures.Executor):
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Wait for every future (if ``wait``), then stop the client thread."""
+        """As ``concurrent.futures``: with ``cancel_futures``, the jobs that have not started are cancelled
+        (never run); then wait for the rest (if ``wait``) and stop the client thread."""
         self._shutdown = True
+        if cancel_futures:
+            self._cancel(stop_running=False)
         if wait:
             with self._lock:
-                pending = list(self._futures.values())
+                pending = [f for futures in self._futures.values() for f in futures]
             concurrent.futures.wait(pending)
         self._client.stop()
 
+    def _cancel(self, *, stop_running: bool) -> None:
+        """Cancel the outstanding jobs (also running ones, with ``stop_running``) and their futures."""
+        with self._lock:
+            outstanding = {job_id: list(futures) for job_id, futures in self._futures.items()}
+        words = self._client.cancel_many(list(outstanding), stop_running=stop_running)
+        for job_id, word in words.items():
+            if word in ("cancelled", "stopping"):
+                for future in outstanding[job_id]:
+                    future.mark_cancelled()
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Leaving normally waits for every future; leaving by an exception cancels the outstanding jobs
+        (in a session they keep running instead, and we say how to collect or cancel them)."""
+        if exc_type is not None:
+            if self._client.session is not None:
+                self._client._cancel_outstanding()  # prints how to collect or cancel them
+            else:
+                try:
+                    self._cancel(stop_running=True)
+                except Exception as error:  # leaving anyway: the exception that brought us here goes on
+                    log.warning("could not cancel the outstanding jobs on the way out: %s", error)
         self.shutdown(wait=exc_type is None)

@@ -128,6 +128,19 @@ class Keys:
             self._key("rseq", ""),
         ]
 
+    def session_jobs(self, session: str) -> str:
+        """LIST of the ids of a session's jobs, in the order they were created."""
+        return self._key("sjobs", session)
+
+    @property
+    def sessions(self) -> str:
+        """ZSET session name -> last activity (ms)."""
+        return self._key("sessions")
+
+    def outcome_prefixes(self) -> list[str]:
+        """Prefixes of a client's outcome list, its sequence counter and its channel (prelude's outcome_prefixes)."""
+        return [self._key("results", ""), self._key("rseq", ""), self._key("chan", "")]
+
     def handoff(self) -> list[str]:
         """What a script that queues jobs needs to hand them to parked workers (see ``_prelude.lua``).
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple, Sequence
 
@@ -113,6 +113,7 @@ class ClaimReply:
     handed: int = 0  # the first `handed` of claimed came from the inbox (submit.lua claimed them ahead)
     garbled: int = 0  # inbox messages that could not be read
     room: int = 0  # jobs the worker is now parked for (0: not parked)
+    cancels: list[str] = field(default_factory=list)  # running jobs to stop (read from the inbox)
 
 
 def _claimed_row(row: Sequence[Any]) -> Claimed:
@@ -137,13 +138,26 @@ def _unframe(message: bytes) -> list[bytes]:
     return fields
 
 
-def parse_handed(messages: Sequence[bytes]) -> tuple[list[Claimed], bool, int]:
-    """Inbox messages -> (jobs handed to us, whether one was a 'wake', how many were garbage)."""
+class Inbox(NamedTuple):
+    """What a read of a worker's inbox brought (see parse_handed)."""
+
+    claimed: list[Claimed]  # jobs submit.lua handed us
+    wake: bool  # jobs were queued: claim
+    garbled: int  # messages that could not be read
+    cancels: list[str]  # ids of our running jobs whose cancellation was asked (cancel.lua)
+
+
+def parse_handed(messages: Sequence[bytes]) -> Inbox:
+    """Inbox messages: hand-offs (frame() in the prelude), 'wake', and 'x:<job id>' (cancel this job)."""
     claimed: list[Claimed] = []
+    cancels: list[str] = []
     wake, garbled = False, 0
     for message in messages:
         if message == b"wake":
             wake = True
+            continue
+        if message.startswith(b"x:"):
+            cancels.append(message[2:].decode(errors="replace"))
             continue
         try:
             fields = _unframe(message)
@@ -152,7 +166,7 @@ def parse_handed(messages: Sequence[bytes]) -> tuple[list[Claimed], bool, int]:
             claimed.append(_claimed_row(fields))
         except (ValueError, UnicodeDecodeError):
             garbled += 1
-    return claimed, wake, garbled
+    return Inbox(claimed, wake, garbled, cancels)
 
 
 @dataclass
@@ -182,7 +196,7 @@ class Recovered(NamedTuple):
 class Requeue:
     """One job a worker gives back: mode 'retry' (attempt counted), 'release' (refunded) or 'reject'.
 
-    A rejection (see requeue.lua) is refunded like a release and goes to the
+    ``client`` is the job's (its outcome goes there if the job ends here). A rejection (see requeue.lua) is refunded like a release and goes to the
     back of the queue, until the job's ``limit``-th rejection; that one fails
     it ``rejected`` with ``error``, and ``body`` (a signed outcome) goes to ``client``.
     """
@@ -204,7 +218,7 @@ class Scripts:
     NAMES = (
         "submit", "claim", "park", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
-        "trim_results",
+        "trim_results", "cancel",
     )
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -219,6 +233,7 @@ class Scripts:
         self._job_prefix, self._spec_prefix, self._queue_prefix = p[0], p[1], p[2]
         self._results_prefix, self._channel_prefix, self._seq_prefix = p[3], p[4], p[6]
         self._handoff = keys.handoff()
+        self._outcome_prefixes = keys.outcome_prefixes()
         self._idle_prefix = self._handoff[1]
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -286,12 +301,20 @@ class Scripts:
         env_blob: bytes | None,
         jobs: Sequence[tuple[str, bytes]],
         blob_ttl_ms: int,
+        session: str = "",
+        attach: str = "",
     ) -> Any:
-        """Queue ``jobs`` (id, args blob); -1 means: call again with the spec and blobs."""
+        """Queue ``jobs`` (id, args blob); -1 means: call again with the spec and blobs.
+
+        In a ``session`` (``attach``: the submitting client's id), the reply is
+        ``[queued, [[job_id, state, generation, outcome], ...]]`` for the jobs the
+        session already held (see submit.lua).
+        """
         keys = [self.keys.queue(queue), self.keys.spec(spec_digest), self.keys.blob(fn_digest),
-                self.keys.blob(env_digest)]
+                self.keys.blob(env_digest), self.keys.session_jobs(session), self.keys.sessions]
         keys += [self.keys.job(job_id) for job_id, _ in jobs]
-        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms, queue, *self._handoff]
+        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms, queue, *self._handoff, attach if session else "",
+                           session]
         if spec_fields is not None and fn_blob is not None and env_blob is not None:
             args += ["1", fn_blob, fn_name, env_blob, len(spec_fields)]
             args += [item for pair in spec_fields.items() for item in pair]
@@ -354,10 +377,12 @@ class Scripts:
     def parse_claim(reply: Any) -> ClaimReply:
         """claim.lua's reply; jobs handed to us (from the inbox) come first: they are the oldest."""
         rows, dropped, handed, room = reply
-        claimed, _, garbled = parse_handed(handed)  # a 'wake' read here is answered by this very claim
+        inbox = parse_handed(handed)  # a 'wake' read here is answered by this very claim
+        claimed = inbox.claimed
         count = len(claimed)
         claimed += [_claimed_row(rows[i:i + 7]) for i in range(0, len(rows), 7)]
-        return ClaimReply(claimed, [job.text(d) or "" for d in dropped], count, garbled, int(room))
+        return ClaimReply(claimed, [job.text(d) or "" for d in dropped], count, inbox.garbled, int(room),
+                          inbox.cancels)
 
     def complete(self, client: Any, *, worker_id: str, outcomes: Sequence[Completion], done_ttl_ms: int,
                  result_ttl_ms: int, publish_max_bytes: int = 8192, now_ms: int | None = None) -> Any:
@@ -366,11 +391,10 @@ class Scripts:
         An outcome whose ``client`` is '' (its spec was unreadable) is recorded but delivered to no one.
         """
         keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
-        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes]
+        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes]
         for c in outcomes:
-            keys += [self.keys.job(c.id), self.keys.results(c.client), self.keys.result_seq(c.client)]
-            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback,
-                     self.keys.channel(c.client) if c.client else "", c.output]
+            keys.append(self.keys.job(c.id))
+            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output]
         return self._run("complete", client, keys, args)
 
     def progress(self, client: Any, *, job_id: str, token: str, client_id: str, fraction: float,
@@ -387,7 +411,7 @@ class Scripts:
         (1 requeued, 2 failed after its last rejection, 0 refused)."""
         keys = [self.keys.inflight(worker_id), self.keys.delayed, self.keys.failed, self.keys.stats]
         args: list[Any] = [_clock(now_ms), *self._handoff, result_ttl_ms or config.RESULT_TTL_S * 1000,
-                           self._results_prefix, self._seq_prefix, self._channel_prefix]
+                           config.DONE_TTL_S * 1000, *self._outcome_prefixes]
         for r in jobs:
             keys += [self.keys.job(r.id), self.keys.queue(r.queue)]
             args += [r.id, r.token, r.mode, r.delay_ms, r.queue, r.limit or "", r.client, r.body, r.error]
@@ -404,6 +428,16 @@ class Scripts:
              self._queue_prefix, *self._handoff, ",".join(queues), *keep],
         ))
 
+    def cancel(self, client: Any, job_ids: Sequence[str], *, stop_running: bool) -> list[str]:
+        """Cancel jobs (see cancel.lua); per job 'cancelled', 'stopping', or the state it was left in."""
+        if not job_ids:
+            return []
+        reply = self._run("cancel", client, [self.keys.delayed],
+                          [config.DONE_TTL_S * 1000, config.RESULT_TTL_S * 1000, self._job_prefix,
+                           self._spec_prefix, self.keys.inbox(""), *self._outcome_prefixes,
+                           "1" if stop_running else "0", *job_ids])
+        return [job.text(word) or "unknown" for word in reply]
+
     # -- coordinator side ----------------------------------------------------
 
     def requeue_expired(self, client: Any, *, worker_id: str, forget_after_ms: int, result_ttl_ms: int,
@@ -416,7 +450,7 @@ class Scripts:
              self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
-             self._channel_prefix, self._seq_prefix, *self._handoff],
+             self._channel_prefix, self._seq_prefix, *self._handoff, config.DONE_TTL_S * 1000],
         )
         return Recovered(int(requeued), int(lost), int(dropped))
 

@@ -27,10 +27,12 @@ another job, or point a job's outcome at another client.
     b"S" + tag + token + b"\\n" + framed output and result-or-error
     b"U" + token + b"\\n" + framed              (a worker running --insecure)
     b"L"                                        (the coordinator's 'lost': no content)
+    b"C"                                        (cancelled before it ran: no content)
 
-The coordinator holds no secret, so its ``lost`` failure carries nothing the
-client would show: the client writes the message itself. Forging one only
-makes a job fail ``lost``, which a password holder could do by deleting it.
+The coordinator and cancel.lua hold no secret, so a ``lost`` or ``cancelled``
+outcome carries nothing the client would show: the client writes the
+message itself. Forging one only ends a job early, which a password holder
+could do anyway by deleting it.
 
 Without a secret (only when a role is told ``--insecure``) everything is
 marked ``U`` and nothing is checked; a side *with* a secret refuses anything
@@ -40,6 +42,7 @@ unsigned or badly tagged (:class:`Rejected`). Malformed framing raises
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from typing import Mapping
@@ -64,6 +67,10 @@ class Corrupt(Exception):
 
 class Lost(Exception):
     """The outcome is the coordinator's unsigned 'lost' marker."""
+
+
+class Cancelled(Exception):
+    """The outcome is cancel.lua's unsigned 'cancelled' marker."""
 
 
 def _hash_fields(fields: Mapping[str, str]) -> bytes:
@@ -100,6 +107,13 @@ class Signer:
     def spec_digest(self, fields: Mapping[str, str]) -> str:
         """The address of a spec record, computed over all its fields (keyed, as :meth:`digest`)."""
         return self.digest(b"spec\0" + _hash_fields(fields))
+
+    def session_job_id(self, session: str, key: bytes) -> str:
+        """The id of a session's job with ``key``: the same for every client of the session (and secret),
+        so a rerun finds the job; 16 characters of [a-z2-7], like a random id."""
+        digest = hashlib.blake2b(b"session\0" + session.encode() + b"\0" + key, digest_size=10,
+                                 key=self._digest_key).digest()
+        return base64.b32encode(digest).decode().lower()
 
     # -- shared blobs (function, environment) --------------------------------------------
 
@@ -170,10 +184,12 @@ class Signer:
         return _SIGNED + tag + head + framed
 
     def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes) -> bytes:
-        """The framed output and payload of an outcome that verifies; Rejected, Corrupt or Lost."""
+        """The framed output and payload of an outcome that verifies; Rejected, Corrupt, Lost or Cancelled."""
         marker = body[:1]
         if marker == _LOST:
             raise Lost()
+        if marker == b"C":
+            raise Cancelled()
         if marker == _SIGNED:
             tag, rest = body[1:1 + _TAG_LEN], body[1 + _TAG_LEN:]
         elif marker == _UNSIGNED:

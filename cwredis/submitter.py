@@ -17,7 +17,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import redis
 
@@ -47,6 +47,26 @@ class SharedRecords:
     env_blob: bytes
 
 
+class Attached(NamedTuple):
+    """A job a session already held when it was submitted: its state then, and its outcome if it had finished."""
+
+    job_id: str
+    state: str
+    generation: int
+    kind: bytes  # b"" unless finished: b"ok" / b"err"
+    body: bytes
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "Attached":
+        job_id, state, generation, outcome = row
+        kind, _, body = bytes(outcome).partition(b"\n")
+        try:
+            gen = int(generation)
+        except ValueError:
+            gen = 0
+        return cls(job.text(job_id) or "", job.text(state) or "", gen, kind, body)
+
+
 def new_job_id() -> str:
     """16 characters of [a-z2-7] (80 random bits): unique without coordination, never starting with '-'."""
     return base64.b32encode(secrets.token_bytes(10)).decode().lower()
@@ -57,7 +77,7 @@ class Submitter:
 
     def __init__(self, client: redis.Redis, scripts: Scripts, keys: Keys, signer: Signer, reconnector: Reconnector,
                  *, client_id: str, queue: str, timeout_s: float | None, max_attempts: int,
-                 forward_output: bool = False) -> None:
+                 forward_output: bool = False, session: str = "") -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if timeout_s is not None and timeout_s <= 0:
@@ -74,6 +94,7 @@ class Submitter:
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._forward_output = forward_output
+        self._session = session
         # Digests of records this submitter has stored; submit.lua reports a
         # missing one (expired, or lost in a server restart) and we resend.
         self._stored: set[str] = set()
@@ -125,15 +146,17 @@ class Submitter:
         """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`)."""
         return dumps_call(fn, args, kwargs)
 
-    def seal_jobs(self, shared: SharedRecords, pickled_args: Iterable[bytes]) -> list[tuple[str, bytes]]:
-        """New jobs (id, envelope) for ``shared``: each signed with its id, spec, function and arguments."""
+    def seal_jobs(self, shared: SharedRecords, pickled_args: Sequence[bytes],
+                  ids: Sequence[str] | None = None) -> list[tuple[str, bytes]]:
+        """Jobs (id, envelope) for ``shared``: each signed with its id, spec, function and arguments.
+
+        ``ids``: a session's (derived from each job's key); else new random ones.
+        """
         seal = self._signer.seal_job
         spec_digest, fn_digest = shared.spec_digest, shared.fn_digest
-        jobs = []
-        for args in pickled_args:
-            job_id = new_job_id()
-            jobs.append((job_id, seal(job_id, spec_digest, fn_digest, args)))
-        return jobs
+        if ids is None:
+            ids = [new_job_id() for _ in pickled_args]
+        return [(job_id, seal(job_id, spec_digest, fn_digest, args)) for job_id, args in zip(ids, pickled_args)]
 
     def shared_records(self, prepared: tuple[bytes, str, str]) -> SharedRecords:
         """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
@@ -147,16 +170,18 @@ class Submitter:
                 self._shared[(spec_digest, fn_digest)] = shared
         return shared
 
-    def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> None:
-        """Store ``jobs`` (id, envelope from :meth:`seal_jobs`) durably with ``shared``, in batches, retrying through outages.
+    def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> list[Attached]:
+        """Store ``jobs`` (id, envelope from :meth:`seal_jobs`) durably with ``shared``, in batches, retrying
+        through outages; in a session, the jobs it already held (see submit.lua).
 
         Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
         """
+        attached: list[Attached] = []
         for start in range(0, len(jobs), config.SUBMIT_BATCH):
             batch = jobs[start:start + config.SUBMIT_BATCH]
             try:
-                self._reconnector.call(lambda: self._submit_batch(shared, batch),
-                                       retry_if=lambda exc: not is_server_full(exc))
+                attached += self._reconnector.call(lambda: self._submit_batch(shared, batch),
+                                                   retry_if=lambda exc: not is_server_full(exc))
             except redis.ResponseError as exc:
                 if is_server_full(exc):  # submit.lua is refused as a whole: nothing of this batch was written
                     queued = f" ({start} earlier job(s) of this call were queued)" if start else ""
@@ -165,8 +190,9 @@ class Submitter:
                         f"{len(jobs) - start} job(s) not queued{queued}; wait for the workers to drain "
                         "the queues, or raise the server's maxmemory") from None
                 raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued") from None
+        return attached
 
-    def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> None:
+    def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> list[Attached]:
         """One submit.lua call; the shared records go along only when the server may lack them."""
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
@@ -175,11 +201,12 @@ class Submitter:
                 spec_fields=shared.spec_fields if send_records else None, fn_digest=shared.fn_digest,
                 fn_blob=shared.fn_blob if send_records else None, fn_name=shared.fn_name,
                 env_digest=shared.env_digest, env_blob=shared.env_blob if send_records else None, jobs=batch,
-                blob_ttl_ms=int(config.RESULT_TTL_S * 1000))
-            if int(reply) >= 0:
+                blob_ttl_ms=int(config.RESULT_TTL_S * 1000), session=self._session, attach=self._client_id)
+            queued, rows = reply if isinstance(reply, list) else (reply, [])
+            if int(queued) >= 0:
                 with self._lock:
                     self._stored.update(digests)
-                return
+                return [Attached.from_row(row) for row in rows]
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
 
     def close(self) -> None:

@@ -132,3 +132,41 @@ local function split_commas(text)
   for part in string.gmatch(text or '', '[^,]+') do out[#out + 1] = part end
   return out
 end
+
+-- Key prefixes of client outcome lists (see Keys.outcome_prefixes), from ARGV at index i.
+local function outcome_prefixes(argv, i)
+  return {results = argv[i], seq = argv[i + 1], channel = argv[i + 2]}
+end
+
+-- Hand a job's final outcome to whoever waits for it. A session's job (its
+-- 'rc' field lists the clients attached to it) also keeps the outcome in its
+-- record ('ro'), for clients that attach later, and lives result_ttl;
+-- any other job's outcome goes to `client` ('' : no one). Returns the record's
+-- new time to live: result_ttl for a session's job, else `ttl`.
+local function deliver(job, route, client, op, job_id, generation, kind, body, result_ttl, publish_max, ttl)
+  if route then
+    redis.call('HSET', job, 'ro', kind .. '\n' .. body)
+    for _, c in ipairs(split_commas(route)) do
+      push_outcome(op.results .. c, op.seq .. c, op.channel .. c, job_id, generation, kind, body, result_ttl,
+                   publish_max)
+    end
+    return result_ttl
+  end
+  if client ~= '' then
+    push_outcome(op.results .. client, op.seq .. client, op.channel .. client, job_id, generation, kind, body,
+                 result_ttl, publish_max)
+  end
+  return ttl
+end
+
+-- End a job as cancelled (cancel.lua; or a job whose cancellation was asked
+-- while it ran, and that came back to a script before its worker stopped it):
+-- it never runs again, uses no attempt, is not listed as failed. Its outcome
+-- is the content-free marker 'C' (the client writes the message), so no
+-- secret is needed here. f_rc, client, generation: as deliver() takes them.
+local function end_cancelled(job, f_rc, client, op, job_id, generation, result_ttl, done_ttl)
+  redis.call('HSET', job, 's', 'failed', 'r', 'cancelled', 'x', 'CancelledError: the job was cancelled')
+  redis.call('HDEL', job, 'a', 'w', 'pf', 'pg')
+  local ttl = deliver(job, f_rc, client, op, job_id, generation, 'err', 'C', result_ttl, nil, done_ttl)
+  redis.call('PEXPIRE', job, ttl)
+end

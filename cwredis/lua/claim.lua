@@ -38,16 +38,19 @@ local handed = redis.call('LRANGE', inbox, 0, -1)
 redis.call('DEL', inbox)
 local claimed, dropped, count = {}, {}, 0
 for _, message in ipairs(handed) do
-  if message ~= 'wake' then count = count + 1 end
+  if message ~= 'wake' and string.sub(message, 1, 2) ~= 'x:' then count = count + 1 end
 end
 
 local function take(job_id)
   local job = job_prefix .. job_id
   local f = read_hash(job, 's', 'p', 'f', 'a', 'n', 'k', 'g', 'd')
   if not f or f[1] ~= 'pending' then
-    -- Not a job (garbage, or a key of another type), or a stale duplicate of one already taken.
+    -- Not a job (garbage, or a key of another type), or a stale duplicate of one already taken;
+    -- a job cancelled while it waited (cancel.lua leaves its id) goes quietly.
     redis.call('LREM', inflight, 1, job_id)
-    dropped[#dropped + 1] = job_id
+    if not (f and f[1] == 'failed' and read_field(job, 'r') == 'cancelled') then
+      dropped[#dropped + 1] = job_id
+    end
     return
   end
   -- tonumber: a garbage counter must not abort the script half-way.

@@ -1,8 +1,8 @@
 --!flags allow-oom
 -- requeue.lua: give back jobs a worker still owns, each fenced by its token.
 -- KEYS: inflight(worker), delayed, failed, stats, then per job: job, queue
--- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), result_ttl_ms,
---       results_prefix, result_seq_prefix, channel_prefix, then per job:
+-- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), result_ttl_ms, done_ttl_ms,
+--       outcome_prefixes (3 names), then per job:
 --       job_id, token, mode, delay_ms, queue_name, limit, client, body, error
 -- mode 'retry': the attempt counted (it timed out); the job waits in the
 --   delayed set for delay_ms (or goes straight back if delay_ms is 0).
@@ -16,14 +16,16 @@
 --   The limit-th rejection (the job's max_attempts) fails the job 'rejected'
 --   (error: `error`) with `body` as the outcome sent to `client` ('' : none),
 --   so a job no worker can verify ends instead of circling for ever.
--- limit, client, body and error are '' for the other modes.
--- Returns one flag per job: 1 requeued, 2 failed (rejected), 0 refused (not ours any more).
+-- limit, body and error are '' for the other modes.
+-- A job whose cancellation was asked while it ran ('cx', see cancel.lua)
+-- ends cancelled instead, whatever the mode: it is never retried.
+-- Returns one flag per job: 1 requeued, 2 ended (failed rejected, or cancelled), 0 refused (not ours any more).
 -- Atomic per call: each job's state, lists and outcome change together.
 local inflight, delayed, failed, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms(ARGV[1])
 local ho = handoff_keys(ARGV, 2)
-local result_ttl, results_prefix, seq_prefix, channel_prefix = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
-local flags, a, n, woken, failed_count = {}, 11, 0, {}, 0
+local result_ttl, done_ttl, op = tonumber(ARGV[7]), tonumber(ARGV[8]), outcome_prefixes(ARGV, 9)
+local flags, a, n, woken, failed_count = {}, 12, 0, {}, 0
 for k = 5, #KEYS, 2 do
   local job, queue = KEYS[k], KEYS[k + 1]
   local job_id, token, mode, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], now + tonumber(ARGV[a + 3])
@@ -31,8 +33,13 @@ for k = 5, #KEYS, 2 do
                                                ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rj', 'g') or {}  -- not a hash: refused, like a lost lease
-  if f[1] == 'running' and f[2] == token then
+  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rj', 'g', 'rc', 'cx') or {}  -- not a hash: refused
+  if f[1] == 'running' and f[2] == token and f[8] then
+    redis.call('LREM', inflight, -1, job_id)
+    if not f[4] then redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0)) end
+    end_cancelled(job, f[7], client, op, job_id, f[6] or '0', result_ttl, done_ttl)
+    flags[n] = 2
+  elseif f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     redis.call('HDEL', job, 'w', 'pf')
     local refund = (mode == 'release' or mode == 'reject') and not f[4]  -- a claimed-ahead job was never charged
@@ -47,10 +54,7 @@ for k = 5, #KEYS, 2 do
       redis.call('HSET', job, 's', 'failed', 'r', 'rejected', 'x', err, 'tb', err)
       redis.call('ZADD', failed, now, job_id)
       failed_count = failed_count + 1
-      if client ~= '' then
-        push_outcome(results_prefix .. client, seq_prefix .. client, channel_prefix .. client, job_id,
-                     f[6] or '0', 'err', body, result_ttl)
-      end
+      deliver(job, f[7], client, op, job_id, f[6] or '0', 'err', body, result_ttl)
       flags[n] = 2
     elseif mode == 'retry' and due > now then
       redis.call('HSET', job, 's', 'delayed')

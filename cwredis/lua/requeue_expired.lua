@@ -3,7 +3,7 @@
 -- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
 --       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix,
---       Keys.handoff() (5 names)
+--       Keys.handoff() (5 names), done_ttl_ms
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts (parked workers are
 -- woken for those requeued). A job claimed ahead whose start was
@@ -29,6 +29,8 @@ local result_ttl, lost_body, lost_error, lost_tb = tonumber(ARGV[4]), ARGV[5], A
 local job_prefix, spec_prefix, queue_prefix = ARGV[8], ARGV[9], ARGV[10]
 local results_prefix, channel_prefix, seq_prefix = ARGV[11], ARGV[12], ARGV[13]
 local ho = handoff_keys(ARGV, 14)
+local done_ttl = tonumber(ARGV[19])
+local op = {results = results_prefix, seq = seq_prefix, channel = channel_prefix}
 
 local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
 if not deadline or deadline > now then
@@ -46,11 +48,14 @@ if ids.err then ids, dropped = {}, 1 end
 for i = 1, #ids do
   local job_id = ids[i]
   local job = job_prefix .. job_id
-  local f = read_hash(job, 's', 'w', 'n', 'p', 'g', 'pf', 'd')
+  local f = read_hash(job, 's', 'w', 'n', 'p', 'g', 'pf', 'd', 'rc', 'cx')
   local spec = f and read_hash(spec_prefix .. (f[4] or ''), 'q', 'm', 'c') or {}
   local running = f and f[1] == 'running' and f[2] == worker_id
   if not f then
     dropped = dropped + 1
+  elseif running and f[9] and spec[1] then  -- its cancellation was asked: it ends here, never retried
+    if not f[6] then redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0)) end
+    end_cancelled(job, f[8], spec[3], op, job_id, f[5] or '0', result_ttl, done_ttl)
   elseif (running or f[1] == 'pending') and spec[1] then
     local max_attempts = tonumber(spec[2]) or 1
     -- HSET, not HINCRBY: a garbage count must not abort the sweep.
@@ -66,8 +71,7 @@ for i = 1, #ids do
       redis.call('ZADD', failed, now, job_id)
       redis.call('HINCRBY', stats, 'failed', 1)
       -- The outcome carries no content (the client writes the message: we hold no secret).
-      push_outcome(results_prefix .. spec[3], seq_prefix .. spec[3], channel_prefix .. spec[3], job_id,
-                   f[5] or '0', 'err', lost_body, result_ttl)
+      deliver(job, f[8], spec[3], op, job_id, f[5] or '0', 'err', lost_body, result_ttl)
       lost = lost + 1
     else
       redis.call('HSET', job, 's', 'pending')

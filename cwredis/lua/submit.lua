@@ -1,15 +1,24 @@
 --!flags
 -- submit.lua: make a batch of jobs durable and queue them -- or hand them to
 -- parked workers -- in one atomic step.
--- KEYS: queue, spec, fn_blob, env_blob, job_1 .. job_n
+-- KEYS: queue, spec, fn_blob, env_blob, session_jobs, sessions, job_1 .. job_n
 -- ARGV: spec_digest, fn_digest, blob_ttl_ms, queue_name, then Keys.handoff()
---       (5 names), has_blobs,
+--       (5 names), attach, session, has_blobs,
 --       [if has_blobs: fn_blob, fn_name, env_blob, n, then n spec field/value pairs],
 --       then per job: job_id, args_blob
 -- Returns the number of jobs queued or handed, or -1 (nothing written) when
 -- the spec or a blob is missing and the caller did not send it (send it and
 -- call again). A job id that already exists is skipped, so a submit retried
 -- after a lost reply never queues a job twice.
+-- Sessions (attach = the submitting client's id; '' : no session): a
+-- session's job ids are derived from the job's key, so an id that exists is
+-- the session's job for that key. The caller attaches to it: a job not yet
+-- finished adds the caller to the clients its outcome goes to ('rc'), a
+-- finished one returns its kept outcome. A new job is listed in session_jobs
+-- and starts with rc = the caller; `sessions` notes the session's last activity. The reply is then {queued, attached...},
+-- attached holding (job_id, state, generation, outcome) per existing job
+-- (outcome '' unless finished) -- all in the step that decided, so no
+-- outcome can fall between the look and the attachment.
 -- A job handed to a parked worker is claimed for it here, as claim.lua
 -- claims a job that starts at once (token 1, attempt 1 charged now: a parked
 -- worker has an idle child for each job of its room, so the job starts the
@@ -24,13 +33,15 @@
 local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, queue_name = tonumber(ARGV[3]), ARGV[4]
 local ho = handoff_keys(ARGV, 5)
-local i = 11
-if ARGV[10] == '1' then
-  redis.call('HSET', fn_key, 'b', ARGV[11], 'n', ARGV[12])
-  redis.call('HSET', env_key, 'b', ARGV[13])
-  local n = tonumber(ARGV[14])
-  redis.call('HSET', spec_key, unpack(ARGV, 15, 14 + 2 * n))
-  i = 15 + 2 * n
+local attach, session, session_jobs, sessions = ARGV[10], ARGV[11], KEYS[5], KEYS[6]
+local route = attach ~= '' and {'rc', attach} or {}
+local i = 13
+if ARGV[12] == '1' then
+  redis.call('HSET', fn_key, 'b', ARGV[13], 'n', ARGV[14])
+  redis.call('HSET', env_key, 'b', ARGV[15])
+  local n = tonumber(ARGV[16])
+  redis.call('HSET', spec_key, unpack(ARGV, 17, 16 + 2 * n))
+  i = 17 + 2 * n
 elseif redis.call('EXISTS', spec_key) == 0 or redis.call('EXISTS', fn_key) == 0
     or redis.call('EXISTS', env_key) == 0 then
   return -1
@@ -40,14 +51,27 @@ keep_alive(spec_key, ttl)
 keep_alive(fn_key, ttl)
 keep_alive(env_key, ttl)
 local worker, room, since = pop_parked(ho, queue_name)
-local queued, pending = 0, {}
-for k = 5, #KEYS do
+local queued, pending, attached, created = 0, {}, {}, {}
+for k = 7, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
   i = i + 2
-  if redis.call('EXISTS', KEYS[k]) == 0 then
+  local existing = attach ~= '' and read_hash(KEYS[k], 's', 'g', 'ro', 'rc')
+  if existing and existing[1] then
+    local state, outcome = existing[1], ''
+    if (state == 'done' or state == 'failed') and existing[3] then
+      outcome = existing[3]
+    elseif state ~= 'done' and state ~= 'failed' then
+      local route = existing[4] or ''
+      if not string.find(',' .. route .. ',', ',' .. attach .. ',', 1, true) then
+        redis.call('HSET', KEYS[k], 'rc', route == '' and attach or route .. ',' .. attach)
+      end
+    end
+    attached[#attached + 1] = {job_id, state, existing[2] or '0', outcome}
+  elseif redis.call('EXISTS', KEYS[k]) == 0 then
+    if attach ~= '' then created[#created + 1] = job_id end
     if worker then
       redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'f', ARGV[2], 'a', args, 'w', worker,
-                 'k', 1, 'n', 1)
+                 'k', 1, 'n', 1, unpack(route))
       redis.call('LPUSH', ho.inflight .. worker, job_id)
       redis.call('RPUSH', ho.inbox .. worker, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
       room = room - 1
@@ -58,7 +82,7 @@ for k = 5, #KEYS do
     else
       -- Attempts (n), token (k) and generation (g) start absent, read as 0:
       -- a queued job's memory is mostly field names.
-      redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args)
+      redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args, unpack(route))
       pending[#pending + 1] = job_id
     end
     queued = queued + 1
@@ -68,8 +92,16 @@ end
 for first = 1, #pending, 1000 do  -- bounded argument count per call
   redis.call('LPUSH', queue, unpack(pending, first, math.min(first + 999, #pending)))
 end
+for first = 1, #created, 1000 do
+  redis.call('RPUSH', session_jobs, unpack(created, first, math.min(first + 999, #created)))
+end
+if attach ~= '' then
+  keep_alive(session_jobs, ttl)
+  redis.call('ZADD', sessions, now_ms(''), session)
+end
 if worker then  -- room left: it stays parked, first in line as before
   redis.call('SET', ho.parked .. worker, room)
   redis.call('ZADD', ho.idle .. queue_name, since, worker)
 end
+if attach ~= '' then return {queued, attached} end
 return queued

@@ -1,4 +1,5 @@
-"""How an attempt ends once its child has answered or died: queued for recording, retried, failed, given back.
+"""How an attempt ends once its child has answered or died: queued for recording, retried, failed, given back,
+or cancelled.
 
 The supervisor decides *when* an attempt ends (a reply, a death, a
 timeout); this says *what follows*: an outcome signed and queued in the
@@ -52,7 +53,8 @@ class Attempts:
         if claimed.attempts < spec.max_attempts:
             log.warning("job %s: %s (attempt %d of %d); will retry", claimed.id, explanation,
                         claimed.attempts, spec.max_attempts)
-            self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000)))
+            self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000),
+                                             client=spec.client))
         else:
             error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
             log.warning("job %s: %s", claimed.id, error)
@@ -60,7 +62,14 @@ class Attempts:
 
     def give_back(self, running: Running) -> None:
         """The job goes back to the front of its queue, its attempt refunded (it never ran, or was stopped)."""
-        self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release"))
+        self._ledger.add_requeue(Requeue(running.id, running.claimed.token, running.spec.queue, "release",
+                                         client=running.spec.client))
+
+    def cancelled(self, running: Running) -> None:
+        """Its cancellation was asked: it ends ``cancelled``, its attempt refunded, never retried (complete.lua)."""
+        error = "CancelledError: the job was cancelled"
+        log.info("job %s: cancelled", running.id)
+        self.record(running, Err(running.id, "cancelled", error, error, ""))
 
     def report(self, event: Reported) -> None:
         self._progress[event.running.id] = event

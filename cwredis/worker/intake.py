@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Protocol
 
 from .. import config
@@ -62,6 +63,9 @@ class Host(Protocol):
     def fail(self, running: Running, reply: Err) -> None:
         """End an attempt with a failure (queued for recording)."""
 
+    def cancel(self, job_ids: list[str]) -> None:
+        """Stop these jobs if we hold them (their cancellation was asked: cancel.lua)."""
+
     def link_ok(self) -> None:
         """A round trip worked (may end an outage)."""
 
@@ -92,18 +96,30 @@ class Intake:
     # -- the fetcher thread -------------------------------------------------------------
 
     def run(self) -> None:
-        """Keep idle children fed: park, then wait on the inbox for hand-offs and wakes."""
+        """Keep idle children fed: park, then wait on the inbox for hand-offs and wakes.
+
+        While children are busy and none would sit idle, look at the inbox
+        every CANCEL_POLL_S anyway: a cancellation of a running job comes there.
+        """
         block_s = min(config.BLOCK_TIMEOUT_S, 0.1) if self._burst else config.BLOCK_TIMEOUT_S
+        looked = time.monotonic()
         while True:
             with self.lock:
                 # Wait until a child would sit idle: nothing ready, and the last claim came up short.
-                while not self._stop.graceful and (self.quarantined or not (
+                while busy := not self._stop.graceful and (self.quarantined or not (
                         self.queues_empty and self._host.starting_now())):
+                    if self._pool.in_children() and time.monotonic() - looked >= config.CANCEL_POLL_S:
+                        break
                     self.lock.wait(0.5)
                 if self._stop.graceful:
                     return
                 epoch = self.epoch
             try:
+                if busy:
+                    looked = time.monotonic()
+                    if (handed := self._link.poll_inbox()) is not None:
+                        self._take_handed(handed, epoch, claim=False)  # a wake waits for a child to be free
+                    continue
                 if not self.room:
                     self.claim_now()  # parks us if the queues are empty
                     continue
@@ -124,14 +140,16 @@ class Intake:
                 log.exception("worker %s: fetcher error", self._link.worker_id)
                 self._stop.wait(Step.GRACEFUL, 1.0)
 
-    def _take_handed(self, handed: Handed, epoch: int) -> None:
-        """Jobs submit.lua handed us (start them now), then the claim a wake asks for.
+    def _take_handed(self, handed: Handed, epoch: int, *, claim: bool = True) -> None:
+        """Cancellations, then jobs submit.lua handed us (start them now), then the claim a wake asks for.
 
         One read may bring both: the jobs are ours already, so they are taken first.
         """
+        if handed.cancels:
+            self._host.cancel(handed.cancels)
         if handed.claimed or handed.garbled:
             self._take_jobs(handed.claimed, handed.garbled, epoch)
-        if handed.wake:
+        if handed.wake and claim:
             self.claim_now()
 
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
@@ -178,6 +196,8 @@ class Intake:
         """Verify claimed jobs and queue them as ready (call with claim_lock held); how many were claimed."""
         for job_id in reply.dropped:
             log.warning("worker %s: dropped queue entry %r: it names no pending job", self._link.worker_id, job_id)
+        if reply.cancels:
+            self._host.cancel(reply.cancels)
         self.queues_empty = len(reply.claimed) < wanted
         self.room = reply.room
         return self._accept(reply.claimed, start_count, reply.handed, reply.garbled)

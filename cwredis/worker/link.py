@@ -45,11 +45,13 @@ class LinkDown(Exception):
 
 @dataclass
 class Handed:
-    """One read of the inbox: jobs submit.lua handed us, whether a wake came, how many messages were garbage."""
+    """One read of the inbox: jobs submit.lua handed us, whether a wake came, how many messages were garbage,
+    which running jobs to cancel."""
 
     claimed: list[Claimed]
     wake: bool
     garbled: int
+    cancels: list[str]
 
 
 @dataclass
@@ -137,8 +139,18 @@ class Link:
                                            "COUNT", max(1, count))
             if got is None:
                 return None
-            claimed, wake, garbled = parse_handed(got[1])
-            return Handed(claimed, wake, garbled)
+            inbox = parse_handed(got[1])
+            return Handed(inbox.claimed, inbox.wake, inbox.garbled, inbox.cancels)
+        return self._call(round_trip)
+
+    def poll_inbox(self) -> Handed | None:
+        """What our inbox holds now (no wait): cancellations while we are busy; None if empty."""
+        def round_trip() -> Handed | None:
+            got: Any = self._inbox.execute("LMPOP", 1, self.keys.inbox(self.worker_id), "LEFT", "COUNT", 100)
+            if got is None:
+                return None
+            inbox = parse_handed(got[1])
+            return Handed(inbox.claimed, inbox.wake, inbox.garbled, inbox.cancels)
         return self._call(round_trip)
 
     def confirm(self, lease_ms: int, claimed: Sequence[Claimed]) -> list[Claimed]:

@@ -93,6 +93,7 @@ class Worker:
         #: measured, jobs are assumed slow: no prefetch.
         self.avg_job_s = config.SLOW_JOB_S
         self._stop_asked_at: float | None = None
+        self._cancels: set[str] = set()  # jobs to stop (cancel.lua asked, through our inbox)
         self._attempts = Attempts(self._ledger, self._link, self._signer)
 
     @property
@@ -178,6 +179,7 @@ class Worker:
             return False
         self._wait_and_collect(self._sleep_s() if wait else 0.0)
         self._enforce_timeouts()
+        self._enforce_cancels()
         self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self.avg_job_s))
         self.dispatch()
         with self._lock:
@@ -273,6 +275,42 @@ class Worker:
             delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
             self._attempts.cut_short(running, "timeout",
                                 f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
+
+    # -- phase: cancellations -------------------------------------------------------------------
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Stop these jobs if we hold them (from the fetcher or a claim reply); the loop acts at once."""
+        with self._lock:
+            self._cancels.update(job_ids)
+        self._stop.wake()
+
+    def _enforce_cancels(self) -> None:
+        """Jobs whose cancellation was asked: a waiting one is dropped, a running one's process group killed;
+        each ends ``cancelled``. One written ahead is asked back first (it ends when it returns or starts);
+        an id we do not hold (finished already) is forgotten: its outcome is the one delivered."""
+        if not self._cancels:
+            return
+        pool = self.pool
+        with self._lock:
+            ids, self._cancels = self._cancels, set()
+            waiting = [r for r in pool.ready if r.id in ids]
+            for running in waiting:
+                pool.ready.remove(running)
+            heads = [s for s in pool.slots if (j := s.job) is not None and j.id in ids]
+            for slot in pool.slots:
+                for running in list(slot.sent)[1:]:
+                    if running.id in ids:
+                        self._cancels.add(running.id)  # looked at again once back in ready, or started
+                        if running.id not in slot.asked_back:
+                            slot.asked_back.add(running.id)
+                            slot.ask_back(running.id)
+        for running in waiting:
+            self._attempts.cancelled(running)
+        for slot in heads:
+            died = pool.died(slot)  # the job's whole process group, as for a timeout
+            if died.running is not None:
+                self.jobs_done += 1
+                self._attempts.cancelled(died.running)
 
     # -- phase: dispatch -----------------------------------------------------------------------
 

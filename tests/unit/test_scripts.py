@@ -106,7 +106,7 @@ def test_claim_drops_queue_entries_that_name_no_pending_job(s, r):
 def test_submit_hands_new_jobs_to_a_parked_worker_up_to_its_room_then_queues(s, r):
     park(s, r, idle_children=2)
     assert submit(s, r, "a", "b", "c") == 3
-    handed, wake, garbled = parse_handed(inbox(r))
+    handed, wake, garbled, _ = parse_handed(inbox(r))
     assert [c.id for c in handed] == ["a", "b"] and not wake and garbled == 0
     assert handed[0].token == "1" and handed[0].args == b"Uargs-a" and handed[0].spec == "sp1"
     assert handed[0].function == "fn1" and handed[0].attempts == 1 and handed[0].generation == 0
@@ -164,8 +164,8 @@ def test_queueing_paths_other_than_submit_wake_a_parked_worker(s, r):
 
 
 def test_garbled_inbox_messages_are_counted_not_trusted(s, r):
-    handed, wake, garbled = parse_handed([b"1:a1:1", b"junk", b"99:x", b"wake"])
-    assert handed == [] and wake and garbled == 3
+    handed, wake, garbled, cancels = parse_handed([b"1:a1:1", b"junk", b"99:x", b"wake", b"x:j9"])
+    assert handed == [] and wake and garbled == 3 and cancels == ["j9"]
 
 
 def test_empty_and_binary_queue_entries_are_dropped(s, r):

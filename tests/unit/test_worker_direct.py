@@ -43,7 +43,7 @@ def handed(server):
     s.claim(r, worker_id="w1", queues=["default"], lease_ms=30_000, max_count=1, start_count=1, park=True)
     s.submit(r, queue="default", spec_digest="sp1", spec_fields=SPEC.to_hash(), fn_digest="fn1", fn_blob=b"Uf",
              fn_name="m.f", env_digest="e1", env_blob=b"Ue", jobs=[("a", b"Uargs")], blob_ttl_ms=60_000)
-    (claimed,), _, _ = parse_handed(r.lrange(KEYS.inbox("w1"), 0, -1))
+    (claimed,), _, _, _ = parse_handed(r.lrange(KEYS.inbox("w1"), 0, -1))
     return r, claimed
 
 
