@@ -435,7 +435,7 @@ class Scripts:
         reply = self._run("cancel", client, [self.keys.delayed],
                           [config.DONE_TTL_S * 1000, config.RESULT_TTL_S * 1000, self._job_prefix,
                            self._spec_prefix, self.keys.inbox(""), *self._outcome_prefixes,
-                           "1" if stop_running else "0", *job_ids])
+                           "1" if stop_running else "0", self._queue_prefix, *job_ids])
         return [job.text(word) or "unknown" for word in reply]
 
     # -- coordinator side ----------------------------------------------------

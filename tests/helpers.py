@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import time
+from pathlib import Path
 from typing import Callable
 
 from harness import admin_json, child_pids, free_port, pid_alive  # noqa: F401 (tests import them from here)
@@ -224,3 +225,27 @@ def start_coordinator(procs, server, keys, *extra: str, lease_s: float = TEST_LE
              message="coordinator publishes its settings")
     assert proc.alive(), f"coordinator exited {proc.returncode}:\n{proc.log()}"
     return proc
+
+
+def mark_then(marker_dir, x, seconds=0.0):
+    """Append this run's pid to ``marker_dir/x`` (one line per execution of job x), sleep, return x * x."""
+    path = os.path.join(os.fspath(marker_dir), str(x))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return x * x
+
+
+def executions(marker_dir) -> dict[str, int]:
+    """How often each job of ``mark_then`` ran: file name -> lines."""
+    return {p.name: len(p.read_text().splitlines()) for p in Path(marker_dir).iterdir()}
+
+
+def fail_unless_exists(path, x):
+    """Return ``x`` once ``path`` exists; until then raise ValueError (a bug fixed between two runs)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist yet")
+    return x

@@ -15,6 +15,11 @@ it to record the outcome itself and it could -- :class:`Recorded` per job.
 With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
 (the last ``config.OUTPUT_TAIL_BYTES``) and returned as ``output`` for the client.
 
+Before each job the child checks that no module a job imported changed on
+disk (:mod:`cwredis.worker.freshness`); if one did, it says :class:`Stale`
+and runs nothing, and the worker replaces it, so a job always runs the code
+on disk.
+
 The child ignores SIGINT/SIGTERM (a Ctrl-C to the worker's process group is
 for the supervisor to handle gracefully) and dies with its supervisor
 (PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no job running behind.
@@ -44,7 +49,8 @@ from .. import config, jobcontext
 from ..serialization import error_line, parse_env
 from ..signing import Corrupt
 from .direct import DirectRecorder
-from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
+from .freshness import CodeWatch
+from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -265,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
 
     mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None
+    watch = CodeWatch()
     while True:
         message = mailbox.next()
         if message is None:
@@ -272,7 +279,11 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(message, Setup):
             recorder = DirectRecorder(message)
             continue
+        if (changed := watch.changed()) is not None:
+            send(Stale(message.job_id, changed))  # the worker replaces us; this job runs in the new process
+            continue
         reply = runner.run(message, report)
+        watch.note_imports()
         direct = message.direct
         if direct is not None and recorder is not None and not isinstance(reply, Resend):
             recorded: Recorded | None = recorder.record(reply, direct)

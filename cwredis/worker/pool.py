@@ -41,7 +41,7 @@ from typing import Iterator, Union
 from .. import config
 from ..job import Spec
 from ..scripts import Claimed
-from .protocol import Direct, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
+from .protocol import Direct, Err, Ok, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
 
 @dataclass
 class Running:
@@ -236,7 +236,15 @@ class Reported:
     message: str | None
 
 
-Event = Union[Ended, Died, Reported]
+@dataclass
+class Outdated:
+    """A child found a module it loaded changed on disk, and started nothing more: replace it."""
+
+    slot: Slot
+    path: str
+
+
+Event = Union[Ended, Died, Reported, Outdated]
 
 
 class Pool:
@@ -288,6 +296,9 @@ class Pool:
                     slot.asked_back.discard(message.job_id)
                     if message.given_back and (running := slot.take(message.job_id)) is not None:
                         given_back.append(running)
+                elif isinstance(message, Stale):
+                    events.append(Outdated(slot, message.path))
+                    break  # what else it said is moot: it is replaced, its jobs start again elsewhere
                 elif isinstance(message, Resend):
                     if (running := slot.find(message.job_id)) is not None:
                         slot.forget_cache()

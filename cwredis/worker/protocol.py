@@ -5,7 +5,7 @@ A child (``python -m cwredis.worker.child``) has three pipes, framed by
 
     job pipe      worker -> child   Setup (first), then Run per job
     control pipe  worker -> child   Unsend
-    out pipe      child -> worker   Progress, Unsent, Resend, then per job one of Ok / Err / Recorded
+    out pipe      child -> worker   Progress, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded
 
 Every message is a NamedTuple: read by name, never by index, and still a
 tuple on the wire (a pickle of a NamedTuple is its class reference and its
@@ -77,6 +77,14 @@ class Resend(NamedTuple):
     job_id: str
 
 
+class Stale(NamedTuple):
+    """The child did not start ``job_id``: a module it loaded changed on disk (``path``); replace it
+    (:mod:`cwredis.worker.freshness`)."""
+
+    job_id: str
+    path: str
+
+
 class Ok(NamedTuple):
     """The job returned; ``result`` is its cloudpickle, ``output`` what it printed (captured tail)."""
 
@@ -107,4 +115,4 @@ class Recorded(NamedTuple):
 #: A job's end, as a child reports it.
 Reply = Union[Ok, Err]
 #: Everything a child sends.
-ChildMessage = Union[Progress, Unsent, Resend, Ok, Err, Recorded]
+ChildMessage = Union[Progress, Unsent, Resend, Stale, Ok, Err, Recorded]
