@@ -9,8 +9,8 @@ import protocol
 from measuring import Counter, peak_rss_kb, rss_now_kb
 
 
-def role_memory(url, n, timeout, **_):
-    """``INFO memory used_memory`` before/after ``n`` submitted jobs that no worker runs."""
+def role_memory(url, n, timeout, session=None, **_):
+    """``INFO memory used_memory`` before/after ``n`` submitted jobs that no worker runs (in ``session``)."""
     import redis
 
     import cwredis
@@ -19,7 +19,7 @@ def role_memory(url, n, timeout, **_):
     r = redis.Redis.from_url(url)
     base = int(r.info("memory")["used_memory"])
     c = Counter(0)
-    t = cwredis.ClientThread(c.ok, url=url, error_callback=c.bad)
+    t = cwredis.ClientThread(c.ok, url=url, error_callback=c.bad, **({"session": session} if session else {}))
     t.start()
     t.submit(jobs.noop, -1)  # first submit stores the shared spec/function blob once
     time.sleep(0.2)

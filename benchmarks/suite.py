@@ -16,7 +16,7 @@ from stack import Stack
 
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
-       "bounded_client_memory"]
+       "bounded_client_memory", "session_map", "session_memory", "resume"]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -147,6 +147,46 @@ class Suite:
         for k, v in self.latency(aof=True).items():
             out[f"latency.{k}"] = v
         return out
+
+    def session_map(self) -> dict:
+        """Executor.map in a session (each run a new one: all computed) beside one without, paired per run."""
+        n = 2_000 if self.q else 20_000
+        runs = []
+        with Stack(self.o, workers=self.layout) as st:
+            for i in range(self.R):
+                plain = st.client("executor_map", {"n": n, "warmup": 50}, timeout=600)
+                res = st.client("executor_map", {"n": n, "warmup": 50, "session": f"bench-{i}-{id(st)}"},
+                                timeout=600)
+                res.update(plain_jobs_per_s=plain["jobs_per_s"],
+                           session_over_plain=res["jobs_per_s"] / plain["jobs_per_s"])
+                log(f"session_map run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        return dict(summarize(runs), n=n)
+
+    def session_memory(self) -> dict:
+        """Redis bytes per queued job in a session, beside the same without one."""
+        n = 10_000
+        runs = []
+        for i in range(self.R):
+            with Stack(self.o, workers=None) as st:
+                plain = st.client("memory", {"n": n}, timeout=600)
+            with Stack(self.o, workers=None) as st:
+                res = st.client("memory", {"n": n, "session": f"bench-mem-{i}"}, timeout=600)
+            row = {"bytes_per_job": res["bytes_per_job"], "plain_bytes_per_job": plain["bytes_per_job"],
+                   "extra_bytes_per_job": res["bytes_per_job"] - plain["bytes_per_job"]}
+            log(f"session_memory run {i + 1}: {fmt_run(row)}")
+            runs.append(row)
+        return dict(summarize(runs), n=n)
+
+    def resume(self) -> dict:
+        """A finished sweep of n jobs in a session, rerun by fresh clients: results/s and peak RSS."""
+        n = 10_000 if self.q else 100_000
+        session = f"bench-resume-{id(self)}"
+        with Stack(self.o, workers=self.layout) as st:
+            fill = st.client("session_fill", {"n": n, "session": session}, timeout=max(600, n / 50))
+            log(f"resume: filled {n} jobs in {fill['seconds']:.1f}s")
+            runs = self.repeat(st, "resume", {"n": n, "session": session}, timeout=600)
+        return dict(summarize(runs), n=n)
 
     def bounded_client_memory(self) -> dict:
         sizes = (10_000, 100_000) if self.q else (100_000, 1_000_000)

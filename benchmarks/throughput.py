@@ -11,13 +11,14 @@ import protocol
 from measuring import Counter
 
 
-def role_executor_map(url, n, warmup, timeout, **_):
-    """``list(Executor.map(noop, range(n), chunksize=1))`` after ``warmup`` jobs the same way."""
+def role_executor_map(url, n, warmup, timeout, session=None, **_):
+    """``list(Executor.map(noop, range(n), chunksize=1))`` after ``warmup`` jobs the same way
+    (other arguments: in a session they are other jobs); with ``session``, in that session."""
     import cwredis
     import jobs
 
-    with cwredis.Executor(url=url) as ex:
-        list(ex.map(jobs.noop, range(warmup), chunksize=1))
+    with cwredis.Executor(url=url, **({"session": session} if session else {})) as ex:
+        list(ex.map(jobs.noop, range(-warmup, 0), chunksize=1))
         t0 = time.perf_counter()
         out = list(ex.map(jobs.noop, range(n), chunksize=1))
         dt = time.perf_counter() - t0

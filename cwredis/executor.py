@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import config, progressbar
 from .client import ClientThread
+from .outcomes import Decoded
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .submitter import chunked
@@ -109,7 +110,9 @@ class Executor(concurrent.futures.Executor):
                 future.set_exception(error)
 
     def _submit_many(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                     key: str | None = None) -> list[JobFuture]:
+                     key: str | None = None, *, resuming: bool = False) -> list[Any]:
+        """A future per call; with ``resuming`` (map), a call whose job a session already finished gets
+        its decoded outcome instead (no future: what makes resuming a sweep fast)."""
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         submitter = self._client.submitter
@@ -119,10 +122,14 @@ class Executor(concurrent.futures.Executor):
         # across the submit so the callbacks wait for _track.
         session = self._client.session
         ids = [session.keyed_id(key)] if key is not None and session is not None else None
+        finished: dict[str, Decoded] | None = {} if resuming and session is not None else None
         with self._lock:
-            job_ids = self._client.submit_prepared(prepared, pickled, ids)
-            futures = []
+            job_ids = self._client.submit_prepared(prepared, pickled, ids, finished)
+            futures: list[Any] = []
             for job_id in job_ids:
+                if finished and (decoded := finished.get(job_id)) is not None:
+                    futures.append(decoded)
+                    continue
                 future = JobFuture(self, job_id)
                 self._futures.setdefault(job_id, []).append(future)
                 futures.append(future)
@@ -160,7 +167,7 @@ class Executor(concurrent.futures.Executor):
                 for group in chunked(chunked(calls, chunksize), max(1, config.SUBMIT_BATCH // chunksize)))
         window = max(1, config.MAP_WINDOW // chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
-        queued: collections.deque[tuple[concurrent.futures.Future[Any], int]] = collections.deque()
+        queued: collections.deque[tuple[Any, int]] = collections.deque()  # (JobFuture or Decoded, is_chunk)
 
         counts = [0, 0]  # items done, failed (chunks count their items)
         bar = None
@@ -180,12 +187,19 @@ class Executor(concurrent.futures.Executor):
                 if batch is None:
                     return
                 func, batch_calls, is_chunk = batch
-                for future, (call_args, _) in zip(self._submit_many(func, batch_calls), batch_calls):
-                    if bar is not None:
-                        future.add_done_callback(count(len(call_args[1]) if is_chunk else 1))
+                for future, (call_args, _) in zip(self._submit_many(func, batch_calls, resuming=True), batch_calls):
+                    items = len(call_args[1]) if is_chunk else 1
+                    if isinstance(future, Decoded):  # a session's job finished in an earlier run
+                        counts[0 if future.ok else 1] += items
+                    elif bar is not None:
+                        future.add_done_callback(count(items))
                     queued.append((future, is_chunk))
 
-        def result_of(future: concurrent.futures.Future[Any]) -> Any:
+        def result_of(future: Any) -> Any:
+            if isinstance(future, Decoded):
+                if future.ok:
+                    return future.value
+                raise future.value
             while bar is not None and not future.done():
                 if deadline is not None and time.monotonic() >= deadline:
                     break

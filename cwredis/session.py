@@ -4,7 +4,7 @@ Inside a session every job has a *key*: its content (the function's digest
 and its pickled arguments) and its occurrence number among identical
 submissions of this attachment, or a key the caller gives
 (``submit_keyed``). The job's id is derived from the session's name and the
-key (:meth:`cwredis.signing.Signer.session_job_id`, keyed by the secret), so a
+key (:meth:`cwredis.signing.Signer.session_hasher`, keyed by the secret), so a
 rerun of the same script computes the same ids, and submit.lua finds the
 jobs it already holds: a finished one comes back with its kept outcome, a
 running one gets this client added to those its outcome goes to. Nothing is
@@ -14,7 +14,6 @@ runs again (never a wrong result).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 from .signing import Signer
@@ -42,21 +41,34 @@ class SessionKeys:
         # sample() 100 times) are 100 jobs, and a rerun numbers them the same way.
         self._seen: dict[bytes, int] = {}
         self._lock = threading.Lock()
+        self._content = signer.session_hasher(self.name, b"c")
+        self._keyed = signer.session_hasher(self.name, b"k")
 
     def content_ids(self, fn_digest: str, pickled_args: list[bytes]) -> list[str]:
-        """The ids of jobs calling the function ``fn_digest`` with each of ``pickled_args``, in order."""
+        """The ids of jobs calling the function ``fn_digest`` with each of ``pickled_args``, in order.
+
+        One keyed hash of the content per job; its n-th repetition (n > 0)
+        hashes that again with n, so each is a job of its own.
+        """
         ids = []
-        prefix = fn_digest.encode() + b"\0"
+        head = self._content.copy()
+        head.update(fn_digest.encode() + b"\0")
         with self._lock:
             for args in pickled_args:
-                content = hashlib.blake2b(prefix + args, digest_size=16).digest()
+                h = head.copy()
+                h.update(args)
+                content = h.digest()
                 n = self._seen.get(content, 0)
                 self._seen[content] = n + 1
-                ids.append(self._signer.session_job_id(self.name, b"c:%s#%d" % (content, n)))
+                if n:
+                    h.update(b"#%d" % n)
+                ids.append(h.hexdigest())
         return ids
 
     def keyed_id(self, key: str) -> str:
         """The id of the job with the caller's ``key`` (``submit_keyed``)."""
         if not isinstance(key, str) or not key:
             raise ValueError(f"a job key is a non-empty string, not {key!r}")
-        return self._signer.session_job_id(self.name, b"k:" + key.encode())
+        h = self._keyed.copy()
+        h.update(key.encode())
+        return h.hexdigest()

@@ -42,7 +42,6 @@ unsigned or badly tagged (:class:`Rejected`). Malformed framing raises
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from typing import Mapping
@@ -108,12 +107,12 @@ class Signer:
         """The address of a spec record, computed over all its fields (keyed, as :meth:`digest`)."""
         return self.digest(b"spec\0" + _hash_fields(fields))
 
-    def session_job_id(self, session: str, key: bytes) -> str:
-        """The id of a session's job with ``key``: the same for every client of the session (and secret),
-        so a rerun finds the job; 16 characters of [a-z2-7], like a random id."""
-        digest = hashlib.blake2b(b"session\0" + session.encode() + b"\0" + key, digest_size=10,
-                                 key=self._digest_key).digest()
-        return base64.b32encode(digest).decode().lower()
+    def session_hasher(self, session: str, kind: bytes) -> "hashlib.blake2b":
+        """A keyed hash primed with a session's name and a kind of key (b"c" content, b"k" the caller's):
+        the root of its job ids (:mod:`cwredis.session`), the same for every client with this secret."""
+        hasher = hashlib.blake2b(digest_size=8, key=self._digest_key)
+        hasher.update(b"session\0" + session.encode() + b"\0" + kind + b":")
+        return hasher
 
     # -- shared blobs (function, environment) --------------------------------------------
 

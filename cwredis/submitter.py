@@ -59,12 +59,13 @@ class Attached(NamedTuple):
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Attached":
         job_id, state, generation, outcome = row
-        kind, _, body = bytes(outcome).partition(b"\n")
+        kind, _, body = outcome.partition(b"\n") if isinstance(outcome, bytes) else (b"", b"", b"")
         try:
             gen = int(generation)
         except ValueError:
             gen = 0
-        return cls(job.text(job_id) or "", job.text(state) or "", gen, kind, body)
+        return cls(job_id.decode(errors="replace") if isinstance(job_id, bytes) else str(job_id),
+                   state.decode(errors="replace") if isinstance(state, bytes) else str(state), gen, kind, body)
 
 
 def new_job_id() -> str:
