@@ -51,11 +51,12 @@ def summary(inspector: Any, name: str, last_activity_ms: float) -> dict[str, Any
     for page in session_ids(inspector, name):
         pipe = inspector.redis.pipeline(transaction=False)
         for job_id in page:
-            pipe.hget(inspector.keys.job(job_id), job.STATE)
-        for state in pipe.execute():
+            pipe.hmget(inspector.keys.job(job_id), job.STATE, job.PREFETCHED)
+        for state, prefetched in pipe.execute():
             jobs += 1
             if (counted := COUNTED_AS.get(job.text(state) or "")) is not None:
-                counts[counted] += 1
+                # Claimed ahead by a worker but not started: still waiting, as cw-admin status counts it.
+                counts["pending" if counted == "running" and prefetched else counted] += 1
     if not jobs:
         return None
     when = datetime.datetime.fromtimestamp(last_activity_ms / 1000, datetime.timezone.utc)
