@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts
 from .terminal import printable
+from .cli import quiet_broken_pipe, version_line
 
 EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -255,6 +256,9 @@ def cmd_requeue_failed(inspector: Inspector, args: argparse.Namespace) -> int:
 
 
 def cmd_purge_failed(inspector: Inspector, args: argparse.Namespace) -> int:
+    """Deletes only what was named: ids, or ``--all`` (a bare purge-failed once deleted every client's)."""
+    if bool(args.jobids) == args.all:
+        raise UserError("purge-failed needs JOBID... or --all (not both); nothing changed")
     return _change_failed(inspector, args, "purged")
 
 
@@ -264,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cw-admin", parents=[common],
                                      description="Inspect and repair cwredis queues.")
     parser.add_argument("--url", default=None, help="Redis URL (default: $CWREDIS_URL, $CWREDIS_HOME/url, localhost)")
+    parser.add_argument("--version", action="version", version=version_line("cw-admin"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser("status", parents=[common], help="queues, running, delayed, failed, live workers")
     status.add_argument("--watch", action="store_true", help="refresh a live view until Ctrl-C")
@@ -273,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue = sub.add_parser("requeue-failed", parents=[common], help="put failed jobs back (all, or the named)")
     requeue.add_argument("jobids", nargs="*", metavar="JOBID")
     requeue.set_defaults(run=cmd_requeue_failed)
-    purge = sub.add_parser("purge-failed", parents=[common], help="delete failed jobs (all, or the named)")
+    purge = sub.add_parser("purge-failed", parents=[common], help="delete the named failed jobs, or --all")
     purge.add_argument("jobids", nargs="*", metavar="JOBID")
+    purge.add_argument("--all", action="store_true", help="delete every failed job (of all clients)")
     purge.set_defaults(run=cmd_purge_failed)
     sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
                    ).set_defaults(run=cmd_workers)
@@ -285,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with quiet_broken_pipe():
+        return _main(argv)
+    return EXIT_OK  # our output pipe closed (| head): the reader has what it wanted
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cli import version_line
 from .errors import ConfigError
 from .safefiles import read_private
 
@@ -123,6 +124,7 @@ class LocalCluster:
 def main(argv: Sequence[str] | None = None) -> int:
     """``cw-local -n 4 -- python script.py``: run a command against a private local cluster."""
     parser = argparse.ArgumentParser(prog="cw-local", description="Run COMMAND with a private cwredis on this machine.")
+    parser.add_argument("--version", action="version", version=version_line("cw-local"))
     parser.add_argument("-n", "--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once per worker")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")

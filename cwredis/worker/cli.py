@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from .. import config
+from ..cli import version_line
 from ..connection import setup_logging
 from ..errors import ConfigError
 from .supervisor import Worker
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cw-worker", description="Run cwredis jobs: block-pop job ids from Redis queues and run them.")
     parser.add_argument("url", nargs="?", default=None,
                         help="Redis URL (default: $CWREDIS_URL, then $CWREDIS_HOME/url, then redis://localhost:6379/0)")
+    parser.add_argument("--version", action="version", version=version_line("cw-worker"))
     parser.add_argument("--concurrency", "-c", type=int, default=1, metavar="N",
                         help="run up to N jobs at once, each in its own child process (default 1)")
     parser.add_argument("--queue", "-q", action="append", metavar="NAME",
