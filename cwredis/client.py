@@ -34,7 +34,7 @@ from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
-from . import config, progressbar
+from . import config, progressbar, remote_errors
 from .connection import Reconnector, Subscription, connect, describe, is_transient
 from .errors import LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .keys import DEFAULT_KEYS, Keys
@@ -489,8 +489,7 @@ class ClientThread(threading.Thread):
             if kind == b"ok":
                 self._deliver_result(job_id, generation, payload)
             else:
-                reason, error, tb = decode_error(payload)
-                self._deliver_error(job_id, generation, RemoteError(job_id, reason, error, tb))
+                self._deliver_error(job_id, generation, remote_errors.from_record(job_id, decode_error(payload)))
         finally:
             with self._cond:
                 self._cond.notify_all()

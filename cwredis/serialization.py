@@ -6,12 +6,13 @@ objects into bytes and back, and frames outcomes.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
@@ -107,15 +108,46 @@ def unframe_outcome(body: bytes) -> tuple[str, bytes]:
     return rest[:n].decode("utf-8", "replace"), rest[n:]
 
 
-def encode_error(reason: str, error: str, tb: str) -> bytes:
-    """Body of a failed job's outcome entry."""
-    return json.dumps({"reason": reason, "error": error, "traceback": tb}).encode()
+class ErrorRecord(NamedTuple):
+    """A failed job's outcome body: ``exc_type``/``exception`` are the cloudpickles of the raised exception's
+    class and of the exception itself (each None when it could not be pickled, or for a non-exception
+    failure). Two pickles, so a class survives an instance that does not unpickle (an ``__init__`` that
+    needs other arguments than ``args``)."""
+
+    reason: str
+    error: str
+    traceback: str
+    exc_type: bytes | None = None
+    exception: bytes | None = None
 
 
-def decode_error(body: bytes) -> tuple[str, str, str]:
+def dumps_exception(exc: BaseException) -> tuple[bytes | None, bytes | None]:
+    """(class, instance) cloudpickled in the job process, each None when it cannot be pickled."""
+    return _dumps_or_none(type(exc)), _dumps_or_none(exc)
+
+
+def _dumps_or_none(obj: object) -> bytes | None:
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # anything at all: a failure to pickle must not hide the job's own error
+        return None
+
+
+def encode_error(record: ErrorRecord) -> bytes:
+    """Body of a failed job's outcome entry (JSON; the pickles in base64)."""
+    fields: dict[str, str] = {"reason": record.reason, "error": record.error, "traceback": record.traceback}
+    for name in ("exc_type", "exception"):
+        blob = getattr(record, name)
+        if blob is not None:
+            fields[name] = base64.b64encode(blob).decode("ascii")
+    return json.dumps(fields).encode()
+
+
+def decode_error(body: bytes) -> ErrorRecord:
     """Inverse of encode_error; a garbage body still yields a usable error."""
     try:
         fields = json.loads(body)
-        return str(fields["reason"]), str(fields["error"]), str(fields.get("traceback", ""))
+        blobs = [base64.b64decode(fields[name]) if fields.get(name) else None for name in ("exc_type", "exception")]
+        return ErrorRecord(str(fields["reason"]), str(fields["error"]), str(fields.get("traceback", "")), *blobs)
     except (ValueError, KeyError, TypeError):
-        return "corrupt", "undecodable error record", repr(body[:200])
+        return ErrorRecord("corrupt", "undecodable error record", repr(body[:200]))

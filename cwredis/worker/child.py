@@ -41,7 +41,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import error_line, parse_env
+from ..serialization import ErrorRecord, dumps_exception, error_line, parse_env
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
@@ -147,40 +147,41 @@ class JobRunner:
         output = "".join(sink)[-config.OUTPUT_TAIL_BYTES:]
         if isinstance(outcome, bytes):
             return Ok(job.job_id, outcome, output)
-        reason, error, text = outcome
-        return Err(job.job_id, reason, error, text, output)
+        return Err(job.job_id, outcome.reason, outcome.error, outcome.traceback, output, outcome.exc_type,
+                   outcome.exception)
 
-    def _run(self, job: Run) -> bytes | tuple[str, str, str]:
-        """The pickled result, or (reason, error line, traceback text)."""
+    def _run(self, job: Run) -> bytes | ErrorRecord:
+        """The pickled result, or the failure (with the raised exception pickled, when there is one)."""
         try:
             self._apply_env(job.env_digest, job.env)
         except Corrupt as exc:
-            return ("corrupt", str(exc), str(exc))
+            return ErrorRecord("corrupt", str(exc), str(exc))
         try:
             fn = self._function(job.function_digest, job.function)
         except (ImportError, AttributeError) as exc:  # the worker lacks a module the function needs
-            return ("exception", error_line(exc), traceback.format_exc())
+            return ErrorRecord("exception", error_line(exc), traceback.format_exc())
         except Exception as exc:
-            return ("corrupt", f"function could not be unpickled: {error_line(exc)}", traceback.format_exc())
+            return ErrorRecord("corrupt", f"function could not be unpickled: {error_line(exc)}", traceback.format_exc())
         try:
             args, kwargs = pickle.loads(job.args)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:
-            return ("exception", error_line(exc), traceback.format_exc())
+            return ErrorRecord("exception", error_line(exc), traceback.format_exc())
         except Exception as exc:
-            return ("corrupt", f"arguments could not be unpickled: {error_line(exc)}", traceback.format_exc())
+            return ErrorRecord("corrupt", f"arguments could not be unpickled: {error_line(exc)}", traceback.format_exc())
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
             # tb_next: start the traceback at the user's function, not at this frame.
             tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-            return ("exception", error_line(exc), "".join(traceback.format_exception(type(exc), exc, tb)))
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            return ErrorRecord("exception", error_line(exc), text, *dumps_exception(exc))
         try:
             return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             line = f"SerializationError: cannot pickle the result {type(result).__name__}: {error_line(exc)}"
-            return ("exception", line, traceback.format_exc())
+            return ErrorRecord("exception", line, traceback.format_exc())
 
 
 class Mailbox:

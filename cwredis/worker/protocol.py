@@ -86,13 +86,16 @@ class Ok(NamedTuple):
 
 
 class Err(NamedTuple):
-    """The job failed: reason (exception, corrupt, ...), last error line, traceback text, output tail."""
+    """The job failed: reason (exception, corrupt, ...), last error line, traceback text, output tail;
+    for a raised exception, the cloudpickles of its class and of itself (None: could not be pickled)."""
 
     job_id: str
     reason: str
     error: str
     traceback: str
     output: str
+    exc_type: bytes | None = None
+    exception: bytes | None = None
 
 
 class Recorded(NamedTuple):

@@ -56,3 +56,46 @@ def test_purge_failed_needs_ids_or_all(cluster):
     assert admin_json(cluster.url, "purge-failed", ids[0]) == {"purged": 1}
     assert admin_json(cluster.url, "purge-failed", "--all")["purged"] >= 1
     assert admin_json(cluster.url, "failed") == []
+
+
+# ------------------------------------------------------------------ item 7: except ValueError
+
+
+def test_remote_exception_is_caught_by_its_own_class_everywhere(cluster):
+    errors: dict[str, cwredis.RemoteError] = {}
+    with cwredis.ClientThread(None, url=cluster.url, error_callback=lambda j, e: errors.setdefault(j, e)) as t:
+        jobid = t.submit(jobs_failures.raise_value_error, "boom")
+    error = errors[jobid]
+    assert isinstance(error, cwredis.RemoteError) and isinstance(error, ValueError)
+    assert isinstance(error.exception, ValueError) and error.exception.args == ("boom",)
+    assert error.jobid == jobid and error.reason == "exception" and "ValueError: boom" in str(error)
+
+    t = cwredis.ClientThread(None, url=cluster.url)  # no error_callback: wait() raises
+    t.start()
+    try:
+        t.submit(jobs_failures.raise_value_error, "from wait")
+        with pytest.raises(ValueError, match="from wait"):
+            t.wait(timeout=30)
+    finally:
+        t.stop()
+
+    with cwredis.Executor(url=cluster.url) as ex:
+        with pytest.raises(ValueError):
+            ex.submit(jobs_failures.raise_value_error, "future").result(timeout=30)
+        try:
+            list(ex.map(jobs_failures.fail_if_odd, [2, 3], timeout=30))
+        except ValueError as caught:  # the plain builtin, as a user writes it
+            assert isinstance(caught, cwredis.RemoteError) and caught.exception.args == ("odd 3",)
+        else:
+            pytest.fail("map did not raise the remote ValueError")
+
+
+def test_remote_exception_that_cannot_travel_still_has_its_class(cluster):
+    with cwredis.Executor(url=cluster.url) as ex:
+        needs_args = ex.submit(jobs_failures.raise_needs_args, 7).exception(timeout=30)
+        unpicklable = ex.submit(jobs_failures.raise_unpicklable).exception(timeout=30)
+    # NeedsArgs pickles but cannot be rebuilt from its args: the class is known, the instance is not.
+    assert isinstance(needs_args, jobs_failures.NeedsArgs) and isinstance(needs_args, cwredis.RemoteError)
+    assert needs_args.exception is None and "code 7: detail" in str(needs_args)
+    assert isinstance(unpicklable, jobs_failures.Unpicklable) and unpicklable.exception is None
+    assert "stays remote" in str(unpicklable)
