@@ -83,13 +83,16 @@ class Executor(concurrent.futures.Executor):
         return self._submit_many(fn, [(args, kwargs)])[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, progress: bool | str = False) -> Iterator[Any]:
+            chunksize: int = 1, progress: bool | str = False, return_exceptions: bool = False) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``, submitting lazily in pipelined batches.
 
         At most ``config.MAP_WINDOW`` jobs are submitted ahead of what the
         caller has consumed, so mapping over a huge generator keeps memory
         bounded. The first window is submitted before this returns.
-        A failed element raises its RemoteError when iteration reaches it.
+        A failed element raises its RemoteError when iteration reaches it; with
+        ``return_exceptions=True`` it is yielded in the element's place instead
+        and iteration goes on (with ``chunksize > 1``, once per element of the
+        failed chunk).
         ``progress=True`` shows a live bar on a terminal (``"always"``: anywhere).
         """
         if chunksize < 1:
@@ -104,6 +107,7 @@ class Executor(concurrent.futures.Executor):
                 for group in chunked(chunked(calls, chunksize), max(1, config.SUBMIT_BATCH // chunksize)))
         window = max(1, config.MAP_WINDOW // chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # (future, its item count if a chunk else 0)
         queued: collections.deque[tuple[concurrent.futures.Future[Any], int]] = collections.deque()
 
         counts = [0, 0]  # items done, failed (chunks count their items)
@@ -125,9 +129,10 @@ class Executor(concurrent.futures.Executor):
                     return
                 func, batch_calls, is_chunk = batch
                 for future, (call_args, _) in zip(self._submit_many(func, batch_calls), batch_calls):
+                    chunk_items = len(call_args[1]) if is_chunk else 0
                     if bar is not None:
-                        future.add_done_callback(count(len(call_args[1]) if is_chunk else 1))
-                    queued.append((future, is_chunk))
+                        future.add_done_callback(count(chunk_items or 1))
+                    queued.append((future, chunk_items))
 
         def result_of(future: concurrent.futures.Future[Any]) -> Any:
             while bar is not None and not future.done():
@@ -143,13 +148,18 @@ class Executor(concurrent.futures.Executor):
         def results() -> Iterator[Any]:
             try:
                 while queued:
-                    future, is_chunk = queued.popleft()
-                    value = result_of(future)
+                    future, chunk_items = queued.popleft()
+                    try:
+                        value = result_of(future)
+                    except RemoteError as error:
+                        if not return_exceptions:
+                            raise
+                        value = [error] * chunk_items if chunk_items else error
                     if bar is not None:
                         bar.update(*counts)
                     if len(queued) < window // 2:
                         refill()
-                    if is_chunk:
+                    if chunk_items:
                         yield from value
                     else:
                         yield value

@@ -99,3 +99,20 @@ def test_remote_exception_that_cannot_travel_still_has_its_class(cluster):
     assert needs_args.exception is None and "code 7: detail" in str(needs_args)
     assert isinstance(unpicklable, jobs_failures.Unpicklable) and unpicklable.exception is None
     assert "stays remote" in str(unpicklable)
+
+
+# ------------------------------------------------------------------ item 9: map(return_exceptions=True)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_return_exceptions_yields_each_failure_in_place(cluster, chunksize):
+    with cwredis.Executor(url=cluster.url) as ex:
+        out = list(ex.map(jobs_failures.fail_if_odd, [0, 1, 2, 3, 4], timeout=60, chunksize=chunksize,
+                          return_exceptions=True))
+    assert len(out) == 5
+    if chunksize == 1:
+        assert [out[0], out[2], out[4]] == [0, 20, 40]
+        assert all(isinstance(out[i], cwredis.RemoteError) and isinstance(out[i], ValueError) for i in (1, 3))
+        assert "odd 1" in str(out[1]) and "odd 3" in str(out[3])
+    else:  # chunks [0, 1] [2, 3] [4]: a chunk fails as a whole
+        assert all(isinstance(out[i], ValueError) for i in range(4)) and out[4] == 40
