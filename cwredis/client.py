@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -39,7 +39,7 @@ from .connection import Reconnector, Subscription, connect, describe, is_transie
 from .errors import LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
-from .serialization import decode_error, unframe_outcome
+from .serialization import decode_error, retry_on_names, unframe_outcome
 from .signing import Corrupt, Lost, Rejected, Signer
 from .submitter import SharedRecords, Submitter, chunked
 
@@ -98,6 +98,8 @@ class ClientThread(threading.Thread):
 
     Callbacks run on this thread, one at a time, exactly once per job.
     Use as a context manager, or ``start()`` / ``wait()`` / ``stop()``.
+    ``retry_on=(OSError, ...)``: a job that raised one of these is retried,
+    with exponential back-off, within ``max_attempts``.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ClientThread(threading.Thread):
         queue: str = config.DEFAULT_QUEUE,
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        retry_on: Sequence[type[BaseException]] = (),
         progress_callback: ProgressCallback | None = None,
         forward_output: bool = True,
         secret: bytes | str | None = None,
@@ -138,7 +141,7 @@ class ClientThread(threading.Thread):
         self._submitter = Submitter(
             self._redis, self._scripts, keys, self._signer, self._reconnector,
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
-            forward_output=forward_output)
+            forward_output=forward_output, retry_on=retry_on_names(retry_on))
         self._results_key = keys.results(self.client_id)
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)

@@ -6,7 +6,7 @@ import collections
 import concurrent.futures
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import config, progressbar
 from .client import ClientThread
@@ -31,6 +31,7 @@ class Executor(concurrent.futures.Executor):
         queue: str = config.DEFAULT_QUEUE,
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        retry_on: Sequence[type[BaseException]] = (),
         secret: bytes | str | None = None,
         insecure: bool = False,
         keys: Keys = DEFAULT_KEYS,
@@ -39,7 +40,8 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._client = ClientThread(
             self._on_result, url, host=host, error_callback=self._on_error, queue=queue,
-            timeout=timeout, max_attempts=max_attempts, secret=secret, insecure=insecure, keys=keys)
+            timeout=timeout, max_attempts=max_attempts, retry_on=retry_on, secret=secret, insecure=insecure,
+            keys=keys)
         self._client.start()
         self._shutdown = False
 

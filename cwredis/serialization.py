@@ -12,7 +12,7 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -22,6 +22,34 @@ from .signing import Corrupt
 #: Kind labels of the shared blobs a signature is made for (a function never passes for an environment).
 FUNCTION = b"fn"
 ENV = b"env"
+
+
+def qualified_name(cls: type) -> str:
+    """``module.qualname`` of a class (``builtins.OSError``): how retry_on names exception classes."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def retry_on_names(types: Sequence[type]) -> tuple[str, ...]:
+    """The qualified names a job's spec carries for ``retry_on=``; TypeError for anything but exception classes.
+
+    Names, not pickles: the spec stays plain text that the worker verifies
+    and ``cw-admin`` can show without unpickling anything, and the job
+    process matches them against the MRO of what was raised, so a class
+    need not be importable anywhere but where it is raised.
+    """
+    if isinstance(types, type):
+        types = (types,)
+    names = []
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on takes exception classes, not {_describe(cls)}")
+        names.append(qualified_name(cls))
+    return tuple(sorted(set(names)))
+
+
+def is_instance_of_any(exc: BaseException, names: Sequence[str]) -> bool:
+    """Whether ``exc``'s class or one of its bases has one of these qualified names."""
+    return bool(names) and any(qualified_name(cls) in names for cls in type(exc).__mro__)
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -48,6 +48,7 @@ class Run(NamedTuple):
     env: bytes | None
     capture: bool
     direct: Direct | None
+    retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
 
 
 class Unsend(NamedTuple):
@@ -96,6 +97,7 @@ class Err(NamedTuple):
     output: str
     exc_type: bytes | None = None
     exception: bytes | None = None
+    retryable: bool = False  # raised an instance of one of the Run's retry_on classes
 
 
 class Recorded(NamedTuple):

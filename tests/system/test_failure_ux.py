@@ -116,3 +116,30 @@ def test_map_return_exceptions_yields_each_failure_in_place(cluster, chunksize):
         assert "odd 1" in str(out[1]) and "odd 3" in str(out[3])
     else:  # chunks [0, 1] [2, 3] [4]: a chunk fails as a whole
         assert all(isinstance(out[i], ValueError) for i in range(4)) and out[4] == 40
+
+
+# ------------------------------------------------------------------ item 10: retry_on
+
+
+def test_retry_on_retries_the_named_exceptions_with_back_off(cluster, tmp_path):
+    flaky_runs, other_runs, last_runs = (tmp_path / "flaky", tmp_path / "other", tmp_path / "last")
+    with cwredis.Executor(url=cluster.url, retry_on=(OSError,), max_attempts=3) as ex:
+        recovers = ex.submit(jobs_failures.flaky, str(flaky_runs), 2)  # ConnectionResetError is an OSError
+        not_named = ex.submit(jobs_failures.flaky, str(other_runs), 2, "ValueError")
+        gives_up = ex.submit(jobs_failures.flaky, str(last_runs), 5)
+        assert recovers.result(timeout=60) == 3
+        with pytest.raises(ValueError):
+            not_named.result(timeout=60)
+        with pytest.raises(ConnectionResetError) as info:
+            gives_up.result(timeout=60)
+    assert info.value.reason == "exception"
+    assert len(other_runs.read_text().splitlines()) == 1  # not in retry_on: failed at once, as before
+    assert len(last_runs.read_text().splitlines()) == 3  # max_attempts runs in all
+    starts = [float(t) for t in flaky_runs.read_text().split()]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 0.4 and gaps[1] >= 0.9, gaps  # back-off: 0.5 s, then 1 s
+
+
+def test_retry_on_takes_exception_classes_only(cluster):
+    with pytest.raises(TypeError, match="exception classes"):
+        cwredis.Executor(url=cluster.url, retry_on=("OSError",))
