@@ -298,3 +298,11 @@ def mask_url(url: str) -> str:
 def _mask_param(param: str) -> str:
     name, eq, _value = param.partition("=")
     return f"{name}=***" if eq and unquote(name).lower().endswith("password") else param
+
+
+def default_queues() -> list[str]:
+    """The queues a ``cw-worker`` without ``--queue`` serves: ``$CWREDIS_QUEUES`` (names separated by commas
+    or spaces, earlier first), else ``default``. The systemd unit passes them this way, so that its instance
+    name (``cw-worker@3``) is just a number."""
+    names = os.environ.get("CWREDIS_QUEUES", "").replace(",", " ").split()
+    return names or [DEFAULT_QUEUE]
