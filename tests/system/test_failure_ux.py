@@ -7,14 +7,18 @@ coordinator and a worker from the module's ``cluster``, or started here).
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
 import cwredis
 import jobs_failures
-from harness import BIN_DIR
-from helpers import admin_json
+from harness import BIN_DIR, child_pids, pid_alive
+from helpers import admin_json, wait_for
 from sysutil import assert_one_line_user_error, cw_admin
 
 pytestmark = pytest.mark.system
@@ -143,3 +147,53 @@ def test_retry_on_retries_the_named_exceptions_with_back_off(cluster, tmp_path):
 def test_retry_on_takes_exception_classes_only(cluster):
     with pytest.raises(TypeError, match="exception classes"):
         cwredis.Executor(url=cluster.url, retry_on=("OSError",))
+
+
+# ------------------------------------------------------------------ item 3: Ctrl-C on cw-local
+
+#: The command cw-local runs: waits until both workers are live, says so, then idles (no job runs).
+_IDLE_COMMAND = """
+import json, subprocess, sys, time
+while True:
+    out = subprocess.run([sys.argv[1], "workers", "--json"], capture_output=True, text=True).stdout
+    if out and len(json.loads(out)) == 2:
+        break
+    time.sleep(0.2)
+print("READY", flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:  # the user's Ctrl-C reaches the command too; it ends quietly
+    pass
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        children = child_pids(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+def test_ctrl_c_on_cw_local_stops_everything_in_order_quietly_and_fast(procs, home, tmp_path):
+    script = tmp_path / "idle.py"
+    script.write_text(_IDLE_COMMAND)
+    local = procs.run([str(BIN_DIR / "cw-local"), "-n", "2", "--", sys.executable, str(script),
+                       str(BIN_DIR / "cw-admin")], name="cw-local")
+    wait_for(lambda: "READY" in local.log(), timeout=60, message=f"cw-local ready:\n{local.log()}")
+    pids = _descendants(local.pid)
+    assert len(pids) >= 5, pids  # command, coordinator, its server, two workers (and their job children)
+    started = time.monotonic()
+    local.signal_group(signal.SIGINT)  # Ctrl-C at the terminal: the whole foreground process group
+    local.wait(timeout=30)
+    elapsed = time.monotonic() - started
+    log = local.log()
+    assert elapsed < 5, f"cw-local took {elapsed:.1f}s to stop:\n{log}"
+    noisy = [line for line in log.splitlines()
+             if re.search(r"WARNING|ERROR|Traceback|recover|cannot reach|retrying", line)]
+    assert not noisy, "\n".join(noisy)
+    order = [i for i, line in enumerate(log.splitlines()) if "stopped after" in line or "coordinator: signal" in line]
+    assert len(order) == 3 and "coordinator" in log.splitlines()[order[-1]], log  # both workers, then coordinator
+    wait_for(lambda: not [p for p in pids if pid_alive(p)], timeout=5,
+             message=f"processes left behind: {[p for p in pids if pid_alive(p)]}")
