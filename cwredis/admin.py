@@ -81,11 +81,45 @@ class Inspector:
         return rows
 
     def running(self) -> int:
-        """Jobs held by workers now (all clients): the length of their in-flight lists."""
+        """Jobs whose function has started now (all clients), as ``status`` counts them."""
+        return len(self._started())
+
+    def _started(self) -> list[tuple[str, list[Any]]]:
+        """(worker id, job fields) of each started job, read from the workers' in-flight lists.
+
+        An in-flight list also holds jobs claimed ahead, which wait in the
+        worker: their hash carries ``pf`` until start.lua charges the attempt,
+        and they do not count. Two pipelined round trips, whatever the number
+        of workers; the lists are bounded by the workers' slots and prefetch.
+        """
+        workers = self.worker_ids(live_only=False)
         pipe = self.redis.pipeline(transaction=False)
-        for worker_id in self.worker_ids(live_only=False):
-            pipe.llen(self.keys.inflight(worker_id))
-        return int(sum(pipe.execute()))
+        for worker_id in workers:
+            pipe.lrange(self.keys.inflight(worker_id), 0, -1)
+        held = [(w, job.text(j) or "") for w, ids in zip(workers, pipe.execute()) for j in ids]
+        for _, job_id in held:
+            pipe.hmget(self.keys.job(job_id), _STARTED_FIELDS)
+        started = []
+        for (worker_id, job_id), values in zip(held, pipe.execute()):
+            state, prefetched, holder = (job.text(v) for v in values[:3])
+            if state == job.RUNNING and prefetched is None and holder == worker_id:
+                started.append((worker_id, [job_id, *values[3:]]))
+        return started
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """``cw-admin running --json``: each started job, where it runs and for how long."""
+        started = self._started()
+        infos = {info["id"]: info for info in self.worker_infos()}
+        names = self.function_names([job.text(fields[1]) for _, fields in started])
+        now_ms = self.now_ms()
+        rows = []
+        for (worker_id, (job_id, _, progress)), name in zip(started, names):
+            info = infos.get(worker_id, {})
+            since_ms = _start_times(info.get("started")).get(job_id)
+            rows.append({"id": job_id, "function": name, "worker": worker_id, "host": info.get("host") or None,
+                         "elapsed_s": None if since_ms is None else round(max(0, now_ms - since_ms) / 1000, 1),
+                         "progress": _progress(job.text(progress))})
+        return rows
 
     def status(self) -> dict[str, Any]:
         names = self.queue_names()
@@ -140,6 +174,31 @@ class Inspector:
                 "reason": record.reason if failed else None, "error": record.error if failed else None}
 
 
+#: Job fields read for each in-flight id: the first three decide whether it started.
+_STARTED_FIELDS = [job.STATE, job.PREFETCHED, job.WORKER, job.FUNCTION, job.PROGRESS]
+
+
+def _start_times(text: str | None) -> dict[str, int]:
+    """A worker's published ``started`` field, ``JOBID:EPOCH_MS,...``, as a dict; garbage reads as absent."""
+    times = {}
+    for item in (text or "").split(","):
+        job_id, _, ms = item.rpartition(":")
+        if job_id and ms.isdigit():
+            times[job_id] = int(ms)
+    return times
+
+
+def _progress(text: str | None) -> dict[str, Any] | None:
+    """The job hash's ``"FRACTION MESSAGE"`` as ``{"fraction", "message"}`` (None: no report yet)."""
+    if not text:
+        return None
+    fraction, _, message = text.partition(" ")
+    try:
+        return {"fraction": float(fraction), "message": message or None}
+    except ValueError:
+        return None
+
+
 def _int_or_none(text: str | None) -> int | None:
     try:
         return int(text) if text else None
@@ -164,6 +223,20 @@ def cmd_workers(inspector: Inspector, args: argparse.Namespace) -> int:
               f"{w['concurrency'] or '-':>5} {w['running']:>7} {up:>8}  {state}")
     if not rows:
         print("no live workers")
+    return EXIT_OK
+
+
+def cmd_running(inspector: Inspector, args: argparse.Namespace) -> int:
+    rows = inspector.running_jobs()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print("no job is running")
+    for r in rows:
+        elapsed = "-" if r["elapsed_s"] is None else f"{r['elapsed_s']:.0f}s"
+        progress = "" if r["progress"] is None else f"  {r['progress']['fraction']:.0%} {r['progress']['message'] or ''}"
+        print(printable(f"{r['id']}  {r['function']}  on {r['host'] or '?'} ({r['worker']})  {elapsed}{progress}"))
     return EXIT_OK
 
 
@@ -284,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     purge.set_defaults(run=cmd_purge_failed)
     sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
                    ).set_defaults(run=cmd_workers)
+    sub.add_parser("running", parents=[common], help="jobs running now: where, for how long, progress"
+                   ).set_defaults(run=cmd_running)
     show = sub.add_parser("show", parents=[common], help="one job")
     show.add_argument("jobid", metavar="JOBID")
     show.set_defaults(run=cmd_show)

@@ -55,3 +55,12 @@ def flaky(marker_path, failures, exc_name="ConnectionResetError"):
 def sleep_for(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def report_then_sleep(seconds):
+    """Report half-way progress at once, then sleep: a job that looks hung."""
+    import cwredis
+
+    cwredis.progress(0.5, "half way")
+    time.sleep(seconds)
+    return seconds

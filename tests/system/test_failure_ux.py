@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 import cwredis
 import jobs_failures
+from cwredis.keys import Keys
 from harness import BIN_DIR, child_pids, pid_alive
 from helpers import admin_json, wait_for
 from sysutil import assert_one_line_user_error, cw_admin
@@ -197,3 +199,42 @@ def test_ctrl_c_on_cw_local_stops_everything_in_order_quietly_and_fast(procs, ho
     assert len(order) == 3 and "coordinator" in log.splitlines()[order[-1]], log  # both workers, then coordinator
     wait_for(lambda: not [p for p in pids if pid_alive(p)], timeout=5,
              message=f"processes left behind: {[p for p in pids if pid_alive(p)]}")
+
+
+# ------------------------------------------------------------------ item 4: cw-admin running, status
+
+
+def test_admin_running_shows_where_and_how_long_and_status_counts_only_started_jobs(server, procs, home):
+    """One slot; short jobs first teach the worker to claim ahead, then slow ones: only one runs at a time."""
+    procs.coordinator(server.url, "--lease-timeout", "2")
+    worker = procs.worker(server.url, "--concurrency", "1")
+    with cwredis.Executor(url=server.url) as ex:
+        list(ex.map(jobs_failures.sleep_for, [0.01] * 40, timeout=60))  # short: the worker now claims ahead
+        slow = [ex.submit(jobs_failures.report_then_sleep, 1.5) for _ in range(4)]
+        held, counted = 0, []
+        while not all(f.done() for f in slow):
+            held = max(held, sum(len(w) for w in _inflight_lists(server)))
+            counted.append(admin_json(server.url, "status")["running"])
+            time.sleep(0.1)
+    rows: list[dict] = []
+    with cwredis.ClientThread(None, url=server.url) as t:
+        hung_id = t.submit(jobs_failures.report_then_sleep, 6)
+        wait_for(lambda: rows.extend(r for r in admin_json(server.url, "running")
+                                     if r["elapsed_s"] and r["progress"]) or rows, timeout=6,
+                 message="cw-admin running shows the hung job with its elapsed time and progress")
+    assert max(counted) <= 1, counted  # never a prefetched job counted as running
+    row = rows[0]
+    assert set(row) == {"id", "function", "worker", "host", "elapsed_s", "progress"}
+    assert row["id"] == hung_id and row["function"].endswith("report_then_sleep")
+    assert row["host"] == socket.gethostname() and str(worker.pid) in row["worker"]
+    assert 0 < row["elapsed_s"] < 6 and row["progress"] == {"fraction": 0.5, "message": "half way"}
+    assert held >= 2, f"the worker never claimed ahead ({held}): the scenario did not test prefetching"
+
+
+def _inflight_lists(server) -> list[list[bytes]]:
+    keys = Keys()
+    client = server.client()
+    try:
+        return [client.lrange(keys.inflight(w.decode()), 0, -1) for w in client.zrange(keys.workers, 0, -1)]
+    finally:
+        client.close()
