@@ -238,3 +238,26 @@ def _inflight_lists(server) -> list[list[bytes]]:
         return [client.lrange(keys.inflight(w.decode()), 0, -1) for w in client.zrange(keys.workers, 0, -1)]
     finally:
         client.close()
+
+
+# ------------------------------------------------------------------ item 11: progress bars in a notebook
+
+_NOTEBOOK_CLIENT = """
+import sys
+import IPython  # loaded, as in every Jupyter kernel (here the stand-in of tests/fake_ipython)
+import cwredis, jobs_failures
+with cwredis.Executor(url=sys.argv[1]) as ex:
+    print(sum(ex.map(jobs_failures.fail_if_odd, [0, 2, 4], progress=True, timeout=60)))
+"""
+
+
+def test_progress_true_shows_a_bar_in_a_notebook(cluster, tmp_path):
+    tests_dir = os.path.dirname(jobs_failures.__file__)
+    script = tmp_path / "cell.py"
+    script.write_text(_NOTEBOOK_CLIENT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(tests_dir, "fake_ipython"), tests_dir,
+                                                      os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script), cluster.url], capture_output=True, text=True, timeout=60,
+                          env=env, stdin=subprocess.DEVNULL)  # stderr is a pipe, as in a kernel: no terminal
+    assert done.returncode == 0 and done.stdout.strip() == "60", done.stderr
+    assert "3/3" in done.stderr, f"no progress bar shown:\n{done.stderr}"
