@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import linecache
 import os
 import pickle
 import sys
 import traceback
+import types
 from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
@@ -68,14 +70,82 @@ def _pickle_error(what: str, obj: object, exc: BaseException) -> SerializationEr
     return SerializationError(f"cannot pickle {what} {_describe(obj)}: {type(exc).__name__}: {exc}")
 
 
+#: The file name cloudpickle gives the code it pickles by value.
+_DYNAMIC = "<dynamic-code>"
+
+#: Source shipped with a ``__main__`` function only up to this size: a traceback aid, not a payload.
+MAX_SHIPPED_SOURCE_BYTES = 512 * 1024
+
+
+class SourcedFunction(NamedTuple):
+    """A function of the client's ``__main__`` (a script, a notebook cell) with its source lines.
+
+    The job process registers ``sources`` (file name -> lines) in ``linecache``
+    and gives the function's code back its file name (cloudpickle replaces
+    it with ``<dynamic-code>`` to keep pickles deterministic), so a remote
+    traceback through it shows its file, lines and source, as a local one
+    does, though the file (or notebook cell) exists only on the client.
+    """
+
+    function: Callable[..., Any]
+    sources: dict[str, list[str]]
+
+
 def dumps_function(fn: Callable[..., Any]) -> bytes:
-    """cloudpickle ``fn``; SerializationError naming it when that fails."""
+    """cloudpickle ``fn`` (with its source, for ``__main__``); SerializationError naming it when that fails."""
     if not callable(fn):
         raise SerializationError(f"cannot submit {_describe(fn)}: it is not callable")
+    sources = _main_source(fn)
     try:
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return cloudpickle.dumps(SourcedFunction(fn, sources) if sources else fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise _pickle_error("function", fn, exc) from exc
+
+
+def loads_function(blob: bytes) -> Callable[..., Any]:
+    """Inverse of dumps_function, in the job process: shipped source lines go into ``linecache``."""
+    loaded = cloudpickle.loads(blob)
+    if isinstance(loaded, SourcedFunction):
+        for filename, lines in loaded.sources.items():
+            # mtime None: linecache.checkcache keeps the entry (it cannot stat a notebook cell).
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+            _name_main_code(loaded.function, filename, set())
+        return loaded.function
+    return loaded
+
+
+def _name_main_code(fn: Any, filename: str, seen: set[int]) -> None:
+    """Give ``fn`` and the ``__main__`` functions it reaches (globals, closure) their file name back."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(fn, types.FunctionType) or code is None or id(fn) in seen or code.co_filename != _DYNAMIC:
+        return
+    seen.add(id(fn))
+    fn.__code__ = _renamed(code, filename)
+    reachable = list(fn.__globals__.values())
+    for cell in fn.__closure__ or ():
+        try:
+            reachable.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a name not bound yet)
+            pass
+    for value in reachable:
+        if getattr(value, "__module__", None) == "__main__":
+            _name_main_code(value, filename, seen)
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _main_source(fn: Callable[..., Any]) -> dict[str, list[str]]:
+    """{file name: lines} of the file or cell defining a ``__main__`` function, as the client's linecache has it."""
+    code = getattr(fn, "__code__", None)
+    if getattr(fn, "__module__", None) != "__main__" or code is None:
+        return {}  # importable: the worker has its module's file
+    lines = linecache.getlines(code.co_filename)
+    if not lines or sum(map(len, lines)) > MAX_SHIPPED_SOURCE_BYTES:
+        return {}
+    return {code.co_filename: lines}
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -41,7 +41,8 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import ErrorRecord, dumps_exception, error_line, is_instance_of_any, parse_env
+from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
+                             parse_env)
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Unsend, Unsent
@@ -129,7 +130,7 @@ class JobRunner:
             self._functions.move_to_end(digest)
             return fn
         assert blob is not None  # run() asked for a resend otherwise
-        fn = cloudpickle.loads(blob)
+        fn = loads_function(blob)
         self._functions[digest] = fn
         if len(self._functions) > config.FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)

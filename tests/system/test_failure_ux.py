@@ -261,3 +261,39 @@ def test_progress_true_shows_a_bar_in_a_notebook(cluster, tmp_path):
                           env=env, stdin=subprocess.DEVNULL)  # stderr is a pipe, as in a kernel: no terminal
     assert done.returncode == 0 and done.stdout.strip() == "60", done.stderr
     assert "3/3" in done.stderr, f"no progress bar shown:\n{done.stderr}"
+
+
+# ------------------------------------------------------------------ item 8: source lines of __main__ code
+
+_CELL = '''
+def scale(x):
+    return check(x) * 2
+
+def check(x):
+    raise ValueError(f"bad input {x}")  # the line a user wants to see
+'''
+
+_NOTEBOOK_RUNNER = """
+import linecache, sys
+import cwredis
+cell = sys.argv[2]
+# What IPython does with a cell: its source lives in linecache only, under a name no file has.
+linecache.cache["<ipython-input-7>"] = (len(cell), None, cell.splitlines(True), "<ipython-input-7>")
+exec(compile(cell, "<ipython-input-7>", "exec"), globals())
+with cwredis.Executor(url=sys.argv[1]) as ex:
+    try:
+        ex.submit(scale, 3).result(timeout=60)
+    except ValueError as error:
+        print(error.traceback)
+"""
+
+
+def test_remote_traceback_through_notebook_code_shows_its_source_lines(cluster, tmp_path):
+    script = tmp_path / "kernel.py"
+    script.write_text(_NOTEBOOK_RUNNER)
+    done = subprocess.run([sys.executable, str(script), cluster.url, _CELL], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert 'File "<ipython-input-7>", line 3, in scale' in done.stdout, done.stdout
+    assert "return check(x) * 2" in done.stdout, done.stdout
+    assert 'raise ValueError(f"bad input {x}")  # the line a user wants to see' in done.stdout, done.stdout
