@@ -469,13 +469,15 @@ class ClientThread(threading.Thread):
                 log.exception("client %s: progress_callback for job %s raised", self.client_id, raw_id)
 
     def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes) -> None:
+        """Verify, decode and deliver one outcome (on this thread only: that is what makes it once).
+
+        The job stays in ``_pending`` until its callback (or first error) is
+        done, so ``wait()`` cannot return between the two and miss the error.
+        """
         with self._cond:
-            if job_id in self._pending:
-                self._pending.pop(job_id)
-            elif self._failed_seen.get(job_id, generation) < generation:
-                pass  # requeued by cw-admin after we saw it fail: a new outcome
-            else:
+            if job_id not in self._pending and self._failed_seen.get(job_id, generation) >= generation:
                 return  # a duplicate (published and read from the list), or not ours
+            # (else ours, or requeued by cw-admin after we saw it fail: a new outcome)
             self._failed_seen.pop(job_id, None)
         try:
             try:
@@ -495,6 +497,7 @@ class ClientThread(threading.Thread):
                 self._deliver_error(job_id, generation, remote_errors.from_record(job_id, decode_error(payload)))
         finally:
             with self._cond:
+                self._pending.pop(job_id, None)
                 self._cond.notify_all()
 
     @staticmethod

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -146,6 +148,46 @@ def secret_file() -> Path:
     return cwredis_home() / "secret"
 
 
+class UrlFromFile(str):
+    """A URL that came from ``$CWREDIS_HOME/url``: the connection layer reads the file again
+    (:func:`url_from_file`) when the server refuses the password or has vanished, since a
+    restarted coordinator or a new ``cw-slurm`` allocation writes a new port or password there.
+
+    A ``str`` subclass so that every role passes it on unchanged as the URL it is; what
+    re-reads it is only :func:`cwredis.connection.connect`. An explicit URL or
+    ``$CWREDIS_URL`` is a plain ``str`` and is never replaced.
+    """
+
+
+def local_url_file() -> Path:
+    """Where the embedded server's Unix socket is told to roles on its own host (see :func:`url_from_file`)."""
+    return cwredis_home() / "url.local"
+
+
+def url_from_file() -> UrlFromFile | None:
+    """The URL in ``$CWREDIS_HOME/url`` now, or None while there is none; ConfigError if that file
+    (or the home holding it) is not safely ours.
+
+    On the server's own host, its Unix-socket URL instead (faster than TCP
+    loopback, and the socket sits in the 0700 data dir): ``url.local`` names
+    the host, the TCP URL it stands for and the socket's URL, and is used
+    only while that TCP URL is still the one in ``url`` (so a stale file
+    never wins over a newer server).
+    """
+    content = read_private(url_file(), "URL file")
+    text = content.decode(errors="replace").strip() if content is not None else ""
+    if not text:
+        return None
+    try:
+        local_content = read_private(local_url_file(), "local URL file")
+        local = json.loads(local_content) if local_content is not None else None
+    except ValueError:
+        local = None
+    if isinstance(local, dict) and local.get("host") == socket.gethostname() and local.get("url") == text:
+        return UrlFromFile(str(local.get("socket_url") or text))
+    return UrlFromFile(text)
+
+
 def resolve_url(explicit: str | None = None) -> str:
     """The contract's order: explicit argument, ``$CWREDIS_URL``, ``$CWREDIS_HOME/url``, default.
 
@@ -157,9 +199,7 @@ def resolve_url(explicit: str | None = None) -> str:
     env = os.environ.get("CWREDIS_URL")
     if env:
         return env
-    content = read_private(url_file(), "URL file")
-    text = content.decode(errors="replace").strip() if content is not None else ""
-    return text or DEFAULT_URL
+    return url_from_file() or DEFAULT_URL
 
 
 # ------------------------------------------------------------------------ secret

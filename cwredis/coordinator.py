@@ -13,9 +13,11 @@ embedded server (:mod:`cwredis.server`), restarting it if it dies.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -133,7 +135,7 @@ class Coordinator:
         published = False
         while not stop.is_set():
             if server is not None and not server.alive():
-                log.error("the embedded server died (exit code %s); restarting it", server.proc and server.proc.returncode)
+                log.error("the embedded server died (exit code %s); restarting it", server.exit_code)
                 try:
                     server.start()
                 except ConfigError as exc:
@@ -156,6 +158,21 @@ class Coordinator:
                 continue
             stop.wait(self.sweep_interval_s)
         self._redis.close()
+
+
+def publish_urls(server: EmbeddedServer) -> None:
+    """Write ``$CWREDIS_HOME/url`` (mode 0600), after ``url.local`` (the Unix socket, for this host's roles).
+
+    ``url.local`` first: it names the URL it stands for, so a role reading
+    both in between uses it only once ``url`` matches (see
+    :func:`cwredis.config.url_from_file`).
+    """
+    if server.socket_url:
+        write_private(config.local_url_file(), json.dumps(
+            {"host": socket.gethostname(), "url": server.url, "socket_url": server.socket_url}))
+    else:
+        config.local_url_file().unlink(missing_ok=True)
+    write_private(config.url_file(), server.url + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             home = ensure_private_dir(config.cwredis_home(), "$CWREDIS_HOME")
             server = EmbeddedServer(args.data_dir or home, bind=args.bind, port=args.port)
             server.start()
-            write_private(config.url_file(), server.url + "\n")
+            publish_urls(server)
             log.info("wrote %s (signing secret from %s)", config.url_file(), secret.source)
             url = server.local_url
         Coordinator(url, lease_s=args.lease_timeout, sweep_interval_s=args.sweep_interval).run(stop, server)
@@ -210,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if server is not None:
-            server.stop()
+            server.close()
     return 0
 
 

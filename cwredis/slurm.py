@@ -46,6 +46,7 @@ from cwredis.admin import Inspector
 from cwredis.connection import check_reachable, connect
 from cwredis.errors import ConfigError, CwredisError
 from cwredis.safefiles import ensure_private_dir, read_private, write_private
+from cwredis.server import discard_password
 
 #: The batch script. A test keeps deploy/slurm/cwredis.sbatch identical to it.
 SBATCH_SCRIPT = r"""#!/bin/bash
@@ -300,6 +301,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                          "`cw-slurm stop` it first")
     url_file = config.url_file()
     url_file.unlink(missing_ok=True)  # a stale URL must not pass for the new server
+    # A new allocation, a new password: one that leaked lasts no longer than its allocation.
+    discard_password(config.cwredis_home() / "data")  # the script's --data-dir
     script_args = ["--lease-timeout", str(args.lease_timeout)] if args.lease_timeout else []
     for queue in args.queue:
         script_args += ["--queue", queue]
