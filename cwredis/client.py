@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import cloudpickle
 
 from . import config, progressbar, remote_errors
-from .connection import Reconnector, Subscription, connect, describe, is_transient
+from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
 from .errors import LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -137,6 +137,7 @@ class ClientThread(threading.Thread):
         self._stop_event = threading.Event()
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
+        check_can_start(self._redis, self.url)  # a wrong URL raises here, instead of retrying forever
         self._scripts = Scripts(self._redis, keys)
         self._submitter = Submitter(
             self._redis, self._scripts, keys, self._signer, self._reconnector,

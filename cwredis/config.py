@@ -39,6 +39,9 @@ BLOCK_TIMEOUT_S = 1.0
 #: Back-off between reconnect attempts after Redis goes away: start, cap.
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
+#: How long a ClientThread/Executor being built keeps trying a refused connection before it raises
+#: cwredis.ConnectionError (a black-holed host takes one connect timeout, SOCKET_TIMEOUT_S, instead).
+CLIENT_START_TIMEOUT_S = 5.0
 
 #: A timed-out attempt that will be retried waits this long (doubling per
 #: attempt, capped) in the delayed set, so a job that always times out does

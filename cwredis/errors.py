@@ -5,6 +5,7 @@
      +-- RemoteError                          a job failed: .jobid .reason .traceback .exception
      |    +-- RemoteError[ValueError] ...     also the remote exception's class (cwredis.remote_errors)
      +-- ConfigError                          bad URL, unreachable server at start (CLI)
+     +-- ConnectionError (also the builtin)   a client cannot start: wrong password, unknown host, nothing listening
      +-- ServerFullError (also RuntimeError)  a submit refused: the server is at its maxmemory
 
 (A completion from an attempt that no longer owns its job is not an error
@@ -12,6 +13,8 @@ anyone sees: complete.lua refuses it and the worker logs it.)
 """
 
 from __future__ import annotations
+
+import builtins
 
 
 class CwredisError(Exception):
@@ -24,6 +27,11 @@ class SerializationError(CwredisError, TypeError):
 
 class ConfigError(CwredisError):
     """A setting is unusable (bad URL, wrong password); the message is one line for the user."""
+
+
+class ConnectionError(CwredisError, builtins.ConnectionError):
+    """A client could not reach its server when it started; the message names the (masked) URL, the cause and
+    the likely fix. (Once a client has started, outages are ridden out, never raised.)"""
 
 
 class ServerFullError(CwredisError, RuntimeError):

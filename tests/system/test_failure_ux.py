@@ -17,11 +17,12 @@ import time
 import pytest
 
 import cwredis
+import cwredis.config
 import jobs_failures
 from cwredis.keys import Keys
 from harness import BIN_DIR, child_pids, pid_alive
 from helpers import admin_json, wait_for
-from sysutil import assert_one_line_user_error, cw_admin
+from sysutil import assert_one_line_user_error, closed_port, cw_admin
 
 pytestmark = pytest.mark.system
 
@@ -297,3 +298,38 @@ def test_remote_traceback_through_notebook_code_shows_its_source_lines(cluster, 
     assert 'File "<ipython-input-7>", line 3, in scale' in done.stdout, done.stdout
     assert "return check(x) * 2" in done.stdout, done.stdout
     assert 'raise ValueError(f"bad input {x}")  # the line a user wants to see' in done.stdout, done.stdout
+
+
+# ------------------------------------------------------------------ item 1: a client that cannot start
+
+
+def _wrong_urls(server) -> dict[str, tuple[str, str]]:
+    """Each mistake: (URL, what the message must say)."""
+    password = server.url.split("@")[0].rsplit(":", 1)[1]
+    address = server.url.split("@")[1]
+    return {"wrong password": (server.url.replace(password, "not-the-password"), "wrong password"),
+            "no password": (f"redis://{address}", "the server needs a password and the URL has none"),
+            "unknown host": ("redis://no-such-host.invalid:6379/0", "unknown host 'no-such-host.invalid'"),
+            "nothing listening": (f"redis://127.0.0.1:{closed_port()}/0", "is cw-coordinator running?")}
+
+
+@pytest.mark.parametrize("mistake", ["wrong password", "no password", "unknown host", "nothing listening"])
+@pytest.mark.parametrize("api", [cwredis.ClientThread, cwredis.Executor])
+def test_a_client_that_cannot_start_says_why_within_10s(server, home, mistake, api):
+    url, says = _wrong_urls(server)[mistake]
+    started = time.monotonic()
+    with pytest.raises(cwredis.ConnectionError) as info:
+        api(url=url)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, cwredis.CwredisError)
+    assert says in message and cwredis.config.mask_url(url) in message, message
+    assert "not-the-password" not in message
+
+
+@pytest.mark.parametrize("mistake", ["wrong password", "nothing listening"])
+def test_a_worker_that_cannot_reach_the_server_keeps_trying_and_logs_the_cause(server, procs, home, mistake):
+    url, says = _wrong_urls(server)[mistake]
+    worker = procs.worker(url)
+    wait_for(lambda: says in worker.log(), timeout=15, message=f"the worker logs {says!r}:\n{worker.log()}")
+    assert worker.alive(), worker.log()
