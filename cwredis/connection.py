@@ -287,7 +287,7 @@ class Reconnector:
             delay = self._backoff.compute(self._failures)
             self._failures += 1
         if first:
-            log.warning("%s: cannot reach Redis at %s: %s; retrying with back-off",
+            log.warning("%s: cannot reach Redis at %s: %s (retrying with back-off)",
                         self.role, self.url, explain(exc, self._raw_url))
         else:
             log.debug("%s: still cannot reach %s (%s)", self.role, self.url, describe(exc))
