@@ -76,9 +76,12 @@ class LocalCluster:
         self._procs.append(self._spawn(coordinator, env))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not url_file.exists():
-            if self._procs[0].poll() is not None or time.monotonic() > deadline:
+            if (code := self._procs[0].poll()) is not None or time.monotonic() > deadline:
                 self.stop()
-                raise ConfigError("the coordinator did not start its server; see its log above")
+                why = f"it exited with code {code}" if code is not None else f"no URL within {START_TIMEOUT_S:g}s"
+                # "see its log above" pointed at nothing in a notebook: say where the log really is.
+                raise ConfigError(f"the coordinator did not start its server ({why}); its log is on this "
+                                  "process's stderr (in Jupyter: the terminal running the notebook server)")
             time.sleep(0.05)
         self.url = (read_private(url_file, "URL file") or b"").decode().strip()
         worker = [sys.executable, "-P", "-m", "cwredis.worker", "--concurrency", str(self.concurrency)]
