@@ -5,7 +5,8 @@ The public API::
     ClientThread   submit jobs; callbacks on a background thread
     Executor       the same as a concurrent.futures.Executor
     LocalCluster   server + coordinator + workers on this machine, for a with-block
-    RemoteError    a job failed (.jobid, .reason, .traceback)
+    RemoteError    a job failed (.jobid, .reason, .traceback, .exception); also the remote class when importable
+    ConnectionError a client cannot start: wrong password, unknown host, nothing listening (also the builtin)
     progress       inside a job: report how far it is (the client's progress_callback gets it)
     current_job_id inside a job: its id
     ServerFullError a submit refused: the server is at its memory limit (a RuntimeError)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import CwredisError, RemoteError, SerializationError, ServerFullError
+from .errors import ConnectionError, CwredisError, RemoteError, SerializationError, ServerFullError
 from .jobcontext import current_job_id, progress
 
 if TYPE_CHECKING:
@@ -39,6 +40,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cwredis' has no attribute {name!r}")
 
 
-__all__ = ["ClientThread", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError",
+__all__ = ["ClientThread", "ConnectionError", "CwredisError", "Executor", "LocalCluster", "RemoteError", "SerializationError",
            "ServerFullError", "current_job_id", "progress"]
 __version__ = "1.0.0"

@@ -26,6 +26,7 @@ from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts
 from .terminal import printable
 from .admin_sessions import UserError, add_parsers as add_session_parsers
+from .cli import quiet_broken_pipe, version_line
 
 EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -77,11 +78,45 @@ class Inspector:
         return rows
 
     def running(self) -> int:
-        """Jobs held by workers now (all clients): the length of their in-flight lists."""
+        """Jobs whose function has started now (all clients), as ``status`` counts them."""
+        return len(self._started())
+
+    def _started(self) -> list[tuple[str, list[Any]]]:
+        """(worker id, job fields) of each started job, read from the workers' in-flight lists.
+
+        An in-flight list also holds jobs claimed ahead, which wait in the
+        worker: their hash carries ``pf`` until start.lua charges the attempt,
+        and they do not count. Two pipelined round trips, whatever the number
+        of workers; the lists are bounded by the workers' slots and prefetch.
+        """
+        workers = self.worker_ids(live_only=False)
         pipe = self.redis.pipeline(transaction=False)
-        for worker_id in self.worker_ids(live_only=False):
-            pipe.llen(self.keys.inflight(worker_id))
-        return int(sum(pipe.execute()))
+        for worker_id in workers:
+            pipe.lrange(self.keys.inflight(worker_id), 0, -1)
+        held = [(w, job.text(j) or "") for w, ids in zip(workers, pipe.execute()) for j in ids]
+        for _, job_id in held:
+            pipe.hmget(self.keys.job(job_id), _STARTED_FIELDS)
+        started = []
+        for (worker_id, job_id), values in zip(held, pipe.execute()):
+            state, prefetched, holder = (job.text(v) for v in values[:3])
+            if state == job.RUNNING and prefetched is None and holder == worker_id:
+                started.append((worker_id, [job_id, *values[3:]]))
+        return started
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """``cw-admin running --json``: each started job, where it runs and for how long."""
+        started = self._started()
+        infos = {info["id"]: info for info in self.worker_infos()}
+        names = self.function_names([job.text(fields[1]) for _, fields in started])
+        now_ms = self.now_ms()
+        rows = []
+        for (worker_id, (job_id, _, progress)), name in zip(started, names):
+            info = infos.get(worker_id, {})
+            since_ms = _start_times(info.get("started")).get(job_id)
+            rows.append({"id": job_id, "function": name, "worker": worker_id, "host": info.get("host") or None,
+                         "elapsed_s": None if since_ms is None else round(max(0, now_ms - since_ms) / 1000, 1),
+                         "progress": _progress(job.text(progress))})
+        return rows
 
     def status(self) -> dict[str, Any]:
         names = self.queue_names()
@@ -136,6 +171,31 @@ class Inspector:
                 "reason": record.reason if failed else None, "error": record.error if failed else None}
 
 
+#: Job fields read for each in-flight id: the first three decide whether it started.
+_STARTED_FIELDS = [job.STATE, job.PREFETCHED, job.WORKER, job.FUNCTION, job.PROGRESS]
+
+
+def _start_times(text: str | None) -> dict[str, int]:
+    """A worker's published ``started`` field, ``JOBID:EPOCH_MS,...``, as a dict; garbage reads as absent."""
+    times = {}
+    for item in (text or "").split(","):
+        job_id, _, ms = item.rpartition(":")
+        if job_id and ms.isdigit():
+            times[job_id] = int(ms)
+    return times
+
+
+def _progress(text: str | None) -> dict[str, Any] | None:
+    """The job hash's ``"FRACTION MESSAGE"`` as ``{"fraction", "message"}`` (None: no report yet)."""
+    if not text:
+        return None
+    fraction, _, message = text.partition(" ")
+    try:
+        return {"fraction": float(fraction), "message": message or None}
+    except ValueError:
+        return None
+
+
 def _int_or_none(text: str | None) -> int | None:
     try:
         return int(text) if text else None
@@ -161,6 +221,20 @@ def cmd_workers(inspector: Inspector, args: argparse.Namespace) -> int:
               f"{up:>8}  {state}")
     if not rows:
         print("no live workers")
+    return EXIT_OK
+
+
+def cmd_running(inspector: Inspector, args: argparse.Namespace) -> int:
+    rows = inspector.running_jobs()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print("no job is running")
+    for r in rows:
+        elapsed = "-" if r["elapsed_s"] is None else f"{r['elapsed_s']:.0f}s"
+        progress = "" if r["progress"] is None else f"  {r['progress']['fraction']:.0%} {r['progress']['message'] or ''}"
+        print(printable(f"{r['id']}  {r['function']}  on {r['host'] or '?'} ({r['worker']})  {elapsed}{progress}"))
     return EXIT_OK
 
 
@@ -253,6 +327,9 @@ def cmd_requeue_failed(inspector: Inspector, args: argparse.Namespace) -> int:
 
 
 def cmd_purge_failed(inspector: Inspector, args: argparse.Namespace) -> int:
+    """Deletes only what was named: ids, or ``--all`` (a bare purge-failed once deleted every client's)."""
+    if bool(args.jobids) == args.all:
+        raise UserError("purge-failed needs JOBID... or --all (not both); nothing changed")
     return _change_failed(inspector, args, "purged")
 
 
@@ -262,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cw-admin", parents=[common],
                                      description="Inspect and repair cwredis queues.")
     parser.add_argument("--url", default=None, help="Redis URL (default: $CWREDIS_URL, $CWREDIS_HOME/url, localhost)")
+    parser.add_argument("--version", action="version", version=version_line("cw-admin"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser("status", parents=[common], help="queues, running, delayed, failed, live workers")
     status.add_argument("--watch", action="store_true", help="refresh a live view until Ctrl-C")
@@ -271,12 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     requeue = sub.add_parser("requeue-failed", parents=[common], help="put failed jobs back (all, or the named)")
     requeue.add_argument("jobids", nargs="*", metavar="JOBID")
     requeue.set_defaults(run=cmd_requeue_failed)
-    purge = sub.add_parser("purge-failed", parents=[common], help="delete failed jobs (all, or the named)")
+    purge = sub.add_parser("purge-failed", parents=[common], help="delete the named failed jobs, or --all")
     purge.add_argument("jobids", nargs="*", metavar="JOBID")
+    purge.add_argument("--all", action="store_true", help="delete every failed job (of all clients)")
     purge.set_defaults(run=cmd_purge_failed)
     add_session_parsers(sub, common)
     sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
                    ).set_defaults(run=cmd_workers)
+    sub.add_parser("running", parents=[common], help="jobs running now: where, for how long, progress"
+                   ).set_defaults(run=cmd_running)
     show = sub.add_parser("show", parents=[common], help="one job")
     show.add_argument("jobid", metavar="JOBID")
     show.set_defaults(run=cmd_show)
@@ -284,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with quiet_broken_pipe():
+        return _main(argv)
+    return EXIT_OK  # our output pipe closed (| head): the reader has what it wanted
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:

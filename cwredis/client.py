@@ -30,17 +30,18 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, connect, describe, is_transient
+from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
-from .scripts import Scripts
 from .outcomes import Decoded, decode
-from .signing import Signer
+from .scripts import Scripts
+from .serialization import retry_on_names
 from .session import SessionKeys
+from .signing import Signer
 from .submitter import Attached, SharedRecords, Submitter, chunked
 
 log = logging.getLogger("cwredis.client")
@@ -98,6 +99,8 @@ class ClientThread(threading.Thread):
 
     Callbacks run on this thread, one at a time, exactly once per job.
     Use as a context manager, or ``start()`` / ``wait()`` / ``stop()``.
+    ``retry_on=(OSError, ...)``: a job that raised one of these is retried,
+    with exponential back-off, within ``max_attempts``.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class ClientThread(threading.Thread):
         queue: str = config.DEFAULT_QUEUE,
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        retry_on: Sequence[type[BaseException]] = (),
         progress_callback: ProgressCallback | None = None,
         forward_output: bool = True,
         secret: bytes | str | None = None,
@@ -135,12 +139,13 @@ class ClientThread(threading.Thread):
         self._stop_event = threading.Event()
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
+        check_can_start(self._redis, self.url)  # a wrong URL raises here, instead of retrying forever
         self._scripts = Scripts(self._redis, keys)
         self.session = SessionKeys(session, self._signer) if session is not None else None
         self._submitter = Submitter(
             self._redis, self._scripts, keys, self._signer, self._reconnector,
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
-            forward_output=forward_output, session=session or "")
+            forward_output=forward_output, session=session or "", retry_on=retry_on_names(retry_on))
         self._results_key = keys.results(self.client_id)
         self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)

@@ -39,6 +39,9 @@ BLOCK_TIMEOUT_S = 1.0
 #: Back-off between reconnect attempts after Redis goes away: start, cap.
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
+#: How long a ClientThread/Executor being built keeps trying a refused connection before it raises
+#: cwredis.ConnectionError (a black-holed host takes one connect timeout, SOCKET_TIMEOUT_S, instead).
+CLIENT_START_TIMEOUT_S = 5.0
 
 #: A timed-out attempt that will be retried waits this long (doubling per
 #: attempt, capped) in the delayed set, so a job that always times out does
@@ -341,3 +344,11 @@ def mask_url(url: str) -> str:
 def _mask_param(param: str) -> str:
     name, eq, _value = param.partition("=")
     return f"{name}=***" if eq and unquote(name).lower().endswith("password") else param
+
+
+def default_queues() -> list[str]:
+    """The queues a ``cw-worker`` without ``--queue`` serves: ``$CWREDIS_QUEUES`` (names separated by commas
+    or spaces, earlier first), else ``default``. The systemd unit passes them this way, so that its instance
+    name (``cw-worker@3``) is just a number."""
+    names = os.environ.get("CWREDIS_QUEUES", "").replace(",", " ").split()
+    return names or [DEFAULT_QUEUE]

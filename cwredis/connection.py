@@ -19,13 +19,14 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
 from . import config
 from .config import mask_url
 from .errors import ConfigError
+from .errors import ConnectionError as CwConnectionError
 from .listener import is_loopback, listener_uids
 
 T = TypeVar("T")
@@ -251,16 +252,29 @@ def describe(exc: BaseException) -> str:
 class Reconnector:
     """Back-off with logging for one role's connection to one URL.
 
-    ``failed(exc)`` logs (once per outage at WARNING, then quietly) and sleeps
-    with exponential back-off; ``succeeded()`` logs the reconnect. Sleeping
-    stops early when ``stop`` is set.
+    ``failed(exc)`` logs (once per outage at WARNING, with its cause, then
+    quietly) and sleeps with exponential back-off; ``succeeded()`` logs the
+    reconnect. Sleeping stops early when ``stop`` is set.
+
+    Why not redis-py's ``Retry(ExponentialBackoff(), n)`` on the connection:
+    it retries inside one command, where our stop signal cannot end the
+    sleep (every role must stop within 5 s, outage or not); it logs nothing,
+    so an outage and its cause would be silent; and it applies to every
+    command alike, while we decide per call what may be repeated (a submit's
+    script is idempotent, a claim's is reconciled afterwards). The delays
+    themselves are redis-py's ``EqualJitterBackoff``: doubling, capped, with
+    jitter so that many workers do not reconnect to a restarted server in
+    lockstep.
     """
 
     def __init__(self, url: str, role: str, stop: threading.Event | None = None) -> None:
+        self._raw_url = url  # for explain(): which host, whether a password was given
         self.url = mask_url(url)
         self.role = role
         self.stop = stop or threading.Event()
-        self._delay = config.RECONNECT_MIN_S
+        # redis-py's back-off arithmetic; the loop stays ours (see the class docstring).
+        self._backoff = EqualJitterBackoff(cap=config.RECONNECT_MAX_S, base=config.RECONNECT_MIN_S)
+        self._failures = 0
         self._down_since: float | None = None
         self._lock = threading.Lock()
 
@@ -270,11 +284,11 @@ class Reconnector:
             first = self._down_since is None
             if first:
                 self._down_since = time.monotonic()
-            delay = self._delay
-            self._delay = min(self._delay * 2, config.RECONNECT_MAX_S)
+            delay = self._backoff.compute(self._failures)
+            self._failures += 1
         if first:
-            log.warning("%s: cannot reach Redis at %s (%s); retrying with back-off",
-                        self.role, self.url, describe(exc))
+            log.warning("%s: cannot reach Redis at %s: %s (retrying with back-off)",
+                        self.role, self.url, explain(exc, self._raw_url))
         else:
             log.debug("%s: still cannot reach %s (%s)", self.role, self.url, describe(exc))
         if sleep:
@@ -290,7 +304,7 @@ class Reconnector:
                 return False
             seconds = time.monotonic() - self._down_since
             self._down_since = None
-            self._delay = config.RECONNECT_MIN_S
+            self._failures = 0
         log.warning("%s: reconnected to %s after %.1fs", self.role, self.url, seconds)
         return True
 
@@ -411,14 +425,67 @@ class Subscription:
         self._conn.disconnect()
 
 
+def explain(exc: BaseException, url: str) -> str:
+    """Why connecting to ``url`` failed, in a user's words, with the likely fix.
+
+    Decided by exception class (redis-py's, and the socket error it wraps as
+    its ``__context__``), never by message text, which redis-py versions word
+    differently.
+    """
+    where = _address(url)
+    if isinstance(exc, redis.AuthenticationError):
+        if _has_password(url):
+            return "wrong password (check the password in the URL, $CWREDIS_URL or $CWREDIS_HOME/url)"
+        return "the server needs a password and the URL has none (redis://:PASSWORD@HOST:PORT/0)"
+    cause = exc.__context__ or exc.__cause__
+    if isinstance(cause, socket.gaierror):
+        return f"unknown host {urlsplit(url).hostname!r} (check the host name in the URL)"
+    if isinstance(cause, (ConnectionRefusedError, FileNotFoundError)):
+        return f"nothing listening on {where}: is cw-coordinator running?"
+    if isinstance(exc, redis.TimeoutError):
+        return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
+    return describe(exc)
+
+
+def _address(url: str) -> str:
+    """``HOST:PORT`` (or the socket path) a URL points at, for messages."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(parse_url(url).get("password"))
+    except ValueError:  # a form parse_url does not take (sentinel, cluster): assume one was given
+        return True
+
+
+def check_can_start(client: redis.Redis, url: str) -> None:
+    """A client's first contact: cwredis.ConnectionError within about CLIENT_START_TIMEOUT_S unless PING works.
+
+    A refused connection is tried again until then (a server may be coming
+    up); a refused password or an unknown host is not.
+    """
+    deadline = time.monotonic() + config.CLIENT_START_TIMEOUT_S
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            permanent = isinstance(exc, redis.AuthenticationError) or isinstance(exc.__context__, socket.gaierror)
+            if permanent or time.monotonic() + 0.2 >= deadline:
+                raise CwConnectionError(f"cannot connect to Redis at {mask_url(url)}: {explain(exc, url)}") from None
+            time.sleep(0.2)
+
+
 def check_reachable(client: redis.Redis, url: str) -> None:
     """PING once; ConfigError with a one-line message naming the (masked) URL otherwise."""
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConfigError(f"Redis at {mask_url(url)} refused the password: {describe(exc)}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConfigError(f"cannot reach Redis at {mask_url(url)}: {describe(exc)}") from None
+        raise ConfigError(f"cannot connect to Redis at {mask_url(url)}: {explain(exc, url)}") from None
     except redis.ResponseError as exc:
         raise ConfigError(f"Redis at {mask_url(url)} answered with an error: {describe(exc)}") from None
 

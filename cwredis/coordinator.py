@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import redis
 
+from .cli import version_line
 from . import config
 from .connection import Reconnector, connect, describe, is_server_full, is_transient, setup_logging
 from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Requeue the jobs of dead workers and promote delayed jobs. Without a URL, also run "
                     "the embedded server.")
     parser.add_argument("url", nargs="?", default=None, help="Redis URL (default: $CWREDIS_URL, else embedded server)")
+    parser.add_argument("--version", action="version", version=version_line("cw-coordinator"))
     parser.add_argument("--lease-timeout", type=float, default=config.DEFAULT_LEASE_S, metavar="SECONDS",
                         help="requeue a worker's jobs when it has not renewed its lease for this long (default 30)")
     parser.add_argument("--sweep-interval", type=float, default=None, metavar="SECONDS",

@@ -2,8 +2,10 @@
 
     CwredisError
      +-- SerializationError (also TypeError)  a function/argument cannot be pickled
-     +-- RemoteError                          a job failed: .jobid .reason .traceback
+     +-- RemoteError                          a job failed: .jobid .reason .traceback .exception
+     |    +-- RemoteError[ValueError] ...     also the remote exception's class (cwredis.remote_errors)
      +-- ConfigError                          bad URL, unreachable server at start (CLI)
+     +-- ConnectionError (also the builtin)   a client cannot start: wrong password, unknown host, nothing listening
      +-- ServerFullError (also RuntimeError)  a submit refused: the server is at its maxmemory
 
 (A completion from an attempt that no longer owns its job is not an error
@@ -11,6 +13,8 @@ anyone sees: complete.lua refuses it and the worker logs it.)
 """
 
 from __future__ import annotations
+
+import builtins
 
 
 class CwredisError(Exception):
@@ -23,6 +27,11 @@ class SerializationError(CwredisError, TypeError):
 
 class ConfigError(CwredisError):
     """A setting is unusable (bad URL, wrong password); the message is one line for the user."""
+
+
+class ConnectionError(CwredisError, builtins.ConnectionError):
+    """A client could not reach its server when it started; the message names the (masked) URL, the cause and
+    the likely fix. (Once a client has started, outages are ridden out, never raised.)"""
 
 
 class ServerFullError(CwredisError, RuntimeError):
@@ -51,17 +60,27 @@ class RemoteError(CwredisError):
 
     ``traceback`` is the remote traceback text (for ``exception``) or an
     explanation; ``str()`` gives the remote exception's type and message.
+    ``exception`` is the original exception object when the client could
+    unpickle it, else None. When the remote exception's class is importable
+    here, the error raised is an instance of a subclass of both (see
+    :mod:`cwredis.remote_errors`), so ``except ValueError`` catches it too.
     """
 
-    def __init__(self, jobid: str, reason: str, message: str, traceback: str = "") -> None:
-        super().__init__(jobid, reason, message, traceback)
+    def __init__(self, jobid: str, reason: str, message: str, traceback: str = "",
+                 exception: BaseException | None = None) -> None:
+        # Not super().__init__: in a subclass mixed with the remote class, that would be the remote
+        # class's __init__, whose arguments are not ours.
+        Exception.__init__(self, jobid, reason, message, traceback)
         self.jobid = jobid
         self.reason = reason
         self.message = message
         self.traceback = traceback
+        self.exception = exception
 
     def __str__(self) -> str:
         return f"job {self.jobid} failed ({self.reason}): {self.message}"
 
-    def __reduce__(self):  # pickles (e.g. into a Future across processes) with its fields
-        return (RemoteError, (self.jobid, self.reason, self.message, self.traceback))
+    def __reduce__(self):  # pickles (e.g. into a Future across processes) with its fields, and its remote class
+        from .remote_errors import restore, remote_class
+        return (restore, (self.jobid, self.reason, self.message, self.traceback, self.exception,
+                          remote_class(self)))

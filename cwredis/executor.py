@@ -15,7 +15,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import config, progressbar
 from .client import ClientThread
@@ -72,6 +72,7 @@ class Executor(concurrent.futures.Executor):
         queue: str = config.DEFAULT_QUEUE,
         timeout: float | None = None,
         max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        retry_on: Sequence[type[BaseException]] = (),
         secret: bytes | str | None = None,
         insecure: bool = False,
         session: str | None = None,
@@ -82,7 +83,8 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._client = ClientThread(
             self._on_result, url, host=host, error_callback=self._on_error, queue=queue,
-            timeout=timeout, max_attempts=max_attempts, secret=secret, insecure=insecure, session=session,
+            timeout=timeout, max_attempts=max_attempts, retry_on=retry_on, secret=secret, insecure=insecure,
+            session=session,
             keys=keys)
         self._client.start()
         self._shutdown = False
@@ -146,13 +148,16 @@ class Executor(concurrent.futures.Executor):
         return self._submit_many(fn, [(args, kwargs)], key=key)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, progress: bool | str = False) -> Iterator[Any]:
+            chunksize: int = 1, progress: bool | str = False, return_exceptions: bool = False) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``, submitting lazily in pipelined batches.
 
         At most ``config.MAP_WINDOW`` jobs are submitted ahead of what the
         caller has consumed, so mapping over a huge generator keeps memory
         bounded. The first window is submitted before this returns.
-        A failed element raises its RemoteError when iteration reaches it.
+        A failed element raises its RemoteError when iteration reaches it; with
+        ``return_exceptions=True`` it is yielded in the element's place instead
+        and iteration goes on (with ``chunksize > 1``, once per element of the
+        failed chunk).
         ``progress=True`` shows a live bar on a terminal (``"always"``: anywhere).
         """
         if chunksize < 1:
@@ -167,7 +172,8 @@ class Executor(concurrent.futures.Executor):
                 for group in chunked(chunked(calls, chunksize), max(1, config.SUBMIT_BATCH // chunksize)))
         window = max(1, config.MAP_WINDOW // chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
-        queued: collections.deque[tuple[Any, int]] = collections.deque()  # (JobFuture or Decoded, is_chunk)
+        # (JobFuture, or Decoded for a session's job finished earlier; its item count if a chunk else 0)
+        queued: collections.deque[tuple[Any, int]] = collections.deque()
 
         counts = [0, 0]  # items done, failed (chunks count their items)
         bar = None
@@ -188,12 +194,12 @@ class Executor(concurrent.futures.Executor):
                     return
                 func, batch_calls, is_chunk = batch
                 for future, (call_args, _) in zip(self._submit_many(func, batch_calls, resuming=True), batch_calls):
-                    items = len(call_args[1]) if is_chunk else 1
+                    chunk_items = len(call_args[1]) if is_chunk else 0
                     if isinstance(future, Decoded):  # a session's job finished in an earlier run
-                        counts[0 if future.ok else 1] += items
+                        counts[0 if future.ok else 1] += chunk_items or 1
                     elif bar is not None:
-                        future.add_done_callback(count(items))
-                    queued.append((future, is_chunk))
+                        future.add_done_callback(count(chunk_items or 1))
+                    queued.append((future, chunk_items))
 
         def result_of(future: Any) -> Any:
             if isinstance(future, Decoded):
@@ -213,13 +219,18 @@ class Executor(concurrent.futures.Executor):
         def results() -> Iterator[Any]:
             try:
                 while queued:
-                    future, is_chunk = queued.popleft()
-                    value = result_of(future)
+                    future, chunk_items = queued.popleft()
+                    try:
+                        value = result_of(future)
+                    except RemoteError as error:
+                        if not return_exceptions:
+                            raise
+                        value = [error] * chunk_items if chunk_items else error
                     if bar is not None:
                         bar.update(*counts)
                     if len(queued) < window // 2:
                         refill()
-                    if is_chunk:
+                    if chunk_items:
                         yield from value
                     else:
                         yield value

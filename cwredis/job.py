@@ -45,6 +45,7 @@ SPEC_ENV = "e"
 SPEC_TIMEOUT = "t"
 SPEC_MAX_ATTEMPTS = "m"
 SPEC_FORWARD_OUTPUT = "o"
+SPEC_RETRY_ON = "r"  # comma-separated qualified names of exception classes (absent: retry none)
 
 # Field names of a blob hash.
 BLOB_DATA = "b"
@@ -129,9 +130,13 @@ class Spec:
     timeout_s: float | None
     max_attempts: int
     forward_output: bool = False
+    #: Qualified names (``builtins.OSError``) of the exception classes whose instances are retried.
+    retry_on: tuple[str, ...] = ()
 
     def to_hash(self) -> dict[str, str]:
-        return {
+        # retry_on only when set: the spec (and its digest) of a client without it stays as it was.
+        retry = {SPEC_RETRY_ON: ",".join(self.retry_on)} if self.retry_on else {}
+        return retry | {
             SPEC_CLIENT: self.client,
             SPEC_QUEUE: self.queue,
             SPEC_ENV: self.env,
@@ -153,6 +158,7 @@ class Spec:
                 timeout_s=float(timeout) if timeout else None,
                 max_attempts=int(named[SPEC_MAX_ATTEMPTS]),
                 forward_output=named.get(SPEC_FORWARD_OUTPUT) == "1",
+                retry_on=tuple(n for n in named.get(SPEC_RETRY_ON, "").split(",") if n),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"bad job spec: {exc!r}") from None

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from . import remote_errors
 from .errors import CANCELLED_ERROR, LOST_ERROR, LOST_TRACEBACK, RemoteError
 from .serialization import decode_error, unframe_outcome
 from .signing import Cancelled, Corrupt, Lost, Rejected, Signer
@@ -43,8 +44,7 @@ def decode(signer: Signer, job_id: str, generation: int, kind: bytes, body: byte
     except Corrupt as exc:
         return Decoded(False, RemoteError(job_id, "corrupt", str(exc), str(exc)), "")
     if kind != b"ok":
-        reason, error, tb = decode_error(payload)
-        return Decoded(False, RemoteError(job_id, reason, error, tb), output)
+        return Decoded(False, remote_errors.from_record(job_id, decode_error(payload)), output)
     try:
         return Decoded(True, cloudpickle.loads(payload), output)
     except Exception as exc:

@@ -2,8 +2,9 @@
 
 It shows jobs done and failed, the rate and the ETA (tqdm), plus how many
 jobs are running on the whole cluster, read from Redis at most once a second.
-``progress=True`` shows it when stderr is a terminal; ``progress="always"``
-shows it anyway (e.g. in a log file).
+``progress=True`` shows it when stderr is a terminal or in a Jupyter notebook
+(where ``tqdm.auto`` makes it a widget, and stderr is no terminal);
+``progress="always"`` shows it anyway (e.g. in a log file).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from typing import Any
 
 import redis
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .admin import Inspector
 from .keys import Keys
@@ -26,7 +27,17 @@ def wanted(progress: bool | str | None) -> bool:
     """Whether a bar should be shown for this ``progress`` argument."""
     if progress == "always":
         return True
-    return bool(progress) and sys.stderr.isatty()
+    return bool(progress) and (sys.stderr.isatty() or in_notebook())
+
+
+def in_notebook() -> bool:
+    """Whether this is a Jupyter kernel: IPython is loaded (a kernel always has it) and runs as IPKernelApp."""
+    ipython = sys.modules.get("IPython")  # never import it: outside a notebook it is absent or not a kernel
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:  # an IPython of another shape: no notebook as far as we can tell
+        return False
 
 
 class ProgressBar:

@@ -6,12 +6,15 @@ objects into bytes and back, and frames outcomes.
 
 from __future__ import annotations
 
+import base64
 import json
+import linecache
 import os
 import pickle
 import sys
 import traceback
-from typing import Any, Callable
+import types
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -21,6 +24,34 @@ from .signing import Corrupt
 #: Kind labels of the shared blobs a signature is made for (a function never passes for an environment).
 FUNCTION = b"fn"
 ENV = b"env"
+
+
+def qualified_name(cls: type) -> str:
+    """``module.qualname`` of a class (``builtins.OSError``): how retry_on names exception classes."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def retry_on_names(types: Sequence[type]) -> tuple[str, ...]:
+    """The qualified names a job's spec carries for ``retry_on=``; TypeError for anything but exception classes.
+
+    Names, not pickles: the spec stays plain text that the worker verifies
+    and ``cw-admin`` can show without unpickling anything, and the job
+    process matches them against the MRO of what was raised, so a class
+    need not be importable anywhere but where it is raised.
+    """
+    if isinstance(types, type):
+        types = (types,)
+    names = []
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on takes exception classes, not {_describe(cls)}")
+        names.append(qualified_name(cls))
+    return tuple(sorted(set(names)))
+
+
+def is_instance_of_any(exc: BaseException, names: Sequence[str]) -> bool:
+    """Whether ``exc``'s class or one of its bases has one of these qualified names."""
+    return bool(names) and any(qualified_name(cls) in names for cls in type(exc).__mro__)
 
 
 def function_name(fn: Callable[..., Any]) -> str:
@@ -39,14 +70,82 @@ def _pickle_error(what: str, obj: object, exc: BaseException) -> SerializationEr
     return SerializationError(f"cannot pickle {what} {_describe(obj)}: {type(exc).__name__}: {exc}")
 
 
+#: The file name cloudpickle gives the code it pickles by value.
+_DYNAMIC = "<dynamic-code>"
+
+#: Source shipped with a ``__main__`` function only up to this size: a traceback aid, not a payload.
+MAX_SHIPPED_SOURCE_BYTES = 512 * 1024
+
+
+class SourcedFunction(NamedTuple):
+    """A function of the client's ``__main__`` (a script, a notebook cell) with its source lines.
+
+    The job process registers ``sources`` (file name -> lines) in ``linecache``
+    and gives the function's code back its file name (cloudpickle replaces
+    it with ``<dynamic-code>`` to keep pickles deterministic), so a remote
+    traceback through it shows its file, lines and source, as a local one
+    does, though the file (or notebook cell) exists only on the client.
+    """
+
+    function: Callable[..., Any]
+    sources: dict[str, list[str]]
+
+
 def dumps_function(fn: Callable[..., Any]) -> bytes:
-    """cloudpickle ``fn``; SerializationError naming it when that fails."""
+    """cloudpickle ``fn`` (with its source, for ``__main__``); SerializationError naming it when that fails."""
     if not callable(fn):
         raise SerializationError(f"cannot submit {_describe(fn)}: it is not callable")
+    sources = _main_source(fn)
     try:
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return cloudpickle.dumps(SourcedFunction(fn, sources) if sources else fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise _pickle_error("function", fn, exc) from exc
+
+
+def loads_function(blob: bytes) -> Callable[..., Any]:
+    """Inverse of dumps_function, in the job process: shipped source lines go into ``linecache``."""
+    loaded = cloudpickle.loads(blob)
+    if isinstance(loaded, SourcedFunction):
+        for filename, lines in loaded.sources.items():
+            # mtime None: linecache.checkcache keeps the entry (it cannot stat a notebook cell).
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+            _name_main_code(loaded.function, filename, set())
+        return loaded.function
+    return loaded
+
+
+def _name_main_code(fn: Any, filename: str, seen: set[int]) -> None:
+    """Give ``fn`` and the ``__main__`` functions it reaches (globals, closure) their file name back."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(fn, types.FunctionType) or code is None or id(fn) in seen or code.co_filename != _DYNAMIC:
+        return
+    seen.add(id(fn))
+    fn.__code__ = _renamed(code, filename)
+    reachable = list(fn.__globals__.values())
+    for cell in fn.__closure__ or ():
+        try:
+            reachable.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a name not bound yet)
+            pass
+    for value in reachable:
+        if getattr(value, "__module__", None) == "__main__":
+            _name_main_code(value, filename, seen)
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _main_source(fn: Callable[..., Any]) -> dict[str, list[str]]:
+    """{file name: lines} of the file or cell defining a ``__main__`` function, as the client's linecache has it."""
+    code = getattr(fn, "__code__", None)
+    if getattr(fn, "__module__", None) != "__main__" or code is None:
+        return {}  # importable: the worker has its module's file
+    lines = linecache.getlines(code.co_filename)
+    if not lines or sum(map(len, lines)) > MAX_SHIPPED_SOURCE_BYTES:
+        return {}
+    return {code.co_filename: lines}
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -107,15 +206,46 @@ def unframe_outcome(body: bytes) -> tuple[str, bytes]:
     return rest[:n].decode("utf-8", "replace"), rest[n:]
 
 
-def encode_error(reason: str, error: str, tb: str) -> bytes:
-    """Body of a failed job's outcome entry."""
-    return json.dumps({"reason": reason, "error": error, "traceback": tb}).encode()
+class ErrorRecord(NamedTuple):
+    """A failed job's outcome body: ``exc_type``/``exception`` are the cloudpickles of the raised exception's
+    class and of the exception itself (each None when it could not be pickled, or for a non-exception
+    failure). Two pickles, so a class survives an instance that does not unpickle (an ``__init__`` that
+    needs other arguments than ``args``)."""
+
+    reason: str
+    error: str
+    traceback: str
+    exc_type: bytes | None = None
+    exception: bytes | None = None
 
 
-def decode_error(body: bytes) -> tuple[str, str, str]:
+def dumps_exception(exc: BaseException) -> tuple[bytes | None, bytes | None]:
+    """(class, instance) cloudpickled in the job process, each None when it cannot be pickled."""
+    return _dumps_or_none(type(exc)), _dumps_or_none(exc)
+
+
+def _dumps_or_none(obj: object) -> bytes | None:
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # anything at all: a failure to pickle must not hide the job's own error
+        return None
+
+
+def encode_error(record: ErrorRecord) -> bytes:
+    """Body of a failed job's outcome entry (JSON; the pickles in base64)."""
+    fields: dict[str, str] = {"reason": record.reason, "error": record.error, "traceback": record.traceback}
+    for name in ("exc_type", "exception"):
+        blob = getattr(record, name)
+        if blob is not None:
+            fields[name] = base64.b64encode(blob).decode("ascii")
+    return json.dumps(fields).encode()
+
+
+def decode_error(body: bytes) -> ErrorRecord:
     """Inverse of encode_error; a garbage body still yields a usable error."""
     try:
         fields = json.loads(body)
-        return str(fields["reason"]), str(fields["error"]), str(fields.get("traceback", ""))
+        blobs = [base64.b64decode(fields[name]) if fields.get(name) else None for name in ("exc_type", "exception")]
+        return ErrorRecord(str(fields["reason"]), str(fields["error"]), str(fields.get("traceback", "")), *blobs)
     except (ValueError, KeyError, TypeError):
-        return "corrupt", "undecodable error record", repr(body[:200])
+        return ErrorRecord("corrupt", "undecodable error record", repr(body[:200]))

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import redis
 
 from cwredis import config
+from cwredis.cli import version_line
 from cwredis.admin import Inspector
 from cwredis.connection import check_reachable, connect
 from cwredis.errors import ConfigError, CwredisError
@@ -421,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cw-slurm",
         description="Run a cwredis coordinator and workers in SLURM allocations. "
         "State lives in $CWREDIS_HOME (default ~/.cwredis), which must be on the shared filesystem.")
+    parser.add_argument("--version", action="version", version=version_line("cw-slurm"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def submit_options(p: argparse.ArgumentParser) -> None:

@@ -78,7 +78,7 @@ class Submitter:
 
     def __init__(self, client: redis.Redis, scripts: Scripts, keys: Keys, signer: Signer, reconnector: Reconnector,
                  *, client_id: str, queue: str, timeout_s: float | None, max_attempts: int,
-                 forward_output: bool = False, session: str = "") -> None:
+                 forward_output: bool = False, session: str = "", retry_on: tuple[str, ...] = ()) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if timeout_s is not None and timeout_s <= 0:
@@ -96,6 +96,7 @@ class Submitter:
         self._max_attempts = max_attempts
         self._forward_output = forward_output
         self._session = session
+        self._retry_on = retry_on
         # Digests of records this submitter has stored; submit.lua reports a
         # missing one (expired, or lost in a server restart) and we resend.
         self._stored: set[str] = set()
@@ -121,7 +122,7 @@ class Submitter:
         cached = self._specs.get(env_digest)
         if cached is None:
             spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
-                            self._forward_output)
+                            self._forward_output, self._retry_on)
             fields = spec.to_hash()
             cached = self._specs[env_digest] = (fields, self._signer.spec_digest(fields))
         return cached

@@ -25,6 +25,11 @@ from .protocol import Err, Ok
 log = logging.getLogger("cwredis.worker")
 
 
+def retry_delay_s(attempts: int) -> float:
+    """Exponential back-off before the next attempt, after ``attempts`` runs (0.5 s, 1 s, 2 s, ... up to 30 s)."""
+    return float(min(config.RETRY_DELAY_S * 2 ** (attempts - 1), config.RETRY_DELAY_MAX_S))
+
+
 class Attempts:
     """Ends attempts into the ledger, and forwards progress; see the module docstring."""
 
@@ -36,9 +41,17 @@ class Attempts:
         self._progress_sent = 0.0
 
     def record(self, running: Running, reply: Ok | Err) -> None:
-        """The attempt ended with this reply: sign it and queue it for complete.lua."""
+        """The attempt ended with this reply: sign it and queue it for complete.lua.
+
+        A failure the job's ``retry_on`` asks for is retried instead, after an
+        exponential back-off, while attempts remain; the last one is recorded
+        as the exception it is.
+        """
         self._progress.pop(running.id, None)
         claimed = running.claimed
+        if isinstance(reply, Err) and reply.retryable and claimed.attempts < running.spec.max_attempts:
+            self._retry(running, f"raised {reply.error}", retry_delay_s(claimed.attempts))
+            return
         self._ledger.add_outcome(completion(claimed.token, claimed.generation, running.spec.client, reply,
                                             self._signer))
 
@@ -51,14 +64,18 @@ class Attempts:
         """The attempt died or timed out: try again (after ``delay_s``) if attempts remain, else fail ``reason``."""
         claimed, spec = running.claimed, running.spec
         if claimed.attempts < spec.max_attempts:
-            log.warning("job %s: %s (attempt %d of %d); will retry", claimed.id, explanation,
-                        claimed.attempts, spec.max_attempts)
-            self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000),
-                                             client=spec.client))
+            self._retry(running, explanation, delay_s)
         else:
             error = f"{reason.capitalize()}Error: {explanation} (attempt {claimed.attempts} of {spec.max_attempts})"
             log.warning("job %s: %s", claimed.id, error)
             self.record(running, Err(claimed.id, reason, error, error, ""))
+
+    def _retry(self, running: Running, explanation: str, delay_s: float) -> None:
+        claimed, spec = running.claimed, running.spec
+        log.warning("job %s: %s (attempt %d of %d); will retry in %gs", claimed.id, explanation,
+                    claimed.attempts, spec.max_attempts, delay_s)
+        self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "retry", int(delay_s * 1000),
+                                         client=spec.client))
 
     def give_back(self, running: Running) -> None:
         """The job goes back to the front of its queue, its attempt refunded (it never ran, or was stopped)."""

@@ -41,12 +41,13 @@ import threading
 import traceback
 from collections import OrderedDict
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import error_line, parse_env
+from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
+                             parse_env)
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
@@ -94,6 +95,13 @@ def _die_with_parent() -> None:
         pass
 
 
+class Failed(NamedTuple):
+    """A job that did not return: its error record, and whether it raised one of the job's retry_on classes."""
+
+    record: ErrorRecord
+    retryable: bool = False
+
+
 class JobRunner:
     """Runs jobs one at a time, caching functions and the applied environment."""
 
@@ -128,7 +136,7 @@ class JobRunner:
             self._functions.move_to_end(digest)
             return fn
         assert blob is not None  # run() asked for a resend otherwise
-        fn = cloudpickle.loads(blob)
+        fn = loads_function(blob)
         self._functions[digest] = fn
         if len(self._functions) > config.FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)
@@ -153,40 +161,45 @@ class JobRunner:
         output = "".join(sink)[-config.OUTPUT_TAIL_BYTES:]
         if isinstance(outcome, bytes):
             return Ok(job.job_id, outcome, output)
-        reason, error, text = outcome
-        return Err(job.job_id, reason, error, text, output)
+        record = outcome.record
+        return Err(job.job_id, record.reason, record.error, record.traceback, output, record.exc_type,
+                   record.exception, outcome.retryable)
 
-    def _run(self, job: Run) -> bytes | tuple[str, str, str]:
-        """The pickled result, or (reason, error line, traceback text)."""
+    def _run(self, job: Run) -> bytes | Failed:
+        """The pickled result, or the failure (with the raised exception pickled, when there is one)."""
         try:
             self._apply_env(job.env_digest, job.env)
         except Corrupt as exc:
-            return ("corrupt", str(exc), str(exc))
+            return Failed(ErrorRecord("corrupt", str(exc), str(exc)))
         try:
             fn = self._function(job.function_digest, job.function)
         except (ImportError, AttributeError) as exc:  # the worker lacks a module the function needs
-            return ("exception", error_line(exc), traceback.format_exc())
+            return Failed(ErrorRecord("exception", error_line(exc), traceback.format_exc()))
         except Exception as exc:
-            return ("corrupt", f"function could not be unpickled: {error_line(exc)}", traceback.format_exc())
+            why = f"function could not be unpickled: {error_line(exc)}"
+            return Failed(ErrorRecord("corrupt", why, traceback.format_exc()))
         try:
             args, kwargs = pickle.loads(job.args)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:
-            return ("exception", error_line(exc), traceback.format_exc())
+            return Failed(ErrorRecord("exception", error_line(exc), traceback.format_exc()))
         except Exception as exc:
-            return ("corrupt", f"arguments could not be unpickled: {error_line(exc)}", traceback.format_exc())
+            why = f"arguments could not be unpickled: {error_line(exc)}"
+            return Failed(ErrorRecord("corrupt", why, traceback.format_exc()))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a job fail the job, not the child
             # tb_next: start the traceback at the user's function, not at this frame.
             tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-            return ("exception", error_line(exc), "".join(traceback.format_exception(type(exc), exc, tb)))
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            return Failed(ErrorRecord("exception", error_line(exc), text, *dumps_exception(exc)),
+                          is_instance_of_any(exc, job.retry_on))
         try:
             return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             line = f"SerializationError: cannot pickle the result {type(result).__name__}: {error_line(exc)}"
-            return ("exception", line, traceback.format_exc())
+            return Failed(ErrorRecord("exception", line, traceback.format_exc()))
 
 
 class Mailbox:
@@ -285,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
         reply = runner.run(message, report)
         watch.note_imports()
         direct = message.direct
-        if direct is not None and recorder is not None and not isinstance(reply, Resend):
+        # A retryable failure is the worker's to requeue (attempts.py), never recorded from here.
+        if (direct is not None and recorder is not None and not isinstance(reply, Resend)
+                and not (isinstance(reply, Err) and reply.retryable)):
             recorded: Recorded | None = recorder.record(reply, direct)
             if recorded is not None:
                 send(recorded)

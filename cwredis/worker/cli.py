@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from .. import config
+from ..cli import version_line
 from ..connection import setup_logging
 from ..errors import ConfigError
 from .supervisor import Worker
@@ -22,10 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cw-worker", description="Run cwredis jobs: block-pop job ids from Redis queues and run them.")
     parser.add_argument("url", nargs="?", default=None,
                         help="Redis URL (default: $CWREDIS_URL, then $CWREDIS_HOME/url, then redis://localhost:6379/0)")
+    parser.add_argument("--version", action="version", version=version_line("cw-worker"))
     parser.add_argument("--concurrency", "-c", type=int, default=1, metavar="N",
                         help="run up to N jobs at once, each in its own child process (default 1)")
     parser.add_argument("--queue", "-q", action="append", metavar="NAME",
-                        help="queue to serve; repeat for several, earlier names first (default: default)")
+                        help="queue to serve; repeat for several, earlier names first "
+                             "(default: $CWREDIS_QUEUES, comma-separated, else default)")
     parser.add_argument("--insecure", action="store_true",
                         help="run without a signing secret if none is set (also $CWREDIS_INSECURE=1): anyone "
                              "who can write to Redis can then run code as you")
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         url = config.resolve_url(args.url)
         secret = config.require_secret(args.insecure)
-        worker = Worker(url, queues=args.queue or [config.DEFAULT_QUEUE], concurrency=args.concurrency,
+        worker = Worker(url, queues=args.queue or config.default_queues(), concurrency=args.concurrency,
                         burst=args.burst, secret=secret, secret_source=config.secret_source())
         return worker.run()
     except ConfigError as exc:

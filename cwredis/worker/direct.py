@@ -22,7 +22,7 @@ from .. import config
 from ..connection import Pinned, connect
 from ..keys import Keys
 from ..scripts import Completion, Scripts
-from ..serialization import encode_error, frame_outcome
+from ..serialization import ErrorRecord, encode_error, frame_outcome
 from ..signing import Signer
 from .protocol import Direct, Ok, Recorded, Reply, Setup
 
@@ -34,7 +34,8 @@ def completion(token: str, generation: int, client: str, reply: Reply, signer: S
     if isinstance(reply, Ok):
         return Completion(reply.job_id, token, client, "ok", signer.seal_outcome(
             reply.job_id, generation, token, "ok", frame_outcome(reply.output, reply.result)))
-    framed = frame_outcome(reply.output, encode_error(reply.reason, reply.error, reply.traceback))
+    framed = frame_outcome(reply.output, encode_error(ErrorRecord(
+        reply.reason, reply.error, reply.traceback, reply.exc_type, reply.exception)))
     return Completion(reply.job_id, token, client, "err",
                       signer.seal_outcome(reply.job_id, generation, token, "err", framed),
                       reply.reason, reply.error, reply.traceback, reply.output[-config.FAILED_OUTPUT_TAIL_BYTES:])

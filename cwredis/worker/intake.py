@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 from .. import config
 from ..job import Spec
 from ..scripts import ClaimReply, Claimed, Completion, Requeue
-from ..serialization import encode_error, frame_outcome
+from ..serialization import ErrorRecord, encode_error, frame_outcome
 from ..signing import Corrupt, Rejected, Signer
 from .ledger import Ledger
 from .lease import Lease
@@ -300,7 +300,7 @@ class Intake:
         error = f"RejectedError: {exc}"
         log.warning("job %s: rejected: %s", claimed.id, exc)
         body = self._signer.seal_outcome(claimed.id, claimed.generation, claimed.token, "err",
-                                         frame_outcome("", encode_error("rejected", error, error)))
+                                         frame_outcome("", encode_error(ErrorRecord("rejected", error, error))))
         self._ledger.add_requeue(Requeue(claimed.id, claimed.token, spec.queue, "reject", limit=limit,
                                          client=spec.client, body=body, error=error))
 

@@ -131,7 +131,7 @@ class Slot:
                   if running.direct else None)
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
                        running.args, env_digest, None if self.env == env_digest else running.env,
-                       running.spec.forward_output, direct))
+                       running.spec.forward_output, direct, running.spec.retry_on))
         self.functions.add(fn_digest)
         self.env = env_digest
 

@@ -48,6 +48,7 @@ class Run(NamedTuple):
     env: bytes | None
     capture: bool
     direct: Direct | None
+    retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
 
 
 class Unsend(NamedTuple):
@@ -94,13 +95,17 @@ class Ok(NamedTuple):
 
 
 class Err(NamedTuple):
-    """The job failed: reason (exception, corrupt, ...), last error line, traceback text, output tail."""
+    """The job failed: reason (exception, corrupt, ...), last error line, traceback text, output tail;
+    for a raised exception, the cloudpickles of its class and of itself (None: could not be pickled)."""
 
     job_id: str
     reason: str
     error: str
     traceback: str
     output: str
+    exc_type: bytes | None = None
+    exception: bytes | None = None
+    retryable: bool = False  # raised an instance of one of the Run's retry_on classes
 
 
 class Recorded(NamedTuple):

@@ -414,9 +414,12 @@ class Worker:
     def _describe(self) -> dict[str, str]:
         """What the heartbeat publishes about us (cw-admin shows it)."""
         with self._lock:
-            running = [job.id for job in self.pool.running()] if self._pool is not None else []
-        info = {"queues": ",".join(self.queues), "concurrency": str(self.concurrency), "running": ",".join(running),
-                "since": str(self.since)}
+            heads = list(self.pool.running()) if self._pool is not None else []
+        wall_ms = time.time() * 1000 - time.monotonic() * 1000  # started is monotonic: cw-admin needs wall time
+        info = {"queues": ",".join(self.queues), "concurrency": str(self.concurrency),
+                "running": ",".join(job.id for job in heads), "since": str(self.since),
+                # cw-admin running's elapsed_s: JOBID:EPOCH_MS of each job heading a child
+                "started": ",".join(f"{job.id}:{int(wall_ms + job.started * 1000)}" for job in heads)}
         if self._intake is not None and self._intake.quarantined:  # for good: only a restart ends it
             info["quarantined"] = "1"
         return info

@@ -338,7 +338,7 @@ def test_purge_failed_deletes_failed_jobs_only(server, procs, home):
     done = cw_admin("--url", server.url, "purge-failed", good)
     assert done.returncode == 1 and "not failed" in done.stderr  # nothing changed
     assert admin_json(server.url, "show", good)["state"] == "done"
-    assert admin_json(server.url, "purge-failed") == {"purged": 1}
+    assert admin_json(server.url, "purge-failed", "--all") == {"purged": 1}
     assert admin_json(server.url, "failed") == []
     assert cw_admin("--url", server.url, "show", bad).returncode == 1
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import os
 import shlex
 import shutil
@@ -23,7 +24,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from helpers import free_port, wait_for
+import cwredis
+import helpers
+from helpers import admin_json, free_port, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ["cw-coordinator.service", "cw-worker@.service"]
@@ -154,3 +157,53 @@ def test_redis_conf_is_accepted_by_valkey_server(tmp_path):
             server.wait(timeout=10)
         log.close()
     assert server.returncode == 0, (tmp_path / "valkey.log").read_text()
+
+
+# ---------------------------------------------------------------- the README's command, run as systemd would
+
+
+def unit_environment(name: str, env_file: dict[str, str]) -> dict[str, str]:
+    """The unit's Environment= lines in order, then its EnvironmentFile (which overrides them)."""
+    env: dict[str, str] = {}
+    for line in (DEPLOY / "systemd" / name).read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].partition("=")
+            env[key] = value
+    return env | env_file
+
+
+def instance_argv(name: str, instance: str, env: dict[str, str]) -> list[str]:
+    """ExecStart of ``name`` for ``instance``, expanded as systemd does: %i, ${VAR} (one word), $VAR (split)."""
+    words = []
+    for word in shlex.split(parse_unit(name)["Service"]["ExecStart"].replace("%i", instance).replace("%I", instance)):
+        word = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), word)
+        match = re.fullmatch(r"\$(\w+)", word)
+        words.extend(env.get(match.group(1), "").split() if match else [word])
+    return [words[0].replace(UNIT_BIN + "/", f"{SCRIPTS_DIR}/"), *words[1:]]
+
+
+def readme_instances() -> list[str]:
+    """The instances the README's ``systemctl enable --now cw-worker@{1..8}`` names, brace-expanded by bash."""
+    readme = (DEPLOY.parent / "README.md").read_text()
+    command = re.search(r"`systemctl enable --now (cw-worker@[^`]*)`", readme).group(1)
+    expanded = subprocess.run(["bash", "-c", f"printf '%s\\n' {command}"], capture_output=True, text=True, timeout=10)
+    return [unit.partition("@")[2] for unit in expanded.stdout.split()]
+
+
+@pytest.mark.parametrize("queues_line, expected", [("", ["default"]), ("CWREDIS_QUEUES=gpu,default", ["gpu", "default"])])
+def test_readme_enable_command_starts_numbered_workers_on_the_env_files_queues(server, procs, home, queues_line,
+                                                                              expected):
+    instances = readme_instances()
+    assert instances == [str(n) for n in range(1, 9)]
+    env_file = {"CWREDIS_URL": server.url, "CWREDIS_SECRET": os.environ["CWREDIS_SECRET"], "CWREDIS_CONCURRENCY": "1"}
+    if queues_line:
+        key, _, value = queues_line.partition("=")
+        env_file[key] = value
+    env = unit_environment("cw-worker@.service", env_file)
+    for instance in instances[:2]:  # two of the eight: the machine is small; each is started the same way
+        procs.run(instance_argv("cw-worker@.service", instance, env), env=env, name=f"cw-worker@{instance}")
+    procs.coordinator(server.url)
+    wait_for(lambda: len(admin_json(server.url, "workers")) == 2, timeout=20, message="two workers")
+    assert [w["queues"] for w in admin_json(server.url, "workers")] == [expected, expected]
+    with cwredis.Executor(url=server.url) as ex:  # a job of `default` runs
+        assert ex.submit(helpers.square, 7).result(timeout=30) == 49

@@ -47,6 +47,9 @@ def test_montecarlo_pi_is_close(tmp_path):
 
 def test_failures_are_requeued_and_delivered_to_the_running_client(tmp_path):
     out = run_example([str(ROOT / "examples" / "failures.py")], tmp_path)
+    assert "caught the remote ValueError(\"invalid literal for int() with base 10: 'x'\")" in out
+    assert "map kept going: [1, \"failed: invalid literal for int() with base 10: 'x'\", 3]" in out
+    assert "retried after a ConnectionResetError: fetched" in out
     assert out.count("failed (exception)") == 3
     assert "requeued 3 job(s)" in out
     assert "results after the fix: [0, 7, 14]" in out

@@ -18,7 +18,7 @@ import pytest
 import cwredis
 import jobs_api
 from cwredis import job
-from cwredis.serialization import encode_error, frame_outcome
+from cwredis.serialization import ErrorRecord, encode_error, frame_outcome
 from helpers import admin_json, wait_for
 from sysutil import Outcomes, unique
 
@@ -158,7 +158,7 @@ def test_an_outcome_moved_to_another_job_or_forged_is_rejected(cluster, procs, k
         a_body = published.split(b"\n", 4)[4]
         b, c = waiting.submit(pow, 3, 3), waiting.submit(pow, 5, 5)  # no worker serves their queue
         screen = "\x1b[2J\x1b[H\x1b]0;pwned\x07"
-        forged_err = b"U1\n" + frame_outcome("", encode_error("exception", f"ValueError: {screen}", screen))
+        forged_err = b"U1\n" + frame_outcome("", encode_error(ErrorRecord("exception", f"ValueError: {screen}", screen)))
         for job_id, kind, body in [(b, b"ok", a_body), (c, b"err", forged_err)]:
             entry = _outcome_entry(r, keys, waiting.client_id, job_id, kind, body)
             r.rpush(keys.results(waiting.client_id), entry)

@@ -9,7 +9,8 @@ import pytest
 
 from cwredis import config
 from cwredis.errors import SerializationError
-from cwredis.serialization import capture_env, decode_error, dumps_call, encode_error, parse_env
+from cwredis.serialization import (ErrorRecord, capture_env, decode_error, dumps_call, dumps_exception,
+                                   encode_error, parse_env)
 from cwredis.signing import Corrupt
 
 
@@ -33,8 +34,10 @@ def test_environment_round_trips_and_garbage_is_corrupt():
 
 
 def test_error_records_round_trip_and_garbage_still_decodes():
-    assert decode_error(encode_error("timeout", "E: x", "tb")) == ("timeout", "E: x", "tb")
-    assert decode_error(b"\xff")[0] == "corrupt"
+    assert decode_error(encode_error(ErrorRecord("timeout", "E: x", "tb"))) == ErrorRecord("timeout", "E: x", "tb")
+    record = ErrorRecord("exception", "ValueError: v", "tb", *dumps_exception(ValueError("v")))
+    assert decode_error(encode_error(record)) == record
+    assert decode_error(b"\xff").reason == "corrupt"
 
 
 def test_url_resolution_order(tmp_path, monkeypatch):

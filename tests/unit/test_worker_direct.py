@@ -32,7 +32,7 @@ def test_completion_of_an_error_keeps_the_output_tail_for_the_failed_job():
     assert (c.kind, c.reason, c.error, c.traceback) == ("err", "exception", "ValueError: x", "Traceback...")
     assert len(c.output) == 4096
     _, body = unframe_outcome(Signer(None).open_outcome("j1", 0, b"err", c.body))
-    assert decode_error(body) == ("exception", "ValueError: x", "Traceback...")
+    assert decode_error(body)[:3] == ("exception", "ValueError: x", "Traceback...")
 
 
 @pytest.fixture
