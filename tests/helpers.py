@@ -249,3 +249,7 @@ def fail_unless_exists(path, x):
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist yet")
     return x
+
+
+#: A client script for tests that kill or interrupt their client (see its docstring).
+SESSION_CLIENT = Path(__file__).resolve().parent / "session_client.py"

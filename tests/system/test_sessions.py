@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,25 +28,13 @@ pytestmark = pytest.mark.system
 TESTS = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 60
 
-#: A client script: ``map`` of mark_then over range(n) in a session (or none), printing the results.
-CLIENT = textwrap.dedent('''
-    import json, os, sys
-    sys.path.insert(0, {tests!r})
-    import cwredis, helpers
-    session, queue, markers, n, seconds = sys.argv[1:6]
-    xs = range(int(n))
-    with cwredis.Executor(session=session or None, queue=queue) as ex:
-        print("SUBMITTING", flush=True)
-        results = list(ex.map(helpers.mark_then, [markers] * len(xs), xs, [float(seconds)] * len(xs)))
-    print("RESULTS " + json.dumps(results), flush=True)
-''')
+#: A client in its own process (it prints RESULTS [...] at the end).
+CLIENT = TESTS / "session_client.py"
 
 
 @pytest.fixture
-def client_script(tmp_path):
-    path = tmp_path / "client.py"
-    path.write_text(CLIENT.format(tests=str(TESTS)))
-    return path
+def client_script():
+    return CLIENT
 
 
 def start_client(procs, url, script, session, queue, markers, n, seconds):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -18,6 +20,9 @@ from helpers import TEST_LEASE_S, Outcomes, start_coordinator
 pytestmark = [pytest.mark.system, pytest.mark.soak]
 
 JOBS = 10_000
+#: The session client killed and restarted during the storm: its jobs, and how often it is killed.
+SESSION_JOBS = 300
+SESSION_KILLS = 3
 WORKERS = 3
 CONCURRENCY = "2"
 JOB_S = 0.005
@@ -59,9 +64,33 @@ def test_soak_random_worker_kills_and_a_coordinator_restart(server, home, procs,
         except BaseException as exc:  # surfaced in the test thread
             chaos_errors.append(exc)
 
+    markers = home.parent / "session-markers"
+    markers.mkdir()
+    session_runs: list = []
+
+    def session_client() -> None:
+        """A sweep in a session whose client is kill -9'd SESSION_KILLS times during the storm, then
+        rerun to its end: that last attachment must get every result, once."""
+        try:
+            for kill in range(SESSION_KILLS + 1):
+                proc = procs.run([sys.executable, str(helpers.SESSION_CLIENT), "soak-session", "default",
+                                  str(markers), str(SESSION_JOBS), "0.01"], env={"CWREDIS_URL": server.url},
+                                 name=f"session-client-{kill}")
+                session_runs.append(proc)
+                if kill < SESSION_KILLS:
+                    if stop.wait(rng.uniform(0.5, 1.5)):
+                        return
+                    proc.kill()
+                else:
+                    proc.wait(DEADLINE_S)
+        except BaseException as exc:
+            chaos_errors.append(exc)
+
     started = time.monotonic()
     chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
     chaos_thread.start()
+    session_thread = threading.Thread(target=session_client, name="session-client", daemon=True)
+    session_thread.start()
     try:
         with cwredis.ClientThread(outcomes.on_result, url=server.url,
                                   error_callback=outcomes.on_error) as t:
@@ -73,12 +102,14 @@ def test_soak_random_worker_kills_and_a_coordinator_restart(server, home, procs,
                 t.wait(timeout=remaining)
             except TimeoutError:
                 raise AssertionError(f"only {outcomes.count()} of {JOBS} outcomes in {DEADLINE_S}s") from None
+            session_thread.join(DEADLINE_S)
             stop.set()
             chaos_thread.join(30)
             time.sleep(0.5)
     finally:
         stop.set()
         chaos_thread.join(30)
+        session_thread.join(30)
     seconds = time.monotonic() - started
     # Informational only (the log wording is not part of the contract).
     requeued = sum(int(n) for p in procs.started for n in re.findall(r"requeued (\d+) job", p.log()))
@@ -88,3 +119,11 @@ def test_soak_random_worker_kills_and_a_coordinator_restart(server, home, procs,
     outcomes.assert_exactly_once(expected)
     assert stats["kills"] >= 3, "the run was too short to inject faults"
     assert stats["coordinator_restarts"] == 1, "the coordinator was never killed and restarted"
+    # The session: its last attachment got every result once, in order, and no job ran more often
+    # than its attempts allow (3), whatever the kills of its clients and workers.
+    last = session_runs[-1]
+    assert len(session_runs) == SESSION_KILLS + 1 and last.returncode == 0, last.log()[-3000:]
+    (line,) = [x for x in last.log().splitlines() if x.startswith("RESULTS ")]
+    assert json.loads(line[len("RESULTS "):]) == [x * x for x in range(SESSION_JOBS)]
+    ran = helpers.executions(markers)
+    assert set(ran) == {str(x) for x in range(SESSION_JOBS)} and max(ran.values()) <= 3, ran
