@@ -40,7 +40,7 @@ BLOCK_TIMEOUT_S = 1.0
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 #: How long a ClientThread/Executor being built keeps trying a refused connection before it raises
-#: cwredis.ConnectionError (a black-holed host takes one connect timeout, SOCKET_TIMEOUT_S, instead).
+#: cwredis.ConnectionError; it is also the connect timeout of that first contact (a black-holed host).
 CLIENT_START_TIMEOUT_S = 5.0
 
 #: A timed-out attempt that will be retried waits this long (doubling per

@@ -469,6 +469,20 @@ def check_can_start(client: redis.Redis, url: str) -> None:
     up); a refused password or an unknown host is not.
     """
     deadline = time.monotonic() + config.CLIENT_START_TIMEOUT_S
+    # A black-holed host, or a listener that never answers, must not hold us for a full socket
+    # timeout: the first contact gets CLIENT_START_TIMEOUT_S (later connections keep SOCKET_TIMEOUT_S).
+    kwargs = client.connection_pool.connection_kwargs
+    saved = {name: kwargs.get(name) for name in ("socket_connect_timeout", "socket_timeout")}
+    for name, value in saved.items():
+        kwargs[name] = min(value or SOCKET_TIMEOUT_S, config.CLIENT_START_TIMEOUT_S)
+    try:
+        _first_contact(client, url, deadline)
+    finally:
+        kwargs.update(saved)
+        client.connection_pool.disconnect()  # its connection took the short timeouts: make a new one
+
+
+def _first_contact(client: redis.Redis, url: str, deadline: float) -> None:
     while True:
         try:
             client.ping()

@@ -48,7 +48,7 @@ from .. import config
 from ..keys import DEFAULT_KEYS, Keys
 from ..signing import Signer
 from . import pacing
-from .attempts import Attempts
+from .attempts import Attempts, retry_delay_s
 from .intake import Intake
 from .lease import Lease
 from .ledger import Ledger, Start
@@ -279,7 +279,7 @@ class Worker:
             if (running := died.running) is None:
                 continue
             self.jobs_done += 1
-            delay = min(config.RETRY_DELAY_S * 2 ** (running.claimed.attempts - 1), config.RETRY_DELAY_MAX_S)
+            delay = retry_delay_s(running.claimed.attempts)
             self._attempts.cut_short(running, "timeout",
                                 f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
 

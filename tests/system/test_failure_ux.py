@@ -333,3 +333,17 @@ def test_a_worker_that_cannot_reach_the_server_keeps_trying_and_logs_the_cause(s
     worker = procs.worker(url)
     wait_for(lambda: says in worker.log(), timeout=15, message=f"the worker logs {says!r}:\n{worker.log()}")
     assert worker.alive(), worker.log()
+
+
+def test_a_listener_that_never_answers_fails_the_client_within_10s(home):
+    """A port that accepts connections but never speaks (a hung or foreign service): no 10 s socket
+    timeout, then a retry -- the client's first contact is bounded by CLIENT_START_TIMEOUT_S."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        with pytest.raises(cwredis.ConnectionError) as info:
+            cwredis.ClientThread(url=url)
+        assert time.monotonic() - started < 10, time.monotonic() - started
+    assert "127.0.0.1" in str(info.value)
