@@ -391,7 +391,8 @@ class Scripts:
         An outcome whose ``client`` is '' (its spec was unreadable) is recorded but delivered to no one.
         """
         keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
-        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes]
+        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes,
+                           self._spec_prefix]
         for c in outcomes:
             keys.append(self.keys.job(c.id))
             args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output]
