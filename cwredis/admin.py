@@ -338,11 +338,11 @@ def cmd_purge_failed(inspector: Inspector, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="cw-admin", parents=[common],
-                                     description="Inspect and repair cwredis queues.")
+    parser = argparse.ArgumentParser(prog="cw-admin", parents=[common])
     parser.add_argument("--url", default=None, help="Redis URL (default: $CWREDIS_URL, $CWREDIS_HOME/url, localhost)")
     parser.add_argument("--version", action="version", version=version_line("cw-admin"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="inspect and repair cwredis queues:")
     status = sub.add_parser("status", parents=[common], help="queues, running, delayed, failed, live workers")
     status.add_argument("--watch", action="store_true", help="refresh a live view until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--all", action="store_true", help="delete every failed job (of all clients)")
     purge.set_defaults(run=cmd_purge_failed)
     add_session_parsers(sub, common)
-    sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
+    sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, quarantined"
                    ).set_defaults(run=cmd_workers)
     sub.add_parser("running", parents=[common], help="jobs running now: where, for how long, progress"
                    ).set_defaults(run=cmd_running)

@@ -70,7 +70,7 @@ def cmd_logs(inspector: Any, args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``logs`` subcommand, on cw-admin's parser."""
-    logs = sub.add_parser("logs", parents=[common], help="what a job printed (running: so far; -f: follow it)")
+    logs = sub.add_parser("logs", parents=[common], help="what a job printed so far (-f: follow it)")
     logs.add_argument("jobid", metavar="JOBID")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the job ends")
     logs.set_defaults(run=cmd_logs)

@@ -186,6 +186,15 @@ def test_an_xss_payload_in_error_and_output_renders_as_text(cluster, dashboard, 
     assert page.query_selector("main img") is None and page.query_selector("main script") is None
 
 
+def test_the_running_page_shows_each_jobs_last_lines_of_output(cluster, dashboard, page):
+    with cwredis.ClientThread(lambda *_: None, url=cluster.url) as client:
+        job_id = client.submit(jobs_dashboard.print_sleep_print, 5)
+        page.goto(f"{dashboard.base}/#/running")
+        wait_for(lambda: "first line" in (page.text_content(f'tr[data-job="{job_id}"] .output') or ""),
+                 timeout=15, interval=0.2, message="live output on the running page")
+        client.wait(timeout=20)
+
+
 # ------------------------------------------------------------------------------------ HTTP, no browser
 
 
