@@ -182,8 +182,10 @@ class Views:
         offset, limit = _page(offset, limit)
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(self.keys.failed)
-        pipe.zrange(self.keys.failed, offset, offset + limit - 1, desc=True, withscores=True)
+        # Counted from the end with ZRANGE (redis-py's desc=True sends ZREVRANGE, which the embedded ACL lacks).
+        pipe.zrange(self.keys.failed, -(offset + limit), -(offset + 1), withscores=True)
         total, members = pipe.execute()
+        members.reverse()
         ids = [job.text(m) or "" for m, _ in members]
         rows = []
         for (_, when), record in zip(members, self.inspector.records(ids)):

@@ -71,8 +71,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def start_dashboard(cluster, *extra: str) -> Dashboard:
+    env = {"CWREDIS_URL": cluster.url} if cluster.url else {}  # none: found as every role finds it
     proc = cluster.procs.run([str(Path(sys.executable).parent / "cw-admin"), "dashboard", *extra],
-                             env={"CWREDIS_URL": cluster.url}, name="dashboard", capture_stdout=True)
+                             env=env, name="dashboard", capture_stdout=True)
     line = proc.popen.stdout.readline().decode()
     match = re.search(r"(http://127\.0\.0\.1:\d+)/(?:metrics)?\?token=(\S+)", line)
     assert match, f"no address printed: {line!r}\n{proc.log()}"
@@ -225,6 +226,19 @@ def test_without_the_token_every_request_is_403_and_gets_change_nothing(cluster,
                                          body=json.dumps({"ids": [job_id, "no-such-job"]}).encode())
     assert status == 400 and b"nothing changed" in reply  # one is not failed: nothing purged, as cw-admin
     assert cw_admin("show", job_id, env={"CWREDIS_URL": cluster.url}).returncode == 0
+
+
+def test_the_failed_list_is_paged_latest_first(cluster, dashboard):
+    with cwredis.Executor(url=cluster.url) as ex:
+        outcomes = list(ex.map(helpers.boom, [f"page {i}" for i in range(30)], return_exceptions=True))
+    assert all(isinstance(o, cwredis.RemoteError) for o in outcomes)
+    first, second = dashboard.json("/api/failed?limit=25"), dashboard.json("/api/failed?offset=25&limit=25")
+    assert len(first["jobs"]) == 25 and first["total"] == second["total"] >= 30
+    ids = [j["id"] for j in first["jobs"] + second["jobs"]]
+    assert len(ids) == len(set(ids)) == min(50, first["total"])
+    times = [j["failed_ms"] for j in first["jobs"] + second["jobs"]]
+    assert times == sorted(times, reverse=True)
+    assert len(dashboard.json("/api/failed?limit=100000")["jobs"]) <= 100  # a page is bounded
 
 
 def test_no_password_or_secret_in_pages_headers_metrics_or_log(cluster, dashboard):
