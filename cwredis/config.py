@@ -119,8 +119,12 @@ CHILD_SHUTDOWN_GRACE_S = 2.0
 #: Unpickled functions a job process keeps (by content digest).
 FUNCTION_CACHE_SIZE = 256
 
-#: How much of a job's output a job process keeps for the client.
+#: How much of a job's output a job process keeps for the client (and its worker keeps live in Redis).
 OUTPUT_TAIL_BYTES = 64 * 1024
+
+#: How often a running job's new output goes to its worker, and the worker writes it to Redis, at most
+#: (``cw-admin logs``, the dashboard): often enough to watch, rarely enough to cost nothing per print.
+LIVE_OUTPUT_INTERVAL_S = 0.5
 
 #: Python's thread switch interval in the worker (default 5 ms): short, so the
 #: loop feeding the children is never held up long by the Redis-facing threads.

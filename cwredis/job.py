@@ -34,6 +34,7 @@ ERROR = "x"
 TRACEBACK = "tb"
 OUTPUT = "o"  # output tail of a failed job
 PROGRESS = "pg"  # latest "fraction message" a running job reported
+LIVE_OUTPUT = "lo"  # the tail of what a running job printed so far (kept if it fails, dropped when done)
 PREFETCHED = "pf"  # set while a claimed-ahead attempt has not started: its attempt is not yet charged
 DEATHS = "d"  # how many workers died holding the job (at 2 x max_attempts it fails lost)
 REJECTIONS = "rj"  # how often a worker refused its signature (at max_attempts it fails rejected)

@@ -33,7 +33,8 @@ key                    type    holds
 ``cw:rseq:<c>``        STRING  sequence number of client ``c``'s last outcome
 ``cw:chan:<c>``        pubsub  wakes client ``c`` when an outcome is pushed
 ``cw:config``          HASH    settings the coordinator publishes (lease_ms)
-``cw:stats``           HASH    counters: done, failed (for ``status``)
+``cw:stats``           HASH    counters: done, failed; done:<queue>, failed:<queue>
+                               (for ``status``, the dashboard, /metrics)
 =====================  ======  ===============================================
 """
 

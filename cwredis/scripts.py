@@ -391,19 +391,21 @@ class Scripts:
         An outcome whose ``client`` is '' (its spec was unreadable) is recorded but delivered to no one.
         """
         keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
-        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes]
+        args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes,
+                           self._spec_prefix]
         for c in outcomes:
             keys.append(self.keys.job(c.id))
             args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output]
         return self._run("complete", client, keys, args)
 
-    def progress(self, client: Any, *, job_id: str, token: str, client_id: str, fraction: float,
-                 message: str | None) -> Any:
-        """Store and publish a running job's progress; 0 if the attempt no longer owns the job."""
-        text = f"{fraction:.4f} {message or ''}".rstrip()
-        published = f"P\n{job_id}\n{fraction:.4f}\n{message or ''}"
+    def progress(self, client: Any, *, job_id: str, token: str, client_id: str, fraction: float | None,
+                 message: str | None, output: str | None = None) -> Any:
+        """Store and publish a running job's progress (None: no new report) and store its output tail (None:
+        unchanged); 0 if the attempt no longer owns the job."""
+        text = "" if fraction is None else f"{fraction:.4f} {message or ''}".rstrip()
+        published = "" if fraction is None else f"P\n{job_id}\n{fraction:.4f}\n{message or ''}"
         return self._run("progress", client, [self.keys.job(job_id)],
-                         [token, text, self.keys.channel(client_id), published])
+                         [token, text, self.keys.channel(client_id), published, output or ""])
 
     def requeue(self, client: Any, *, worker_id: str, jobs: Sequence[Requeue], now_ms: int | None = None,
                 result_ttl_ms: int = 0) -> Any:

@@ -3,7 +3,7 @@
 -- attempt still owns its job (fencing), and wake the submitting clients.
 -- KEYS: inflight(worker), failed, stats, then per job: job
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
---       outcome_prefixes (3 names: results, result_seq, channel),
+--       outcome_prefixes (3 names: results, result_seq, channel), spec_prefix,
 --       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, client, output_tail
 -- The outcome goes to the client ('' : unknown, delivered to no one), or to
 -- every client attached to a session's job (deliver() in the prelude). An
@@ -11,6 +11,9 @@
 -- it consumed.
 -- Reason 'cancelled' (the worker stopped the job on request): the job ends
 -- without using up an attempt and is not listed as failed; it is never retried.
+-- The stats counters: 'done' and 'failed' in all, and 'done:<queue>' /
+-- 'failed:<queue>' per queue (for the dashboard's rates and /metrics); the
+-- queue is read from the job's spec, once per spec in a batch.
 -- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
 -- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
 -- Atomic: state, in-flight list, outcome list and the wake-up change together,
@@ -19,15 +22,17 @@ local inflight, failed, stats = KEYS[1], KEYS[2], KEYS[3]
 local now, done_ttl, result_ttl = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local publish_max = tonumber(ARGV[4])
 local op = outcome_prefixes(ARGV, 5)
+local spec_prefix = ARGV[8]
 local flags, done, failed_count = {}, 0, 0
-local a, n = 8, 0
+local queues, done_in, failed_in = {}, {}, {}  -- spec digest -> queue name; queue -> count
+local a, n = 9, 0
 for k = 4, #KEYS do
   local job = KEYS[k]
   local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local reason, err, tb, client, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc') or {}  -- not a hash: refused, like a lost lease
+  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p') or {}  -- not a hash: refused, like a lost lease
   if f[1] == 'running' and f[2] == token then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.
@@ -35,12 +40,15 @@ for k = 4, #KEYS do
     local attempts = tonumber(f[5]) or 0
     local charged = f[4] and {'n', attempts + 1} or {}
     if reason == 'cancelled' then charged = {'n', math.max(f[4] and attempts or attempts - 1, 0)} end
+    local spec = f[7] or ''
+    if queues[spec] == nil then queues[spec] = read_field(spec_prefix .. spec, 'q') or '' end
     local ttl
     if kind == 'ok' then
       redis.call('HSET', job, 's', 'done', unpack(charged))
-      redis.call('HDEL', job, 'a', 'w', 'pg', 'pf')
+      redis.call('HDEL', job, 'a', 'w', 'pg', 'pf', 'lo')  -- live output: the client has it now
       ttl = done_ttl
       done = done + 1
+      if queues[spec] ~= '' then tally(done_in, queues[spec]) end
     else
       redis.call('HSET', job, 's', 'failed', 'r', reason, 'x', err, 'tb', tb, 'o', output, unpack(charged))
       redis.call('HDEL', job, 'w', 'pf')
@@ -50,6 +58,7 @@ for k = 4, #KEYS do
       else
         redis.call('ZADD', failed, now, job_id)  -- kept until requeued or purged
         failed_count = failed_count + 1
+        if queues[spec] ~= '' then tally(failed_in, queues[spec]) end
       end
     end
     ttl = deliver(job, f[6], client, op, job_id, f[3] or '0', kind, body, result_ttl, publish_max, ttl)
@@ -62,4 +71,6 @@ end
 -- The counters once per batch (fewer commands in the append-only file).
 if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
+for queue, count in pairs(done_in) do redis.call('HINCRBY', stats, 'done:' .. queue, count) end
+for queue, count in pairs(failed_in) do redis.call('HINCRBY', stats, 'failed:' .. queue, count) end
 return flags

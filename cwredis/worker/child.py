@@ -13,7 +13,9 @@ The messages are the named types of :mod:`cwredis.worker.protocol`: a
 it to record the outcome itself and it could -- :class:`Recorded` per job.
 
 With ``capture``, what the job writes to sys.stdout/sys.stderr is also kept
-(the last ``config.OUTPUT_TAIL_BYTES``) and returned as ``output`` for the client.
+(the last ``config.OUTPUT_TAIL_BYTES``) and returned as ``output`` for the client;
+while the job runs, what is new is also sent as :class:`Output` at most every
+``config.LIVE_OUTPUT_INTERVAL_S`` (:class:`_LiveOutput`), for ``cw-admin logs``.
 
 Before each job the child checks that no module a job imported changed on
 disk (:mod:`cwredis.worker.freshness`); if one did, it says :class:`Stale`
@@ -38,6 +40,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from multiprocessing.connection import Connection
@@ -51,7 +54,7 @@ from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instan
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
-from .protocol import ChildMessage, Err, Ok, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -62,9 +65,10 @@ _PR_SET_PDEATHSIG = 1
 class _Tee(io.TextIOBase):
     """Passes writes on to the worker's stream and keeps the tail for the client."""
 
-    def __init__(self, stream: Any, sink: list[str]) -> None:
+    def __init__(self, stream: Any, sink: list[str], live: _LiveOutput) -> None:
         self._stream = stream
         self._sink = sink
+        self._live = live
 
     def writable(self) -> bool:
         return True
@@ -74,6 +78,7 @@ class _Tee(io.TextIOBase):
         if len(self._sink) > 256:  # keep the buffer a bounded tail
             joined = "".join(self._sink)[-config.OUTPUT_TAIL_BYTES:]
             self._sink[:] = [joined]
+        self._live.add(text)
         try:
             self._stream.write(text)
         except (OSError, ValueError):
@@ -85,6 +90,51 @@ class _Tee(io.TextIOBase):
             self._stream.flush()
         except (OSError, ValueError):
             pass
+
+
+class _LiveOutput:
+    """Sends the running job's new output to the worker every ``config.LIVE_OUTPUT_INTERVAL_S``.
+
+    One thread per job process, started with its first job, not one per job:
+    a job's writes only append to a list under a lock, so neither printing nor
+    a job's start or end waits on it.
+    """
+
+    def __init__(self, send: Callable[[str, str], None]) -> None:
+        self._send = send
+        self._job_id: str | None = None
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def begin(self, job_id: str) -> None:
+        with self._lock:
+            self._job_id, self._pending = job_id, []
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="cwredis-live-output", daemon=True)
+            self._thread.start()
+
+    def end(self) -> None:
+        """What is left goes in the job's reply (and a late Output for a finished job is ignored)."""
+        with self._lock:
+            self._job_id, self._pending = None, []
+
+    def add(self, text: str) -> None:
+        with self._lock:
+            if self._job_id is not None:
+                self._pending.append(text)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(config.LIVE_OUTPUT_INTERVAL_S)
+            with self._lock:
+                job_id, text = self._job_id, "".join(self._pending)[-config.OUTPUT_TAIL_BYTES:]
+                self._pending = []
+            if job_id is not None and text:
+                try:
+                    self._send(job_id, text)
+                except (OSError, ValueError):  # the worker is gone: the main loop sees it and exits
+                    return
 
 
 def _die_with_parent() -> None:
@@ -105,7 +155,8 @@ class Failed(NamedTuple):
 class JobRunner:
     """Runs jobs one at a time, caching functions and the applied environment."""
 
-    def __init__(self) -> None:
+    def __init__(self, printed: Callable[[str, str], None]) -> None:
+        self._live = _LiveOutput(printed)
         self._functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self._env_digest: str | None = None
         self._home_cwd = os.getcwd()
@@ -143,7 +194,8 @@ class JobRunner:
         return fn
 
     def run(self, job: Run, report: Callable[[str, float, str | None], None]) -> Ok | Err | Resend:
-        """Run one job; the reply carries the captured output ('' without capture)."""
+        """Run one job; the reply carries the captured output ('' without capture), which also goes to the
+        runner's ``printed`` (job id, new text) while the job runs."""
         if (job.function is None and job.function_digest not in self._functions) or \
                 (job.env is None and job.env_digest != self._env_digest):
             return Resend(job.job_id)
@@ -151,9 +203,13 @@ class JobRunner:
         jobcontext._enter(job.job_id, report)
         try:
             if job.capture:
-                with contextlib.redirect_stdout(_Tee(sys.stdout, sink)), \
-                        contextlib.redirect_stderr(_Tee(sys.stderr, sink)):
-                    outcome = self._run(job)
+                self._live.begin(job.job_id)
+                try:
+                    with contextlib.redirect_stdout(_Tee(sys.stdout, sink, self._live)), \
+                            contextlib.redirect_stderr(_Tee(sys.stderr, sink, self._live)):
+                        outcome = self._run(job)
+                finally:
+                    self._live.end()
             else:
                 outcome = self._run(job)
         finally:
@@ -272,7 +328,6 @@ def main(argv: list[str] | None = None) -> None:
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
     control = Connection(int(argv[2]), writable=False)
-    runner = JobRunner()
     send_lock = threading.Lock()
 
     def send(message: ChildMessage) -> None:
@@ -281,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def report(job_id: str, fraction: float, text: str | None) -> None:
         send(Progress(job_id, fraction, text))
+
+    def printed(job_id: str, text: str) -> None:
+        send(Output(job_id, text))
+
+    runner = JobRunner(printed)
 
     mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None

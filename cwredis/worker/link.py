@@ -205,13 +205,14 @@ class Link:
             return Recording(outcomes, claim)
         return self._call(round_trip)
 
-    def send_progress(self, reports: Sequence[tuple[str, str, str, float, str | None]]) -> None:
-        """Store and publish running jobs' progress: (job id, token, client, fraction, message) each."""
+    def send_progress(self, reports: Sequence[tuple[str, str, str, float | None, str | None, str | None]]) -> None:
+        """Store and publish running jobs' progress, and store their output tails: (job id, token, client,
+        fraction, message, output) each; a None fraction or output leaves that part as it is."""
         def round_trip() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for job_id, token, client, fraction, message in reports:
+            for job_id, token, client, fraction, message, output in reports:
                 self._scripts.progress(pipe, job_id=job_id, token=token, client_id=client, fraction=fraction,
-                                       message=message)
+                                       message=message, output=output)
             self._scripts.execute(pipe)
         self._call(round_trip)
 

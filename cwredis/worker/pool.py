@@ -41,7 +41,7 @@ from typing import Iterator, Union
 from .. import config
 from ..job import Spec
 from ..scripts import Claimed
-from .protocol import Direct, Err, Ok, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
 
 @dataclass
 class Running:
@@ -237,6 +237,14 @@ class Reported:
 
 
 @dataclass
+class Printed:
+    """What a running job printed since its last report."""
+
+    running: Running
+    text: str
+
+
+@dataclass
 class Outdated:
     """A child found a module it loaded changed on disk, and started nothing more: replace it."""
 
@@ -244,7 +252,7 @@ class Outdated:
     path: str
 
 
-Event = Union[Ended, Died, Reported, Outdated]
+Event = Union[Ended, Died, Reported, Printed, Outdated]
 
 
 class Pool:
@@ -292,6 +300,9 @@ class Pool:
                 if isinstance(message, Progress):
                     if (running := slot.find(message.job_id)) is not None:
                         events.append(Reported(running, message.fraction, message.message))
+                elif isinstance(message, Output):
+                    if (running := slot.find(message.job_id)) is not None:
+                        events.append(Printed(running, message.text))
                 elif isinstance(message, Unsent):
                     slot.asked_back.discard(message.job_id)
                     if message.given_back and (running := slot.take(message.job_id)) is not None:

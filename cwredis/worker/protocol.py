@@ -5,7 +5,7 @@ A child (``python -m cwredis.worker.child``) has three pipes, framed by
 
     job pipe      worker -> child   Setup (first), then Run per job
     control pipe  worker -> child   Unsend
-    out pipe      child -> worker   Progress, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded
+    out pipe      child -> worker   Progress, Output, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded
 
 Every message is a NamedTuple: read by name, never by index, and still a
 tuple on the wire (a pickle of a NamedTuple is its class reference and its
@@ -65,6 +65,13 @@ class Progress(NamedTuple):
     message: str | None
 
 
+class Output(NamedTuple):
+    """What a running job printed since the last Output (sent at most every ``config.LIVE_OUTPUT_INTERVAL_S``)."""
+
+    job_id: str
+    text: str
+
+
 class Unsent(NamedTuple):
     """Answer to Unsend: ``given_back`` is False when the job had already started (or finished)."""
 
@@ -120,4 +127,4 @@ class Recorded(NamedTuple):
 #: A job's end, as a child reports it.
 Reply = Union[Ok, Err]
 #: Everything a child sends.
-ChildMessage = Union[Progress, Unsent, Resend, Stale, Ok, Err, Recorded]
+ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded]

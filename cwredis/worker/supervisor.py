@@ -54,7 +54,7 @@ from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
-from .pool import Died, Ended, Outdated, Pool, Reported, Running, Slot
+from .pool import Died, Ended, Outdated, Pool, Printed, Reported, Running, Slot
 from .protocol import Err, Ok, Recorded, Setup
 from .stop import Step, StopRequest
 
@@ -245,10 +245,12 @@ class Worker:
         deadlines += pacing.jit_wakeups((job.started for job in busy), now, self.avg_job_s)
         return pacing.sleep_s(deadlines, now)
 
-    def handle(self, event: Ended | Died | Reported | Outdated) -> None:
-        """Act on what the pool saw: a job's end, a child's death, a progress report, stale code."""
+    def handle(self, event: Ended | Died | Reported | Printed | Outdated) -> None:
+        """Act on what the pool saw: a job's end, a child's death, a progress report or output, stale code."""
         if isinstance(event, Reported):
             self._attempts.report(event)
+        elif isinstance(event, Printed):
+            self._attempts.printed(event)
         elif isinstance(event, Outdated):
             log.info("worker %s: %s changed on disk; replacing the job process that loaded it", self.worker_id,
                      event.path)

@@ -190,6 +190,17 @@ def test_complete_records_once_and_refuses_a_stale_attempt(s, r):
     assert r.ttl(KEYS.job("a")) > 0
 
 
+def test_complete_counts_outcomes_in_all_and_per_queue(s, r):
+    submit(s, r, "a", "b", "c")
+    claimed, _ = claim(s, r, n=3)
+    a, b, c = claimed
+    failed = Completion(c.id, c.token, "c1", "err", b"{}", "exception", "ValueError: boom", "tb")
+    assert complete(s, r, ok(a), ok(b), failed) == [1, 1, 1]
+    assert complete(s, r, ok(a)) == [0]  # refused: counted nothing
+    assert r.hgetall(KEYS.stats) == {b"done": b"2", b"failed": b"1", b"done:default": b"2",
+                                     b"failed:default": b"1"}
+
+
 def test_a_failed_outcome_is_kept_until_requeued(s, r):
     submit(s, r, "a")
     (c,), _ = claim(s, r)
