@@ -83,8 +83,15 @@ class Stack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _start_coordinator(self) -> None:
+        # A coordinator writes a secret into its home when none is set: with --insecure it gets a home
+        # of its own, or the workers and clients would find that secret and sign after all.
+        env = None
+        if self.opts.insecure:
+            own = self.dir / "coordinator-home"
+            own.mkdir(mode=0o700)
+            env = {"CWREDIS_HOME": str(own)}
         self.coordinator = self.procs.role("cwredis.coordinator", self.url, "--lease-timeout",
-                                           str(self.opts.lease_timeout), name="coordinator")
+                                           str(self.opts.lease_timeout), name="coordinator", env=env)
         time.sleep(0.3)
         if not self.coordinator.alive():
             raise RuntimeError(f"cw-coordinator exited with {self.coordinator.returncode}:\n"

@@ -87,15 +87,27 @@ class Signer:
     def __init__(self, secret: bytes | None) -> None:
         self.secret = secret or None
         if self.secret is None:
-            self._key = b""
+            key = b""
             self._digest_key = b""
         else:
             # Derived keys, so the same secret never tags two kinds of message the same way.
-            self._key = hashlib.sha256(b"cwredis tag\0" + self.secret).digest()
+            key = hashlib.sha256(b"cwredis tag\0" + self.secret).digest()
             self._digest_key = hashlib.sha256(b"cwredis digest\0" + self.secret).digest()
+        # HMAC-SHA256 (RFC 2104) from two SHA-256 states keyed once, copied per message. Not
+        # hmac.digest(): OpenSSL's HMAC releases the GIL on every call, and in a process with
+        # another busy thread (a worker's, a client's) taking it back waits out the thread switch
+        # interval -- measured 1.4 ms per tag instead of 1 us, a third of Executor.map's throughput.
+        # hashlib's SHA-256 keeps the GIL for messages this small.
+        padded = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
     def _tag(self, *parts: bytes) -> bytes:
-        return hmac.digest(self._key, b"\0".join(parts), "sha256")
+        inner = self._inner.copy()
+        inner.update(b"\0".join(parts))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     # -- digests of shared records ------------------------------------------------------
 

@@ -81,3 +81,13 @@ def test_spec_digests_cover_every_field_unambiguously():
     assert signer.spec_digest({**fields, "x": "1"}) != digest  # an added field
     assert signer.spec_digest({"c": "client", "q": "default=t", "m": "3"}) != signer.spec_digest(
         {"c": "client", "q": "default", "t": "", "m": "3"})
+
+
+def test_tags_are_standard_hmac_sha256_of_the_derived_key():
+    """The hand-keyed SHA-256 states compute exactly RFC 2104's HMAC (what hmac.digest would)."""
+    import hashlib
+    import hmac
+
+    key = hashlib.sha256(b"cwredis tag\0" + SECRET).digest()
+    for parts in [(b"job", b"id", b""), (b"outcome", b"x" * 5000)]:
+        assert signer._tag(*parts) == hmac.digest(key, b"\0".join(parts), "sha256")
