@@ -18,6 +18,7 @@ import helpers
 import jobs_api
 from cwredis import job
 from cwredis.job import ARGS
+from cwredis.signing import Signer
 from helpers import admin_json, wait_for
 from sysutil import Outcomes, assert_one_line_user_error, closed_port, cw_admin, unique
 
@@ -194,9 +195,11 @@ def test_corrupt_or_missing_payload_fails_with_reason_corrupt(cluster, procs, ke
         # No worker listens on this queue yet: rewrite the payloads first.
         r.hset(keys.job(garbage), ARGS, b"\x00\x01garbage\xff\xfe" * 3)
         r.hdel(keys.job(missing), ARGS)
-        good_blob = r.hget(keys.job(not_a_pickle), ARGS)
-        # Same framing (first byte) as a real payload, then bytes that are no pickle.
-        r.hset(keys.job(not_a_pickle), ARGS, good_blob[:1] + b"this is not a pickle")
+        # Signed with the secret (as a client with a bug would), so it verifies, but it is no pickle.
+        fields = r.hmget(keys.job(not_a_pickle), job.SPEC, job.FUNCTION)
+        envelope = Signer(os.environ["CWREDIS_SECRET"].encode()).seal_job(
+            not_a_pickle, fields[0].decode(), fields[1].decode(), b"this is not a pickle")
+        r.hset(keys.job(not_a_pickle), ARGS, envelope)
         worker = procs.worker(cluster.url, "--queue", queue)
         t.wait(timeout=JOB_TIMEOUT_S)
     assert seen.results == {fine: 49}
