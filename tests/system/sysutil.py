@@ -7,6 +7,8 @@ import threading
 import uuid
 from typing import Any
 
+import redis
+
 from harness import cw_admin, free_port, server_pids  # noqa: F401 (tests import them from here)
 
 
@@ -93,3 +95,14 @@ class Outcomes:
                 if left <= 0:
                     raise AssertionError(f"no callback for job {jobid} within {timeout}s")
                 self.changed.wait(min(left, 0.2))
+
+
+def pings(url: str) -> bool:
+    """Does the server at ``url`` answer PING (2 s timeouts)?"""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -21,7 +21,7 @@ import redis
 import cwredis
 import helpers
 from helpers import admin_json, wait_for
-from sysutil import Outcomes, server_pids
+from sysutil import Outcomes, pings, server_pids
 
 pytestmark = pytest.mark.system
 
@@ -29,15 +29,6 @@ LEASE_S = 2
 START_TIMEOUT_S = 30
 JOB_TIMEOUT_S = 60
 
-
-def pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 @pytest.fixture

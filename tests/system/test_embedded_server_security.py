@@ -22,7 +22,7 @@ import redis
 import cwredis
 import helpers
 from helpers import wait_for
-from sysutil import Outcomes, cw_admin, free_port, unique
+from sysutil import Outcomes, cw_admin, free_port, pings, unique
 
 pytestmark = pytest.mark.system
 
@@ -58,15 +58,6 @@ def leftover_servers(home):
         except ProcessLookupError:
             pass
 
-
-def pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 def start_embedded(procs, home: Path, *extra_args: str, old_url: str = ""):
