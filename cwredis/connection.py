@@ -52,12 +52,14 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
 )
 
 #: Reply error codes redis-py 8 has no class for, which also mean "for now": BUSY (a script
-#: runs past its time limit; everything waits for it) and MISCONF (the server cannot persist
-#: and refuses writes until its disk is fixed). redis-py raises these as a bare ResponseError
+#: runs past its time limit; everything waits for it), MISCONF (the server cannot persist
+#: and refuses writes until its disk is fixed), and the failover family: NOREPLICAS (the
+#: primary has fewer replicas in sync than min-replicas-to-write asks), UNBLOCKED (a blocking
+#: read was cut short because the server became a replica). redis-py raises these as a bare ResponseError
 #: whose text begins with the code -- the RESP error code, the same word redis-py itself maps
 #: to a class, never the prose after it. Any other error reply (WRONGTYPE, NOPERM, a script's
 #: own error, a MOVED/ASK redirection a plain client cannot follow) is permanent.
-_TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF"})
+_TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "UNBLOCKED"})
 
 
 def connect(url: str, role: str) -> redis.Redis:

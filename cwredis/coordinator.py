@@ -37,8 +37,10 @@ from .signing import LOST_OUTCOME
 
 log = logging.getLogger("cwredis.coordinator")
 
-#: A worker whose lease expired this long ago (and whose jobs are recovered) is forgotten.
-FORGET_AFTER_S = 600
+#: A worker whose lease expired this many lease timeouts ago (its jobs recovered by then) is forgotten:
+#: soon, so that after a rack dies the sweeps do not keep visiting hundreds of dead workers (a worker
+#: that was only frozen re-registers with its next claim).
+FORGET_AFTER_LEASES = 1
 #: Expired workers read per ZRANGEBYSCORE call; a sweep reads them all, page by page.
 SWEEP_PAGE = 100
 
@@ -91,7 +93,7 @@ class Coordinator:
         for worker_id in self._expired_workers(now_ms):
             try:
                 recovered = self._scripts.requeue_expired(
-                    self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_S * 1000,
+                    self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_LEASES * self.lease_ms,
                     result_ttl_ms=config.RESULT_TTL_S * 1000, lost_body=LOST_OUTCOME, lost_error=LOST_ERROR,
                     lost_traceback=LOST_TRACEBACK, now_ms=now_ms)
             except Exception as exc:

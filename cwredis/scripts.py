@@ -392,7 +392,7 @@ class Scripts:
         """
         keys = [self.keys.inflight(worker_id), self.keys.failed, self.keys.stats]
         args: list[Any] = [_clock(now_ms), done_ttl_ms, result_ttl_ms, publish_max_bytes, *self._outcome_prefixes,
-                           self._spec_prefix]
+                           self._spec_prefix, worker_id]
         for c in outcomes:
             keys.append(self.keys.job(c.id))
             args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output]
@@ -413,7 +413,7 @@ class Scripts:
         (1 requeued, 2 failed after its last rejection, 0 refused)."""
         keys = [self.keys.inflight(worker_id), self.keys.delayed, self.keys.failed, self.keys.stats]
         args: list[Any] = [_clock(now_ms), *self._handoff, result_ttl_ms or config.RESULT_TTL_S * 1000,
-                           config.DONE_TTL_S * 1000, *self._outcome_prefixes]
+                           config.DONE_TTL_S * 1000, *self._outcome_prefixes, worker_id]
         for r in jobs:
             keys += [self.keys.job(r.id), self.keys.queue(r.queue)]
             args += [r.id, r.token, r.mode, r.delay_ms, r.queue, r.limit or "", r.client, r.body, r.error]

@@ -3,7 +3,7 @@
 -- attempt still owns its job (fencing), and wake the submitting clients.
 -- KEYS: inflight(worker), failed, stats, then per job: job
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
---       outcome_prefixes (3 names: results, result_seq, channel), spec_prefix,
+--       outcome_prefixes (3 names: results, result_seq, channel), spec_prefix, worker_id,
 --       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, client, output_tail
 -- The outcome goes to the client ('' : unknown, delivered to no one), or to
 -- every client attached to a session's job (deliver() in the prelude). An
@@ -16,24 +16,26 @@
 -- queue is read from the job's spec, once per spec in a batch.
 -- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
 -- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
+-- The fence is the attempt's token *and* the worker holding it: after a
+-- failover that lost writes, a token can be handed out twice, to two workers.
 -- Atomic: state, in-flight list, outcome list and the wake-up change together,
 -- so no crash can leave a job done without an outcome, or an outcome twice.
 local inflight, failed, stats = KEYS[1], KEYS[2], KEYS[3]
 local now, done_ttl, result_ttl = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local publish_max = tonumber(ARGV[4])
 local op = outcome_prefixes(ARGV, 5)
-local spec_prefix = ARGV[8]
+local spec_prefix, worker_id = ARGV[8], ARGV[9]
 local flags, done, failed_count = {}, 0, 0
 local queues, done_in, failed_in = {}, {}, {}  -- spec digest -> queue name; queue -> count
-local a, n = 9, 0
+local a, n = 10, 0
 for k = 4, #KEYS do
   local job = KEYS[k]
   local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local reason, err, tb, client, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p') or {}  -- not a hash: refused, like a lost lease
-  if f[1] == 'running' and f[2] == token then
+  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p', 'w') or {}  -- not a hash: refused
+  if f[1] == 'running' and f[2] == token and f[8] == worker_id then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.
     -- One HSET and one HDEL per job: each command is a line in the append-only file.

@@ -2,7 +2,7 @@
 -- requeue.lua: give back jobs a worker still owns, each fenced by its token.
 -- KEYS: inflight(worker), delayed, failed, stats, then per job: job, queue
 -- ARGV: now_ms ('' = server time), Keys.handoff() (5 names), result_ttl_ms, done_ttl_ms,
---       outcome_prefixes (3 names), then per job:
+--       outcome_prefixes (3 names), worker_id, then per job:
 --       job_id, token, mode, delay_ms, queue_name, limit, client, body, error
 -- mode 'retry': the attempt counted (it timed out); the job waits in the
 --   delayed set for delay_ms (or goes straight back if delay_ms is 0).
@@ -25,7 +25,8 @@ local inflight, delayed, failed, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms(ARGV[1])
 local ho = handoff_keys(ARGV, 2)
 local result_ttl, done_ttl, op = tonumber(ARGV[7]), tonumber(ARGV[8]), outcome_prefixes(ARGV, 9)
-local flags, a, n, woken, failed_count = {}, 12, 0, {}, 0
+local worker_id = ARGV[12]
+local flags, a, n, woken, failed_count = {}, 13, 0, {}, 0
 for k = 5, #KEYS, 2 do
   local job, queue = KEYS[k], KEYS[k + 1]
   local job_id, token, mode, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], now + tonumber(ARGV[a + 3])
@@ -33,13 +34,14 @@ for k = 5, #KEYS, 2 do
                                                ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rj', 'g', 'rc', 'cx') or {}  -- not a hash: refused
-  if f[1] == 'running' and f[2] == token and f[8] then
+  local f = read_hash(job, 's', 'k', 'n', 'pf', 'rj', 'g', 'rc', 'cx', 'w') or {}  -- not a hash: refused
+  local ours = f[1] == 'running' and f[2] == token and f[9] == worker_id  -- token and holder: see complete.lua
+  if ours and f[8] then
     redis.call('LREM', inflight, -1, job_id)
     if not f[4] then redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0)) end
     end_cancelled(job, f[7], client, op, job_id, f[6] or '0', result_ttl, done_ttl)
     flags[n] = 2
-  elseif f[1] == 'running' and f[2] == token then
+  elseif ours then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     redis.call('HDEL', job, 'w', 'pf')
     local refund = (mode == 'release' or mode == 'reject') and not f[4]  -- a claimed-ahead job was never charged

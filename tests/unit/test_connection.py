@@ -27,6 +27,8 @@ TRANSIENT = [
     "NOSCRIPT No matching script.",
     "BUSY Valkey is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
     "MISCONF Errors writing to the AOF file: No space left on device",
+    "NOREPLICAS Not enough good replicas to write.",
+    "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
     "WRONGPASS invalid username-password pair or user is disabled.",
 ]
 

@@ -212,6 +212,18 @@ def test_a_failed_outcome_is_kept_until_requeued(s, r):
     assert r.hget(KEYS.job("a"), job.ERROR) == b"ValueError: boom"
 
 
+def test_an_attempt_is_fenced_by_its_token_and_its_worker(s, r):
+    """After a failover that lost writes, the same token can go to a second worker: the first, still
+    holding it, can neither complete nor requeue the job the second now runs."""
+    submit(s, r, "a")
+    (a,), _ = claim(s, r, worker="w1")
+    r.hset(KEYS.job("a"), job.WORKER, "w2")  # what w2's claim of the same token left after the failover
+    assert complete(s, r, ok(a), worker="w1") == [0]
+    assert s.requeue(r, worker_id="w1", now_ms=T0, jobs=[Requeue("a", a.token, "default", "release")]) == [0]
+    assert state(r, "a") == "running" and r.llen(KEYS.results("c1")) == 0
+    assert complete(s, r, ok(a), worker="w2") == [1]
+
+
 def test_requeue_retry_waits_in_delayed_and_release_refunds_the_attempt(s, r):
     submit(s, r, "a", "b")
     (a, b), _ = claim(s, r, n=2)
