@@ -34,7 +34,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
+from .connection import (Reconnector, Subscription, check_can_start, check_connection_budget, connect, describe,
+                         is_transient)
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .outcomes import Decoded, decode
@@ -140,6 +141,7 @@ class ClientThread(threading.Thread):
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
         check_can_start(self._redis, self.url)  # a wrong URL raises here, instead of retrying forever
+        check_connection_budget(self._redis, "client")
         self._scripts = Scripts(self._redis, keys)
         self.session = SessionKeys(session, self._signer) if session is not None else None
         self._submitter = Submitter(

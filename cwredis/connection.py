@@ -496,6 +496,26 @@ def _first_contact(client: redis.Redis, url: str, deadline: float) -> None:
             time.sleep(0.2)
 
 
+#: A role warns when the server has this share of its maxclients connections in use.
+CONNECTION_BUDGET_WARN = 0.8
+
+
+def check_connection_budget(client: redis.Redis, role: str) -> None:
+    """At a role's start: read the server's connections in use and its ``maxclients`` (INFO clients)
+    and warn when the cluster is near the limit -- past it, new workers and clients are refused.
+    Best effort: an INFO that fails or lacks the fields is not an error here."""
+    try:
+        info = client.info("clients")
+        used, limit = int(info["connected_clients"]), int(info["maxclients"])
+    except (redis.RedisError, KeyError, ValueError, TypeError):
+        return
+    if limit and used >= CONNECTION_BUDGET_WARN * limit:
+        log.warning("%s: the Redis server has %d of its %d connections in use; past that it refuses new "
+                    "workers and clients (each worker takes 2 plus 1 per job process, each client 3): raise "
+                    "the server's maxclients and its open-files limit (ulimit -n), or use fewer, larger "
+                    "workers", role, used, limit)
+
+
 def check_reachable(client: redis.Redis, url: str) -> None:
     """PING once; ConfigError with a one-line message naming the (masked) URL otherwise."""
     try:

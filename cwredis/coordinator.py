@@ -27,7 +27,8 @@ import redis
 
 from .cli import version_line
 from . import config
-from .connection import Reconnector, connect, describe, is_server_full, is_transient, setup_logging
+from .connection import (Reconnector, check_connection_budget, connect, describe, is_server_full, is_transient,
+                         setup_logging)
 from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
@@ -134,6 +135,7 @@ class Coordinator:
         reconnector = Reconnector(self.url, "coordinator", stop)
         log.info("coordinator: Redis %s, lease timeout %.1fs, sweeping every %.2fs",
                  config.mask_url(self.url), self.lease_ms / 1000, self.sweep_interval_s)
+        check_connection_budget(self._redis, "coordinator")
         published = False
         while not stop.is_set():
             if server is not None and not server.alive():

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .. import config, job
 from ..catalog import Catalog
-from ..connection import Pinned, Reconnector, connect, describe, is_transient
+from ..connection import Pinned, Reconnector, check_connection_budget, connect, describe, is_transient
 from ..keys import Keys
 from ..scripts import ClaimReply, Claimed, Scripts, parse_handed
 from ..signing import Signer
@@ -108,7 +108,9 @@ class Link:
     # -- start-up and lease -------------------------------------------------------------
 
     def load_scripts(self) -> None:
+        """Load the scripts (and, once there, warn if the server is near its connection limit)."""
         self._call(self._scripts.load)
+        check_connection_budget(self._redis, f"worker {self.worker_id}")
 
     def renew(self, lease_ms: int, info: dict[str, str]) -> Renewal:
         """Renew our lease, publish our description, and read the coordinator's lease setting."""

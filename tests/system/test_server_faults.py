@@ -170,3 +170,23 @@ def test_sweep_recovers_other_expired_workers_and_promotes_past_a_poisoned_in_fl
     log = coordinator.log()
     assert any("dead-poisoned" in line and "WARNING" in line and "dropped" in line for line in log.splitlines()), \
         log[-3000:]
+
+
+def test_roles_warn_when_the_server_is_near_its_connection_limit(server, home, procs):
+    """Connections run out before CPU does: a worker starting near maxclients says so, with the fix."""
+    admin = server.client()
+    others = [server.client() for _ in range(8)]  # the rest of a busy cluster
+    for other in others:
+        other.ping()
+    limit = int(admin.info("clients")["connected_clients"]) + 2  # room for the worker's first connections
+    admin.config_set("maxclients", limit)
+    try:
+        worker = procs.worker(server.url)
+        wait_for(lambda: "connections in use" in worker.log(), timeout=20,
+                 message=f"the worker to warn about the connection budget:\n{worker.log()}")
+        assert "maxclients" in worker.log() and "ulimit -n" in worker.log()
+    finally:
+        admin.config_set("maxclients", 10000)
+        for other in others:
+            other.close()
+
