@@ -128,6 +128,8 @@ class Intake:
                 self._host.link_ok()
                 if handed is not None:
                     self._take_handed(handed, epoch)
+                elif not self._burst and self._link.still_parked():
+                    pass  # quiet, and nothing forgot us: an idle worker writes nothing (heartbeats aside)
                 elif not self.claim_now() and self._burst and self._is_idle():
                     # Quiet for block_s: the claim renewed our parking (and would catch
                     # jobs queued with no wake, e.g. after a server restart forgot us).

@@ -145,6 +145,29 @@ class Link:
             return Handed(inbox.claimed, inbox.wake, inbox.garbled, inbox.cancels)
         return self._call(round_trip)
 
+    def still_parked(self) -> bool:
+        """Are we still parked, listed idle on every queue, and every queue empty? (Reads only.)
+
+        What a parked worker asks when its blocking read times out: if so,
+        there is nothing to do and nothing to write; if not (a job queued
+        without a wake, a server restarted from older data, our idle entry
+        dropped because our lease lapsed), it claims, which parks it afresh.
+        """
+        def round_trip() -> bool:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(self.keys.parked(self.worker_id))
+            for queue in self.queues:
+                pipe.zscore(self.keys.idle(queue), self.worker_id)
+                pipe.llen(self.keys.queue(queue))
+            room, *per_queue = pipe.execute()
+            listed, lengths = per_queue[0::2], per_queue[1::2]
+            try:
+                parked = int(room or 0) > 0
+            except ValueError:  # garbage where our parking should be: claim, which resets it
+                parked = False
+            return parked and all(s is not None for s in listed) and not any(lengths)
+        return self._call(round_trip)
+
     def poll_inbox(self) -> Handed | None:
         """What our inbox holds now (no wait): cancellations while we are busy; None if empty."""
         def round_trip() -> Handed | None:
