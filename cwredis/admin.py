@@ -68,15 +68,7 @@ class Inspector:
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers as ``cw-admin workers --json`` lists them; garbage in a worker's record reads as empty."""
-        rows = []
-        for info in self.worker_infos():
-            rows.append({
-                "id": info["id"], "host": info.get("host") or None, "pid": _int_or_none(info.get("pid")),
-                "queues": [q for q in (info.get("queues") or "").split(",") if q],
-                "concurrency": _int_or_none(info.get("concurrency")),
-                "running": len([j for j in (info.get("running") or "").split(",") if j]),
-                "since": _int_or_none(info.get("since")), "quarantined": info.get("quarantined") == "1"})
-        return rows
+        return [worker_row(info) for info in self.worker_infos()]
 
     def running(self) -> int:
         """Jobs whose function has started now (all clients), as ``status`` counts them."""
@@ -198,11 +190,13 @@ def progress_of(text: str | None) -> dict[str, Any] | None:
         return None
 
 
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
+def worker_row(info: dict[str, str]) -> dict[str, Any]:
+    """A worker's record (``worker_infos``, its ``id`` included) as ``cw-admin workers --json`` shows it."""
+    return {"id": info["id"], "host": info.get("host") or None, "pid": job.int_or_none(info.get("pid")),
+            "queues": [q for q in (info.get("queues") or "").split(",") if q],
+            "concurrency": job.int_or_none(info.get("concurrency")),
+            "running": len([j for j in (info.get("running") or "").split(",") if j]),
+            "since": job.int_or_none(info.get("since")), "quarantined": info.get("quarantined") == "1"}
 
 
 # -- subcommands --------------------------------------------------------------------
@@ -313,13 +307,19 @@ def cmd_show(inspector: Inspector, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _change_failed(inspector: Inspector, args: argparse.Namespace, action: str) -> int:
+def change_failed(inspector: Inspector, action: str, job_ids: Sequence[str]) -> int:
+    """``requeued`` or ``purged`` the named failed jobs (none named: every failed job); how many.
+    UserError, nothing changed, for a named job that is unknown or not failed (cw-admin and the dashboard)."""
     scripts = Scripts(inspector.redis, inspector.keys)
     run: Callable[..., int] = scripts.requeue_failed if action == "requeued" else scripts.purge_failed
     try:
-        count = run(inspector.redis, args.jobids)
+        return run(inspector.redis, job_ids)
     except ScriptRefused as exc:
         raise UserError(f"{exc.job_id}: {exc.why}; nothing changed") from None
+
+
+def _change_failed(inspector: Inspector, args: argparse.Namespace, action: str) -> int:
+    count = change_failed(inspector, action, args.jobids)
     print(json.dumps({action: count}) if args.json else f"{action} {count} job(s)")
     return EXIT_OK
 

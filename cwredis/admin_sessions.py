@@ -88,6 +88,18 @@ def cancel_ids(inspector: Any, job_ids: list[str]) -> int:
     return sum(1 for word in words if word in ("cancelled", "stopping"))
 
 
+def cancel_named(inspector: Any, job_ids: list[str]) -> int:
+    """Cancel the named jobs (as :func:`cancel_ids`); UserError, nothing cancelled, if one is unknown."""
+    pipe = inspector.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.exists(inspector.keys.job(job_id))
+    unknown = [j for j, exists in zip(job_ids, pipe.execute()) if not exists]
+    if unknown:
+        raise UserError(f"unknown job id {printable(unknown[0])!r} (never submitted, or finished and "
+                        "expired); nothing cancelled")
+    return cancel_ids(inspector, job_ids)
+
+
 def cmd_cancel(inspector: Any, args: argparse.Namespace) -> int:
     if bool(args.jobids) == bool(args.session):
         raise UserError("name the jobs to cancel (JOBID...) or give --session NAME, not both")
@@ -97,14 +109,7 @@ def cmd_cancel(inspector: Any, args: argparse.Namespace) -> int:
             raise UserError(f"no session {name!r} (never used, dropped, or expired)")
         cancelled = sum(cancel_ids(inspector, page) for page in session_ids(inspector, name))
     else:
-        pipe = inspector.redis.pipeline(transaction=False)
-        for job_id in args.jobids:
-            pipe.exists(inspector.keys.job(job_id))
-        unknown = [j for j, exists in zip(args.jobids, pipe.execute()) if not exists]
-        if unknown:
-            raise UserError(f"unknown job id {printable(unknown[0])!r} (never submitted, or finished and "
-                            "expired); nothing cancelled")
-        cancelled = cancel_ids(inspector, list(args.jobids))
+        cancelled = cancel_named(inspector, list(args.jobids))
     print(json.dumps({"cancelled": cancelled}) if args.json else f"cancelled {cancelled} job(s)")
     return 0
 

@@ -83,6 +83,14 @@ def _int(value: object, default: int = 0) -> int:
         return default
 
 
+def int_or_none(value: object) -> int | None:
+    """A Redis reply field as an int; None when absent, empty or garbage."""
+    try:
+        return int(text(value) or "")
+    except ValueError:
+        return None
+
+
 @dataclass
 class JobRecord:
     """A job as read back from Redis, tolerant of missing or garbage fields."""

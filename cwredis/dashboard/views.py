@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config, job
-from ..admin import Inspector, progress_of, start_times
-from ..admin_sessions import UserError, cancel_ids
-from ..scripts import ScriptRefused, Scripts
+from ..admin import Inspector, change_failed, progress_of, start_times, worker_row
+from ..admin_sessions import UserError, cancel_named
 
 #: Most jobs one page of the running or failed list shows.
 MAX_PAGE = 100
@@ -72,7 +71,6 @@ class Views:
         self.inspector = inspector
         self.redis = inspector.redis
         self.keys = inspector.keys
-        self.scripts = Scripts(self.redis, self.keys)
         self.queues = QueueNames()
         self._spec_queues: OrderedDict[str, str] = OrderedDict()
 
@@ -97,13 +95,13 @@ class Views:
             pipe.execute()
         now_ms = seconds * 1000 + micros // 1000
         self.queues.cursor = int(cursor)
-        stats = {job.text(k) or "": _int(v) for k, v in stats_raw.items()}
+        stats = {job.text(k) or "": job.int_or_none(v) or 0 for k, v in stats_raw.items()}
         self.queues.note(keys.queue_name(job.text(k) or "") for k in found)
         self.queues.note(k.partition(":")[2] for k in stats if ":" in k)
         deadlines = {job.text(w) or "": int(score) for w, score in workers}
         live = [w for w, deadline in deadlines.items() if deadline > now_ms]
         infos, started = self._workers_and_started(list(deadlines), live)
-        lease = _int(lease_ms) or int(config.DEFAULT_LEASE_S * 1000)
+        lease = job.int_or_none(lease_ms) or int(config.DEFAULT_LEASE_S * 1000)
         for info in infos:  # a heartbeat pushes the deadline to its time + the lease
             info["heartbeat_ms"] = deadlines[info["id"]] - lease
         for info in infos:
@@ -124,7 +122,8 @@ class Views:
         for worker_id in all_ids:
             pipe.lrange(self.keys.inflight(worker_id), 0, -1)
         replies = pipe.execute()
-        infos = [_worker_row(w, fields) for w, fields in zip(live, replies[:len(live)])]
+        infos = [worker_row({**{job.text(k) or "": job.text(v) or "" for k, v in fields.items()}, "id": w})
+                 for w, fields in zip(live, replies[:len(live)])]
         held = [(w, job.text(j) or "") for w, ids in zip(all_ids, replies[len(live):]) for j in ids]
         for _, job_id in held:
             pipe.hmget(self.keys.job(job_id), [job.STATE, job.PREFETCHED, job.WORKER, job.SPEC])
@@ -161,7 +160,7 @@ class Views:
             info = infos.get(worker_id, {})
             since_ms = start_times(info.get("started")).get(job_id)
             rows.append({"id": job_id, "digest": job.text(digest), "spec": job.text(spec), "worker": worker_id,
-                         "host": info.get("host") or None, "pid": _int_or_none(info.get("pid")),
+                         "host": info.get("host") or None, "pid": job.int_or_none(info.get("pid")),
                          "elapsed_s": None if since_ms is None else round(max(0, now_ms - since_ms) / 1000, 1),
                          "progress": progress_of(job.text(progress))})
         rows.sort(key=lambda r: (-(r["elapsed_s"] or 0), r["id"]))
@@ -214,46 +213,13 @@ class Views:
         if not job_ids or not all(isinstance(j, str) and j for j in job_ids):
             raise UserError("name at least one job id; nothing changed")
         if action == "cancel":
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.exists(self.keys.job(job_id))
-            unknown = [j for j, exists in zip(job_ids, pipe.execute()) if not exists]
-            if unknown:
-                raise UserError(f"unknown job id {unknown[0]!r}; nothing cancelled")
-            return {"cancelled": cancel_ids(self.inspector, job_ids)}
-        run = {"requeue": (self.scripts.requeue_failed, "requeued"), "purge": (self.scripts.purge_failed, "purged")}
-        if action not in run:
+            return {"cancelled": cancel_named(self.inspector, job_ids)}
+        words = {"requeue": "requeued", "purge": "purged"}
+        if action not in words:
             raise UserError(f"unknown action {action!r}")
-        script, word = run[action]
-        try:
-            return {word: int(script(self.redis, job_ids))}
-        except ScriptRefused as exc:
-            raise UserError(f"{exc.job_id}: {exc.why}; nothing changed") from None
-
-
-def _worker_row(worker_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
-    """A worker's record as ``cw-admin workers --json`` shows it, plus its last heartbeat."""
-    info = {job.text(k) or "": job.text(v) or "" for k, v in fields.items()}
-    return {"id": worker_id, "host": info.get("host") or None, "pid": _int_or_none(info.get("pid")),
-            "queues": [q for q in info.get("queues", "").split(",") if q],
-            "concurrency": _int_or_none(info.get("concurrency")),
-            "running": len([j for j in info.get("running", "").split(",") if j]),
-            "since": _int_or_none(info.get("since")), "quarantined": info.get("quarantined") == "1"}
+        return {words[action]: change_failed(self.inspector, words[action], job_ids)}
 
 
 def _page(offset: int, limit: int) -> tuple[int, int]:
     return max(0, offset), min(max(1, limit), MAX_PAGE)
 
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
