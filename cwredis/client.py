@@ -34,8 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 
 from . import config, progressbar
-from .connection import (Reconnector, Subscription, check_can_start, check_connection_budget, connect, describe,
-                         is_transient)
+from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .outcomes import Decoded, decode
@@ -140,8 +139,7 @@ class ClientThread(threading.Thread):
         self._stop_event = threading.Event()
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
-        check_can_start(self._redis, self.url)  # a wrong URL raises here, instead of retrying forever
-        check_connection_budget(self._redis, "client")
+        check_can_start(self._redis, self.url)  # a wrong URL raises here; warns near the connection limit
         self._scripts = Scripts(self._redis, keys)
         self.session = SessionKeys(session, self._signer) if session is not None else None
         self._submitter = Submitter(
@@ -248,10 +246,7 @@ class ClientThread(threading.Thread):
         """Outcomes a session kept, decoded for the caller (``Executor.map`` resuming): no callback, no
         Future, no trip through the results thread -- what makes a resume fast."""
         for found in finished:
-            decoded = decode(self._signer, found.job_id, found.generation, found.kind, found.body)
-            if decoded.output and self.forward_output:
-                self._print_output(found.job_id, decoded.output)
-            to[found.job_id] = decoded
+            decoded = to[found.job_id] = self._decode(found.job_id, found.generation, found.kind, found.body)
             with self._cond:
                 self._pending.pop(found.job_id, None)
             if decoded.ok:
@@ -597,9 +592,7 @@ class ClientThread(threading.Thread):
             # (else ours, or requeued by cw-admin after we saw it fail: a new outcome)
             self._failed_seen.pop(job_id, None)
         try:
-            decoded = decode(self._signer, job_id, generation, kind, body)
-            if decoded.output and self.forward_output:
-                self._print_output(job_id, decoded.output)
+            decoded = self._decode(job_id, generation, kind, body)
             if decoded.ok:
                 self.done_count += 1
                 if self.callback is not None:
@@ -610,6 +603,13 @@ class ClientThread(threading.Thread):
             with self._cond:
                 self._pending.pop(job_id, None)
                 self._cond.notify_all()
+
+    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes) -> Decoded:
+        """Verify and decode one outcome, and forward the output it carries (if we forward output)."""
+        decoded = decode(self._signer, job_id, generation, kind, body)
+        if decoded.output and self.forward_output:
+            self._print_output(job_id, decoded.output)
+        return decoded
 
     @staticmethod
     def _print_output(job_id: str, output: str) -> None:

@@ -465,7 +465,8 @@ def _has_password(url: str) -> bool:
 
 
 def check_can_start(client: redis.Redis, url: str) -> None:
-    """A client's first contact: cwredis.ConnectionError within about CLIENT_START_TIMEOUT_S unless PING works.
+    """A client's first contact: cwredis.ConnectionError within about CLIENT_START_TIMEOUT_S unless the
+    server answers. The answer (INFO clients) also tells whether it is near its connection limit.
 
     A refused connection is tried again until then (a server may be coming
     up); a refused password or an unknown host is not.
@@ -478,17 +479,17 @@ def check_can_start(client: redis.Redis, url: str) -> None:
     for name, value in saved.items():
         kwargs[name] = min(value or SOCKET_TIMEOUT_S, config.CLIENT_START_TIMEOUT_S)
     try:
-        _first_contact(client, url, deadline)
+        info = _first_contact(client, url, deadline)
     finally:
         kwargs.update(saved)
         client.connection_pool.disconnect()  # its connection took the short timeouts: make a new one
+    warn_if_near_connection_limit(info, "client")
 
 
-def _first_contact(client: redis.Redis, url: str, deadline: float) -> None:
+def _first_contact(client: redis.Redis, url: str, deadline: float) -> dict[str, Any]:
     while True:
         try:
-            client.ping()
-            return
+            return client.info("clients")  # type: ignore[no-any-return]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             permanent = isinstance(exc, redis.AuthenticationError) or isinstance(exc.__context__, socket.gaierror)
             if permanent or time.monotonic() + 0.2 >= deadline:
@@ -502,12 +503,19 @@ CONNECTION_BUDGET_WARN = 0.8
 
 def check_connection_budget(client: redis.Redis, role: str) -> None:
     """At a role's start: read the server's connections in use and its ``maxclients`` (INFO clients)
-    and warn when the cluster is near the limit -- past it, new workers and clients are refused.
-    Best effort: an INFO that fails or lacks the fields is not an error here."""
+    and warn when the cluster is near the limit (best effort: an INFO that fails is not an error here)."""
     try:
-        info = client.info("clients")
+        warn_if_near_connection_limit(client.info("clients"), role)
+    except redis.RedisError:
+        pass
+
+
+def warn_if_near_connection_limit(info: dict[str, Any], role: str) -> None:
+    """Warn when INFO clients shows the server near ``maxclients``: past it, new workers and clients are
+    refused. Fields missing or garbage: no warning."""
+    try:
         used, limit = int(info["connected_clients"]), int(info["maxclients"])
-    except (redis.RedisError, KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError):
         return
     if limit and used >= CONNECTION_BUDGET_WARN * limit:
         log.warning("%s: the Redis server has %d of its %d connections in use; past that it refuses new "
