@@ -1,18 +1,12 @@
 """ClientThread: submit jobs, and a background thread that delivers their outcomes.
 
-Outcomes wait durably in the client's list in Redis (``keys.results``),
-numbered by a per-client sequence. Each is also published on the client's
-channel, so a listening client runs the callback straight from the message,
-and later trims the delivered head of its list: only this client trims and
-workers only append, so numbers map to positions -- and trim_results.lua
-checks each entry it removes against the header the client read, so numbers
-reused after a server lost writes never cost an undelivered outcome. Pub/sub
-is only a shortcut: after any (re)subscription, or when a message says the
-outcome was too big to publish, the thread reads the list itself (LRANGE) and
-trims what it read. An outcome seen twice (published and read, or after a
-server restart lost a trim) is recognised by its job id and generation and
-dropped, so each job gets one callback. A stopping client trims what it
-delivered and, with nothing left, deletes its list and counter.
+Outcomes wait durably in the client's list in Redis and are also published
+on the client's channel, so a listening client runs the callback straight
+from the message; pub/sub is only a shortcut, and :mod:`cwredis.outcome_list`
+reads and trims the list. An outcome seen twice (published and read, or
+after a server restart lost a trim) is recognised by its job id and
+generation and dropped, so each job gets one callback. A stopping client
+trims what it delivered and, with nothing left, deletes its list and counter.
 
 A server restarted from older data (its last second of writes lost) may have
 lost jobs whose submit returned. The client keeps each unfinished job's
@@ -37,6 +31,7 @@ from . import config, progressbar
 from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
+from .outcome_list import OutcomeEntry, OutcomeList
 from .outcomes import Decoded, decode
 from .scripts import Scripts
 from .serialization import retry_on_names
@@ -54,29 +49,9 @@ ProgressCallback = Callable[[str, float, "str | None"], None]
 #: are looked for this often.
 SAFETY_POLL_S = 2.0
 
-#: Delivered outcomes are trimmed from our list in batches: when this many
-#: form a prefix, or the oldest has waited TRIM_DELAY_S. A trim is a round
-#: trip; one per outcome would run beside the next submit, on the latency path.
-TRIM_BATCH = 256
-TRIM_DELAY_S = 0.1
-
-#: An undecodable entry is recognised, when it is trimmed, by this many of its first bytes.
-UNDECODABLE_HEADER_BYTES = 64
-
 #: After the server may have lost writes, this many outstanding jobs are
 #: checked for existence per round trip (pipelined EXISTS).
 LOSS_CHECK_BATCH = 1000
-
-
-class OutcomeEntry(NamedTuple):
-    """An entry of a client's outcome list (or its published copy), as complete.lua writes it."""
-
-    seq: int
-    header: bytes  # b"seq\\njob_id\\ngeneration\\n": what trim_results.lua checks before removing the entry
-    job_id: str | None  # None: undecodable
-    generation: int
-    kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
-    body: bytes
 
 
 class Resubmission(NamedTuple):
@@ -146,19 +121,13 @@ class ClientThread(threading.Thread):
             self._redis, self._scripts, keys, self._signer, self._reconnector,
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
             forward_output=forward_output, session=session or "", retry_on=retry_on_names(retry_on))
-        self._results_key = keys.results(self.client_id)
-        self._seq_key = keys.result_seq(self.client_id)
         self._channel = keys.channel(self.client_id)
         self._cond = threading.Condition()
         # Job id -> how to submit it again; None while its submit has not returned.
         self._pending: dict[str, Resubmission | None] = {}
         self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
         self._first_error: RemoteError | None = None
-        # Our outcome list holds entries numbered _trimmed+1, _trimmed+2, ...; _consumed
-        # holds the numbers (and headers) delivered from pub/sub, trimmed once they form a prefix.
-        self._trimmed = 0
-        self._consumed: dict[int, bytes] = {}
-        self._trim_due = 0.0  # when the delivered-but-untrimmed entries must go (0: none waiting)
+        self._outcomes = OutcomeList(self._redis, self._scripts, keys, self.client_id)
         # The server may have lost writes (we lost the connection, or its run_id changed):
         # look for jobs it no longer holds. _loss_checks counts the checks begun, so a
         # submit that was in flight during one knows to ask for another.
@@ -390,7 +359,7 @@ class ClientThread(threading.Thread):
                     subscription = Subscription(self._redis, self._channel)
                     self._drain(look_for_restart=True)  # whatever arrived while we were not listening
                     last_drain = time.monotonic()
-                wait_s = 0.5 if not self._trim_due else max(0.0, min(0.5, self._trim_due - time.monotonic()))
+                wait_s = self._outcomes.wait_s(0.5)
                 if self._attached:  # its wake-up may have come before we subscribed
                     wait_s = 0.0
                 data = subscription.next(wait_s)
@@ -403,8 +372,8 @@ class ClientThread(threading.Thread):
                 if needs_drain or periodic:
                     self._drain(look_for_restart=periodic)
                     last_drain = time.monotonic()
-                elif self._consumed and (len(self._consumed) >= TRIM_BATCH or time.monotonic() >= self._trim_due):
-                    if not self._trim_consumed():
+                elif self._outcomes.trim_is_due():
+                    if not self._outcomes.trim():
                         self._drain()  # the list is not what we numbered: read it afresh
                         last_drain = time.monotonic()
                 if self._loss_suspected:
@@ -432,15 +401,11 @@ class ClientThread(threading.Thread):
         if data == b"W":
             self._deliver_attached()
             return False
-        entry = self._parse(data)
+        entry = self._outcomes.parse(data)
         if entry.kind == b"big":
             return True
-        if entry.seq > self._trimmed:
-            if not self._consumed:
-                self._trim_due = time.monotonic() + TRIM_DELAY_S
-            self._consumed[entry.seq] = entry.header
-        if entry.job_id is not None:
-            self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
+        self._outcomes.consumed(entry)
+        self._deliver_entry(entry)
         return False
 
     def _deliver_attached(self) -> None:
@@ -449,65 +414,16 @@ class ClientThread(threading.Thread):
             found = self._attached.popleft()
             self._deliver(found.job_id, found.generation, found.kind, found.body)
 
-    def _trim_consumed(self, *, drop_if_empty: bool = False) -> bool:
-        """Trim the head of our list that has been delivered: entries _trimmed+1 ... without a gap.
-
-        False if the list did not hold what we delivered there (the server
-        lost writes and reused numbers): nothing of it was removed past the
-        first mismatch, and the caller must read the list afresh.
-        """
-        headers: list[bytes] = []
-        while (header := self._consumed.pop(self._trimmed + len(headers) + 1, None)) is not None:
-            headers.append(header)
-        in_step = True
-        if headers or drop_if_empty:
-            removed = self._scripts.trim_results(self._redis, client_id=self.client_id, headers=headers,
-                                                 drop_if_empty=drop_if_empty)
-            self._trimmed += removed
-            in_step = removed == len(headers)
-        # Left with a gap (an entry not seen on pub/sub yet): look again later, not in a busy loop.
-        self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
-        return in_step
-
     def _drain(self, *, look_for_restart: bool = False) -> None:
-        """Deliver every outcome in our list and trim what was read; resynchronises the sequence count.
+        """Deliver every outcome in our list (see OutcomeList.drain); with ``look_for_restart`` (on
+        (re)subscribing and on the periodic safety poll: INFO is not free) note the server's run_id."""
+        run_id = self._outcomes.drain(self._deliver_entry, look_for_restart=look_for_restart)
+        if look_for_restart:
+            self._note_run_id(run_id)
 
-        With ``look_for_restart`` (on (re)subscribing and on the periodic safety
-        poll, not on every drain: INFO is not free) the server's ``run_id`` comes
-        in the same round trip.
-        """
-        while True:
-            pipe = self._redis.pipeline(transaction=True)  # counter, length and entries from one instant
-            pipe.get(self._seq_key)
-            pipe.llen(self._results_key)
-            pipe.lrange(self._results_key, 0, config.RESULT_BATCH - 1)
-            if look_for_restart:
-                pipe.info("server")
-            raw_seq, length, raw_entries, *server = pipe.execute()
-            if server:
-                self._note_run_id(server[0].get("run_id"))
-                look_for_restart = False
-            entries = [self._parse(raw) for raw in raw_entries]
-            for entry in entries:
-                if entry.job_id is not None:
-                    self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
-            removed = 0
-            if entries:
-                removed = self._scripts.trim_results(
-                    self._redis, client_id=self.client_id, headers=[entry.header for entry in entries],
-                    drop_if_empty=False)
-            try:
-                last_seq = int(raw_seq or 0)
-            except ValueError:
-                last_seq = 0
-            # Entries are numbered consecutively up to the counter; we trimmed the first `removed`.
-            self._trimmed = last_seq - (int(length) - removed)
-            if removed == len(entries) and len(entries) < config.RESULT_BATCH:
-                # Every number delivered before this drain is at most _trimmed now, unless the
-                # server lost writes since and numbers again from lower down: forget them all.
-                self._consumed.clear()
-                self._trim_due = 0.0
-                return
+    def _deliver_entry(self, entry: OutcomeEntry) -> None:
+        if entry.job_id is not None:
+            self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
 
     def _note_run_id(self, run_id: object) -> None:
         """A server that restarted without our noticing (a proxy in between) may have lost writes too."""
@@ -554,19 +470,9 @@ class ClientThread(threading.Thread):
         Best effort, once: what stays expires with its TTL.
         """
         try:
-            self._trim_consumed(drop_if_empty=True)
+            self._outcomes.trim(drop_if_empty=True)
         except Exception as exc:
             log.debug("client %s: could not trim its outcomes on stop: %s", self.client_id, describe(exc))
-
-    def _parse(self, raw: bytes) -> OutcomeEntry:
-        """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
-        try:
-            raw_seq, raw_id, raw_gen, kind, body = raw.split(b"\n", 4)
-            header = raw[:len(raw_seq) + len(raw_id) + len(raw_gen) + 3]
-            return OutcomeEntry(int(raw_seq), header, raw_id.decode(), int(raw_gen), kind, body)
-        except ValueError:
-            log.warning("client %s: dropping an undecodable outcome entry %r", self.client_id, raw[:80])
-            return OutcomeEntry(0, raw[:UNDECODABLE_HEADER_BYTES], None, 0, b"", b"")
 
     def _on_progress(self, data: bytes) -> None:
         try:
