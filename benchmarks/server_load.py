@@ -32,9 +32,10 @@ def _records(client_id: str, queue: str) -> dict:
                 env_blob=b"U" + os.urandom(300), blob_ttl_ms=BLOB_TTL_MS)
 
 
-def _drive(url: str, name: str, start_at: float, stop_at: float, counts: list[int], errors: list[str]) -> None:
-    """One connection's loop: each round trip completes the job claimed by the previous one, submits a job
-    and claims one -- a worker's record-and-claim pipeline and a client's one-job submit, together."""
+def _drive(url: str, name: str, batch: int, start_at: float, stop_at: float, counts: list[int],
+           errors: list[str]) -> None:
+    """One connection's loop: each round trip completes the ``batch`` jobs claimed by the previous one, submits
+    ``batch`` jobs and claims ``batch`` -- a worker's record-and-claim pipeline and a client's submit, together."""
     import redis
 
     from cwredis.keys import DEFAULT_KEYS
@@ -50,36 +51,38 @@ def _drive(url: str, name: str, start_at: float, stop_at: float, counts: list[in
             raise RuntimeError("submit.lua refused the records")
         slim = dict(records, spec_fields=None, fn_blob=None, env_blob=None)
         body = b"S" + os.urandom(40)
-        held = None
+        held: list = []
         done = 0
         while time.time() < start_at:
             time.sleep(0.01)
         while time.time() < stop_at:
             pipe = r.pipeline(transaction=False)
-            if held is not None:
-                scripts.complete(pipe, worker_id=name, outcomes=[Completion(held.id, held.token, name, "ok", body)],
+            if held:
+                scripts.complete(pipe, worker_id=name, outcomes=[Completion(c.id, c.token, name, "ok", body)
+                                                                 for c in held],
                                  done_ttl_ms=DONE_TTL_MS, result_ttl_ms=RESULT_TTL_MS)
-            scripts.submit(pipe, jobs=[(new_job_id(), b"S" + os.urandom(ARGS_BYTES - 1))], **slim)
-            scripts.claim(pipe, worker_id=name, queues=[slim["queue"]], lease_ms=30_000, max_count=1,
-                          start_count=1)
+            scripts.submit(pipe, jobs=[(new_job_id(), b"S" + os.urandom(ARGS_BYTES - 1)) for _ in range(batch)],
+                           **slim)
+            scripts.claim(pipe, worker_id=name, queues=[slim["queue"]], lease_ms=30_000, max_count=batch,
+                          start_count=batch)
             replies = scripts.execute(pipe)
-            claimed = scripts.parse_claim(replies[-1]).claimed
-            held = claimed[0] if claimed else None
+            held = scripts.parse_claim(replies[-1]).claimed
             done += 1
-            if done % DROP_OUTCOMES_EVERY == 0:
+            if done % (DROP_OUTCOMES_EVERY // batch) == 0:
                 r.delete(DEFAULT_KEYS.results(name), DEFAULT_KEYS.result_seq(name))
         counts.append(done)
     except Exception as exc:  # reported to the parent with the result
         errors.append(f"{name}: {type(exc).__name__}: {exc}")
 
 
-def role_ceiling(url, connections, start_at, stop_at, timeout, **_):
-    """``connections`` threads, each its own connection, driving the scripts from ``start_at`` to ``stop_at``
-    (wall clock, shared by every driver process, so the parent can measure the server in between)."""
+def role_ceiling(url, connections, batch, start_at, stop_at, timeout, **_):
+    """``connections`` threads, each its own connection, driving the scripts (``batch`` jobs per call) from
+    ``start_at`` to ``stop_at`` (wall clock, shared by every driver process, so the parent can measure the
+    server in between)."""
     counts: list[int] = []
     errors: list[str] = []
     tag = secrets.token_hex(3)
-    threads = [threading.Thread(target=_drive, args=(url, f"c{tag}-{i}", start_at, stop_at, counts, errors),
+    threads = [threading.Thread(target=_drive, args=(url, f"c{tag}-{i}", batch, start_at, stop_at, counts, errors),
                                 daemon=True) for i in range(connections)]
     for t in threads:
         t.start()

@@ -27,6 +27,8 @@ ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", 
 
 #: ceiling: driver processes, and connections (threads) in each.
 CEILING_DRIVERS, CEILING_CONNECTIONS_EACH = 4, 25
+#: ceiling: jobs per script call in its second half (a busy client's submits and worker's records are batched).
+CEILING_BATCH = 10
 #: How long the ceiling's drivers get to start (interpreter, imports, connections) before they all begin.
 CEILING_START_S = 8.0
 #: idle_workers: simulated idle workers, in how many processes (``idle_fleet.py``), on a queue of their own.
@@ -223,26 +225,30 @@ class Suite:
     # -- the server at scale (issue 13) ----------------------------------------------------------
 
     def ceiling(self) -> dict:
-        """Server jobs/s and server CPU per job with 100 connections driving the scripts, without and with the AOF."""
+        """Server jobs/s and server CPU per job with 100 connections driving the scripts, one job per call and
+        CEILING_BATCH per call, each without and with the AOF."""
         out: dict = {}
-        for aof in (False, True):
-            runs = []
-            for i in range(self.R):
-                res = self._ceiling_one(aof)
-                log(f"ceiling{' (aof)' if aof else ''} run {i + 1}: {fmt_run(res)}")
-                runs.append(res)
-            for k, v in summarize(runs).items():
-                out[f"{k}{'@aof' if aof else ''}"] = v
+        for batch in (1, CEILING_BATCH):
+            for aof in (False, True):
+                runs = []
+                suffix = (f"@b{batch}" if batch > 1 else "") + ("@aof" if aof else "")
+                for i in range(self.R):
+                    res = self._ceiling_one(aof, batch)
+                    log(f"ceiling{suffix} run {i + 1}: {fmt_run(res)}")
+                    runs.append(res)
+                for k, v in summarize(runs).items():
+                    out[k + suffix] = v
         out["connections"] = CEILING_DRIVERS * CEILING_CONNECTIONS_EACH
         return out
 
-    def _ceiling_one(self, aof: bool) -> dict:
+    def _ceiling_one(self, aof: bool, batch: int) -> dict:
         warm_s, measure_s = 3.0, 5.0 if self.q else 15.0
         with Stack(self.o, aof=aof, workers=None) as st:
             r = st.server.client()
             start_at = time.time() + CEILING_START_S
             stop_at = start_at + warm_s + measure_s + 2.0
-            params = {"connections": CEILING_CONNECTIONS_EACH, "start_at": start_at, "stop_at": stop_at}
+            params = {"connections": CEILING_CONNECTIONS_EACH, "batch": batch, "start_at": start_at,
+                      "stop_at": stop_at}
             replies: list[dict] = []
             failures: list[BaseException] = []
 
