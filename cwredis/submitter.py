@@ -69,8 +69,15 @@ class Attached(NamedTuple):
 
 
 def new_job_id() -> str:
-    """16 characters of [a-z2-7] (80 random bits): unique without coordination, never starting with '-'."""
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    """12 characters of [A-Za-z0-9_.] (72 random bits): unique without coordination, never starting with '-'.
+
+    Twelve, not more: the job's key (``{cw}:job:`` and the id) then fits the
+    smallest allocation the server makes for a key, and the id is also a
+    queue entry -- about 25 bytes less per queued job than 16 characters.
+    The chance that two of ten million jobs alive at once share an id is
+    about 1e-8 (n^2 / 2^73).
+    """
+    return base64.urlsafe_b64encode(secrets.token_bytes(9)).decode().replace("-", ".")
 
 
 class Submitter:
