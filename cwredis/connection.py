@@ -396,16 +396,21 @@ class Batch:
 class Subscription:
     """A connection subscribed to one channel, read directly (for the reason given at :class:`Pinned`).
 
+    A sharded channel (SSUBSCRIBE; the scripts SPUBLISH): on a Cluster it
+    lives on the shard of the namespace's slot (its name carries the hash
+    tag), on a single server it behaves as plain pub/sub.
+
     The subscription is confirmed before the constructor returns, so what is
     published from then on is seen. Any error drops the connection; make a
-    new Subscription.
+    new Subscription. So does the server ending it (a Cluster whose slot
+    moved to another shard, a failover): ``next`` raises ConnectionError.
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._conn: Any = client.connection_pool.make_connection()
         try:
-            self._conn.send_command("SUBSCRIBE", channel, check_health=False)
-            self._conn.read_response(push_request=True)  # ["subscribe", channel, 1]
+            self._conn.send_command("SSUBSCRIBE", channel, check_health=False)
+            self._conn.read_response(push_request=True)  # ["ssubscribe", channel, 1]
         except BaseException:
             self._conn.disconnect()
             raise
@@ -419,8 +424,11 @@ class Subscription:
         except BaseException:
             self._conn.disconnect()
             raise
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"smessage":
             return reply[2]  # type: ignore[no-any-return]
+        if isinstance(reply, list) and reply and reply[0] == b"sunsubscribe":
+            self._conn.disconnect()
+            raise redis.ConnectionError("the server ended the subscription (its slot moved to another shard)")
         return None
 
     def close(self) -> None:
