@@ -49,6 +49,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     redis.exceptions.ReadOnlyError,     # READONLY: a failover made our server a replica
     redis.exceptions.TryAgainError,     # TRYAGAIN: a cluster slot is being migrated
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN (a replica lost its master)
+    redis.exceptions.AskError,          # MOVED/ASK: the slot moved; the next connection follows (cwredis.cluster)
 )
 
 #: Reply error codes redis-py 8 has no class for, which also mean "for now": BUSY (a script
@@ -58,7 +59,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
 #: read was cut short because the server became a replica). redis-py raises these as a bare ResponseError
 #: whose text begins with the code -- the RESP error code, the same word redis-py itself maps
 #: to a class, never the prose after it. Any other error reply (WRONGTYPE, NOPERM, a script's
-#: own error, a MOVED/ASK redirection a plain client cannot follow) is permanent.
+#: own error, CROSSSLOT, which one namespace's keys never cause) is permanent.
 _TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "UNBLOCKED"})
 
 
@@ -68,11 +69,19 @@ def connect(url: str, role: str) -> redis.Redis:
     ``redis://`` and ``unix://`` connections are guarded (:class:`GuardedConnection`):
     they check who listens on a loopback address before sending the password
     and, for a URL from the URL file, follow that file to a new address or
-    password.
+    password. A ``redis://`` URL may name any node of a Cluster: its
+    connections then go to the primary of the namespace's slot
+    (:mod:`cwredis.cluster`).
     """
+    from .cluster import ClusterAwareConnection, ClusterRouter  # it builds on GuardedConnection, below
+
     options: dict[str, Any] = {}
-    if urlsplit(url).scheme in ("redis", "unix"):
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "unix"):
         options["connection_class"] = GuardedConnection
+        if scheme == "redis":  # any node of a Valkey/Redis Cluster, detected at the first connect
+            options["connection_class"] = ClusterAwareConnection
+            options["router"] = ClusterRouter(_host_port(url))
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
     try:
@@ -455,6 +464,14 @@ def explain(exc: BaseException, url: str) -> str:
     if isinstance(exc, redis.TimeoutError):
         return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
     return describe(exc)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        return parts.hostname or "localhost", parts.port or 6379
+    except ValueError:  # a bad port: from_url says so, naming the URL
+        return parts.hostname or "localhost", 6379
 
 
 def _address(url: str) -> str:
