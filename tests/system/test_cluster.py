@@ -1,0 +1,104 @@
+"""A Valkey Cluster as the server: any node's URL works, and a shard failover loses nothing.
+
+One loopback cluster per module (3 primaries, 3 replicas, see
+``tests/cluster_harness.py``). The namespace's keys all live in the slot of
+its hash tag; the URLs given to the roles name other nodes on purpose: a
+primary that does not serve that slot, and a replica. The failover test
+kills the slot's primary and so comes last.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import cwredis
+from cluster_harness import LoopbackCluster
+from cwredis.keys import Keys
+from harness import Procs, admin_json
+from helpers import Outcomes, boom, square, square_after, wait_for
+from sysutil import unique
+
+#: Bound on one smoke run's jobs, and on the failover test's whole map.
+JOB_TIMEOUT_S = 60
+#: Jobs of the failover test, and how long each runs.
+FAILOVER_JOBS, FAILOVER_JOB_S = 60, 0.1
+
+#: Signs of the issue's symptoms in a role's log: a redirection or slot error surfacing, a crash.
+SYMPTOMS = re.compile(r"MOVED|CROSSSLOT|Traceback|free memory")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iterator[LoopbackCluster]:
+    nodes = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def urls(cluster: LoopbackCluster) -> dict[str, str]:
+    """URLs of nodes that do not serve the namespace's slot: a primary (without and with /0) and a replica."""
+    owner = cluster.owner_of(Keys().hash_tag)
+    other = next(node for node in cluster.primaries if node is not owner)
+    replica = cluster.replica_of(other)
+    return {"other-primary": other.url, "other-primary/0": other.url + "/0", "replica/0": replica.url + "/0"}
+
+
+@pytest.mark.parametrize("form", ["other-primary", "other-primary/0", "replica/0"])
+def test_every_role_works_through_any_node(cluster, form, tmp_path):
+    """Coordinator, worker, Executor.map, ClientThread callbacks (a failing job among them) and
+    cw-admin status, all given the URL of a node that does not serve the slot: every result
+    arrives once, the failure as an error, status counts both, and no role logs a redirection."""
+    url = urls(cluster)[form]
+    queue = unique("cluster")
+    failed_before = admin_json(url, "status")["failed"]
+    with Procs(tmp_path / "logs") as procs:
+        coordinator = procs.coordinator(url, "--lease-timeout", "2")
+        worker = procs.worker(url, "--queue", queue, "--concurrency", "2")
+        with cwredis.Executor(url=url, queue=queue) as executor:
+            assert list(executor.map(square, range(20), timeout=JOB_TIMEOUT_S)) == [x * x for x in range(20)]
+        seen = Outcomes()
+        with cwredis.ClientThread(seen.on_result, url=url, error_callback=seen.on_error, queue=queue,
+                                  max_attempts=1) as client:
+            ok = {client.submit(square, x): x * x for x in range(5)}
+            bad = client.submit(boom, "on purpose")
+            client.wait(timeout=JOB_TIMEOUT_S)
+        status = admin_json(url, "status")
+        logs = coordinator.log() + worker.log()
+    assert {job: values for job, values in seen.results.items()} == {job: [v] for job, v in ok.items()}
+    assert list(seen.errors) == [bad] and len(seen.errors[bad]) == 1
+    assert "on purpose" in str(seen.errors[bad][0])
+    assert status["failed"] == failed_before + 1, status
+    assert status["queues"][queue]["pending"] == 0, status
+    assert not SYMPTOMS.search(logs), logs
+
+
+def test_a_shard_failover_mid_map_loses_nothing(cluster, tmp_path):
+    """SIGKILL the primary serving the namespace while workers run a map: its replica takes over,
+    every role follows it, and every job's result arrives exactly once with the right value."""
+    url = urls(cluster)["other-primary"]
+    owner = cluster.owner_of(Keys().hash_tag)
+    queue = unique("failover")
+    seen = Outcomes()
+    with Procs(tmp_path / "logs") as procs:
+        procs.coordinator(url, "--lease-timeout", "2")
+        for _ in range(2):
+            procs.worker(url, "--queue", queue, "--concurrency", "2")
+        with cwredis.ClientThread(seen.on_result, url=url, error_callback=seen.on_error, queue=queue) as client:
+            expected = {client.submit(square_after, x, FAILOVER_JOB_S): x * x for x in range(FAILOVER_JOBS)}
+            wait_for(lambda: seen.count() >= FAILOVER_JOBS // 4, timeout=JOB_TIMEOUT_S,
+                     message=f"a quarter of the results before the failover:\n{procs.dump_logs()}")
+            owner.kill()
+            killed_at = time.monotonic()
+            client.wait(timeout=JOB_TIMEOUT_S)
+            recovered_s = time.monotonic() - killed_at
+        new_owner = cluster.owner_of(Keys().hash_tag)
+    assert new_owner is cluster.replica_of(owner), "the replica did not take the slot over"
+    assert seen.count() > 0 and recovered_s < JOB_TIMEOUT_S
+    seen.assert_exactly_once(expected)
