@@ -463,6 +463,9 @@ def explain(exc: BaseException, url: str) -> str:
         return f"nothing listening on {where}: is cw-coordinator running?"
     if isinstance(exc, redis.TimeoutError):
         return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
+    if isinstance(exc, redis.exceptions.AskError):  # MOVED/ASK: cwredis.cluster's connections follow it
+        return (f"the Valkey/Redis Cluster moved slot {exc.slot_id} to {exc.host}:{exc.port} (a failover or "
+                "resharding); following it")
     return describe(exc)
 
 

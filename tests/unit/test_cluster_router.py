@@ -7,6 +7,7 @@ cluster itself is exercised in ``tests/system/test_cluster.py``.
 from __future__ import annotations
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from cwredis import cluster
@@ -93,3 +94,28 @@ def test_a_cluster_node_that_does_not_answer_is_named_with_a_cluster_hint(server
         client.ping()
     assert router.primary is None  # the next connect looks the primary up again
     client.close()
+
+
+def test_a_moved_reply_is_explained_as_the_cluster_moving_the_slot():
+    from cwredis.connection import explain
+
+    exc = redis.exceptions.MovedError("4105 127.0.0.1:7002")
+    assert explain(exc, "redis://127.0.0.1:7000") == ("the Valkey/Redis Cluster moved slot 4105 to 127.0.0.1:7002 "
+                                                      "(a failover or resharding); following it")
+
+
+def test_sharded_pub_sub_is_plain_pub_sub_on_a_single_server(server):
+    """One code path: a Subscription (SSUBSCRIBE) gets what SPUBLISH sends, from a client or a script."""
+    from cwredis.connection import Subscription
+
+    client = connect(server.url, "test")
+    channel = Keys().channel("c1")
+    subscription = Subscription(client, channel)
+    try:
+        client.spublish(channel, b"from a client")
+        client.eval("redis.call('SPUBLISH', KEYS[1], ARGV[1])", 1, channel, b"from a script")
+        assert [subscription.next(5.0), subscription.next(5.0), subscription.next(0.1)] == [
+            b"from a client", b"from a script", None]
+    finally:
+        subscription.close()
+        client.close()
