@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from harness import Server, free_port
 
@@ -28,16 +29,19 @@ NODE_TIMEOUT_MS = 1000
 #: How long the cluster may take to agree on its shape and slots.
 FORM_TIMEOUT_S = 30.0
 SLOTS = 16384
+#: The default namespace's hash tag (``cwredis.keys.Keys().hash_tag``; not imported, see harness.py).
+DEFAULT_HASH_TAG = "{cw}"
 
 
 class ClusterNode(Server):
-    """A cluster-mode node; restarts keep port, password, data dir and node id."""
+    """A cluster-mode node (its node id and view of the cluster in ``nodes.conf`` in its data dir)."""
 
-    def __init__(self, base_dir: Path, password: str) -> None:
-        super().__init__(base_dir, aof=True)
+    def __init__(self, base_dir: Path, password: str, *, aof: bool = True) -> None:
+        super().__init__(base_dir, aof=aof)
         self.password = password
         self.url = f"redis://:{password}@127.0.0.1:{self.port}"
         self.bus_port = free_port()  # set, not the default port + 10000 (which may not exist)
+        self._own: redis.Redis | None = None
 
     def config(self) -> str:
         return super().config() + "\n".join([
@@ -50,17 +54,31 @@ class ClusterNode(Server):
             "",
         ])
 
+    def client(self, **kwargs) -> redis.Redis:
+        """Without arguments, the one client the harness asks this node through (made once)."""
+        if kwargs:
+            return super().client(**kwargs)
+        if self._own is None:
+            self._own = super().client()
+        return self._own
+
     def node_id(self) -> str:
         return self.client().execute_command("CLUSTER", "MYID").decode()
 
 
 class LoopbackCluster:
-    """``primaries`` primaries, each with one replica; ``start()`` forms the cluster, ``close()`` kills all."""
+    """``primaries`` primaries, each with one replica; ``start()`` forms the cluster, ``close()`` kills all.
 
-    def __init__(self, base_dir: Path, primaries: int = 3) -> None:
+    Also what the benchmark stack takes for its one server (``url``, ``pid``,
+    ``alive``, ``log_tail``, ``close``): ``url`` names a primary that does
+    not serve the default namespace's slot, so every role must find it.
+    """
+
+    def __init__(self, base_dir: Path, primaries: int = 3, *, aof: bool = True) -> None:
         self.password = secrets.token_hex(16)
-        self.primaries = [ClusterNode(base_dir / f"node-{i}", self.password) for i in range(primaries)]
-        self.replicas = [ClusterNode(base_dir / f"node-{primaries + i}", self.password) for i in range(primaries)]
+        self.primaries = [ClusterNode(base_dir / f"node-{i}", self.password, aof=aof) for i in range(primaries)]
+        self.replicas = [ClusterNode(base_dir / f"node-{primaries + i}", self.password, aof=aof)
+                         for i in range(primaries)]
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -76,10 +94,8 @@ class LoopbackCluster:
             raise
 
     def _form(self) -> None:
-        per = SLOTS // len(self.primaries)
-        for i, node in enumerate(self.primaries):
-            last = SLOTS - 1 if i == len(self.primaries) - 1 else (i + 1) * per - 1
-            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+        for node, (first_slot, last_slot) in zip(self.primaries, self._ranges()):
+            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first_slot, last_slot)
         first = self.primaries[0].client()
         for node in self.nodes[1:]:
             first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
@@ -134,12 +150,35 @@ class LoopbackCluster:
             slot = client.execute_command("CLUSTER", "KEYSLOT", key)
             for shard in client.execute_command("CLUSTER", "SLOTS"):
                 if shard[0] <= slot <= shard[1]:
-                    host, port = shard[2][0], shard[2][1]
-                    return next(n for n in self.nodes if n.port == int(port) and host)
+                    return next(n for n in self.nodes if n.port == int(shard[2][1]))
         raise RuntimeError("no live node")
 
     def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        """The node started as ``primary``'s replica (before any failover)."""
         return self.replicas[self.primaries.index(primary)]
+
+    def _ranges(self) -> list[tuple[int, int]]:
+        """The slots each primary is given: an equal share, the last one taking the rest."""
+        per = SLOTS // len(self.primaries)
+        return [(i * per, SLOTS - 1 if i == len(self.primaries) - 1 else (i + 1) * per - 1)
+                for i in range(len(self.primaries))]
+
+    @property
+    def url(self) -> str:
+        """A primary's URL, one not given the default namespace's slot (known before the cluster starts)."""
+        slot = key_slot(DEFAULT_HASH_TAG.encode())
+        return next(node for node, (first, last) in zip(self.primaries, self._ranges())
+                    if not first <= slot <= last).url
+
+    @property
+    def pid(self) -> int | None:
+        return self.owner_of(DEFAULT_HASH_TAG).pid
+
+    def alive(self) -> bool:
+        return all(node.alive() for node in self.nodes)
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {node.port}\n{node.log_tail()}" for node in self.nodes if not node.alive())
 
     def close(self) -> None:
         for node in self.nodes:
