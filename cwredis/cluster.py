@@ -99,10 +99,11 @@ class ClusterRouter:
     def moved(self, slot: int, primary: Address) -> None:
         """A MOVED reply: ``slot`` is ours (a client's namespace has one), served by ``primary``."""
         with self._lock:
+            if (slot, primary) != (self.slot, self.primary):  # not news another connection brought already
+                self.epoch += 1
             self.is_cluster, self.slot, self.primary = True, slot, primary
             if primary not in self.nodes:
                 self.nodes.append(primary)
-            self.epoch += 1
             changed, self._logged = primary != self._logged, primary
         if changed:
             log.info("Valkey/Redis Cluster: slot %d moved to %s:%d", slot, *primary)
@@ -236,18 +237,29 @@ class ClusterAwareConnection(GuardedConnection):
         try:
             reply = super().read_response(*args, **kwargs)
         except redis.exceptions.MovedError as exc:
+            self._reconnect_later()
             self.router.moved(exc.slot_id, (exc.host, int(exc.port)))
             raise
         except _RELOOKUP_ERRORS:
-            self.router.forget()
+            self._forget_primary()
             raise
         except redis.ResponseError as exc:
             if str(exc).split(" ", 1)[0] in _RELOOKUP_CODES:
-                self.router.forget()
+                self._forget_primary()
             raise
         except (redis.ConnectionError, redis.TimeoutError):
             self.router.forget()
             raise
         if isinstance(reply, list) and reply and reply[0] == b"sunsubscribe":
-            self.router.forget()  # the server dropped a sharded subscription: its slot moved
+            self._forget_primary()  # the server dropped a sharded subscription: its slot moved
         return reply
+
+    def _reconnect_later(self) -> None:
+        """This connection's server is the wrong one: reconnect before the next command (not now, in the
+        middle of a pipeline's replies)."""
+        if self.router.is_cluster is not False:
+            self._epoch = -1
+
+    def _forget_primary(self) -> None:
+        self._reconnect_later()
+        self.router.forget()

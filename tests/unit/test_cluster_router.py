@@ -29,6 +29,8 @@ def test_moved_adopts_the_slot_and_primary_it_names_and_ages_every_connection():
     router.moved(1234, ("127.0.0.1", 7002))
     assert (router.is_cluster, router.slot, router.primary, router.epoch) == (True, 1234, ("127.0.0.1", 7002), 1)
     assert router.candidates() == [SEED, ("127.0.0.1", 7002)]
+    router.moved(1234, ("127.0.0.1", 7002))  # the same news from another connection: no second reconnect round
+    assert router.epoch == 1
 
 
 def test_forget_clears_a_clusters_primary_and_never_touches_a_single_server():
