@@ -32,7 +32,7 @@ SYMPTOMS = re.compile(r"MOVED|CROSSSLOT|Traceback|free memory")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iterator[LoopbackCluster]:
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iterator[LoopbackCluster]:
     nodes = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
     nodes.start()
     try:
@@ -41,20 +41,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, module_home: Path) -> Iter
         nodes.close()
 
 
-def urls(cluster: LoopbackCluster) -> dict[str, str]:
+def urls(valkey_cluster: LoopbackCluster) -> dict[str, str]:
     """URLs of nodes that do not serve the namespace's slot: a primary (without and with /0) and a replica."""
-    owner = cluster.owner_of(Keys().hash_tag)
-    other = next(node for node in cluster.primaries if node is not owner)
-    replica = cluster.replica_of(other)
+    owner = valkey_cluster.owner_of(Keys().hash_tag)
+    other = next(node for node in valkey_cluster.primaries if node is not owner)
+    replica = valkey_cluster.replica_of(other)
     return {"other-primary": other.url, "other-primary/0": other.url + "/0", "replica/0": replica.url + "/0"}
 
 
 @pytest.mark.parametrize("form", ["other-primary", "other-primary/0", "replica/0"])
-def test_every_role_works_through_any_node(cluster, form, tmp_path):
+def test_every_role_works_through_any_node(valkey_cluster, form, tmp_path):
     """Coordinator, worker, Executor.map, ClientThread callbacks (a failing job among them) and
     cw-admin status, all given the URL of a node that does not serve the slot: every result
     arrives once, the failure as an error, status counts both, and no role logs a redirection."""
-    url = urls(cluster)[form]
+    url = urls(valkey_cluster)[form]
     queue = unique("cluster")
     failed_before = admin_json(url, "status")["failed"]
     with Procs(tmp_path / "logs") as procs:
@@ -79,15 +79,15 @@ def test_every_role_works_through_any_node(cluster, form, tmp_path):
 
 
 @pytest.mark.parametrize("failover", ["manual", "kill"])
-def test_a_shard_failover_mid_map_loses_nothing(cluster, failover, tmp_path):
+def test_a_shard_failover_mid_map_loses_nothing(valkey_cluster, failover, tmp_path):
     """The primary serving the namespace hands over to its replica during a map with real workers
     and coordinator -- ``manual``: CLUSTER FAILOVER (the old primary turns replica: READONLY,
     MOVED, ended subscriptions); ``kill``: SIGKILL (lost connections, then the replica's
     election) -- and every job's result arrives exactly once with the right value."""
-    url = urls(cluster)["other-primary"]
-    owner = cluster.owner_of(Keys().hash_tag)
-    successor = next(node for node in cluster.nodes if node.alive() and node is not owner
-                     and cluster.role(node) == "slave" and owner.port in _primary_port(node))
+    url = urls(valkey_cluster)["other-primary"]
+    owner = valkey_cluster.owner_of(Keys().hash_tag)
+    successor = next(node for node in valkey_cluster.nodes if node.alive() and node is not owner
+                     and valkey_cluster.role(node) == "slave" and owner.port in _primary_port(node))
     queue = unique("failover")
     seen = Outcomes()
     with Procs(tmp_path / "logs") as procs:
@@ -104,7 +104,7 @@ def test_a_shard_failover_mid_map_loses_nothing(cluster, failover, tmp_path):
                 successor.client().execute_command("CLUSTER", "FAILOVER")
             assert seen.count() < FAILOVER_JOBS, "the map ended before the failover"
             client.wait(timeout=JOB_TIMEOUT_S)
-    wait_for(lambda: cluster.owner_of(Keys().hash_tag) is successor, timeout=10,
+    wait_for(lambda: valkey_cluster.owner_of(Keys().hash_tag) is successor, timeout=10,
              message="every live node names the replica as the slot's primary")
     seen.assert_exactly_once(expected)
 
