@@ -28,7 +28,7 @@ JOB_TIMEOUT_S = 60
 FAILOVER_JOBS, FAILOVER_JOB_S = 60, 0.1
 
 #: Signs of the issue's symptoms in a role's log: a redirection or slot error surfacing, a crash.
-SYMPTOMS = re.compile(r"MOVED|CROSSSLOT|Traceback|free memory")
+SYMPTOMS = re.compile(r"MOVED|CROSSSLOT|Traceback")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def urls(valkey_cluster: LoopbackCluster) -> dict[str, str]:
 def test_every_role_works_through_any_node(valkey_cluster, form, tmp_path):
     """Coordinator, worker, Executor.map, ClientThread callbacks (a failing job among them) and
     cw-admin status, all given the URL of a node that does not serve the slot: every result
-    arrives once, the failure as an error, status counts both, and no role logs a redirection."""
+    arrives once, the failure as an error, status counts it, and no role logs a redirection or a crash."""
     url = urls(valkey_cluster)[form]
     queue = unique("cluster")
     failed_before = admin_json(url, "status")["failed"]
@@ -70,7 +70,7 @@ def test_every_role_works_through_any_node(valkey_cluster, form, tmp_path):
             client.wait(timeout=JOB_TIMEOUT_S)
         status = admin_json(url, "status")
         logs = coordinator.log() + worker.log()
-    assert {job: values for job, values in seen.results.items()} == {job: [v] for job, v in ok.items()}
+    assert seen.results == {job: [value] for job, value in ok.items()}
     assert list(seen.errors) == [bad] and len(seen.errors[bad]) == 1
     assert "on purpose" in str(seen.errors[bad][0])
     assert status["failed"] == failed_before + 1, status
