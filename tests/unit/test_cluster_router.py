@@ -121,3 +121,22 @@ def test_sharded_pub_sub_is_plain_pub_sub_on_a_single_server(server):
     finally:
         subscription.close()
         client.close()
+
+
+def test_cluster_slots_names_the_primary_of_our_slot_and_every_node(monkeypatch):
+    """CLUSTER SLOTS as the server sends it: [start, end, [host, port, id], replicas...]; an empty
+    or "?" host is the address this connection reached."""
+    reply = [
+        [0, 5460, [b"10.0.0.1", 7000, b"id0"], [b"10.0.0.4", 7003, b"id3"]],
+        [5461, 16383, [b"", 7001, b"id1"], [b"?", 7004, b"id4"]],
+    ]
+    connection = ClusterAwareConnection(router=ClusterRouter(SEED), host="10.0.0.9", port=7009)
+    monkeypatch.setattr(connection, "_ask", lambda *args: reply)
+    primary, nodes = connection._slot_owner()
+    assert connection.router.slot == 4105 and primary == ("10.0.0.1", 7000)
+    assert nodes == [("10.0.0.1", 7000), ("10.0.0.4", 7003), ("10.0.0.9", 7001), ("10.0.0.9", 7004)]
+    connection.router.slot = 9000
+    assert connection._slot_owner()[0] == ("10.0.0.9", 7001)
+    monkeypatch.setattr(connection, "_ask", lambda *args: reply[:1])
+    with pytest.raises(redis.exceptions.ClusterDownError, match="no node serves slot 9000"):
+        connection._slot_owner()
