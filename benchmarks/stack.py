@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import protocol
+from cluster_harness import LoopbackCluster
 from harness import Proc, Procs, Server, admin_json, log_tail
 
 #: The client program every measurement runs in.
@@ -55,7 +56,9 @@ class Stack:
             self.env["CWREDIS_INSECURE"] = "1"
         else:
             self.env["CWREDIS_SECRET"] = secrets.token_urlsafe(32)
-        self.server = Server(self.dir, aof=aof)
+        # --cluster: a loopback 3-primary Valkey Cluster; the URL names a primary not serving the slot.
+        self.server: Server | LoopbackCluster = (LoopbackCluster(self.dir, aof=aof) if getattr(opts, "cluster", False)
+                                                 else Server(self.dir, aof=aof))
         self.url = self.server.url
         # cwd: the temp dir, so no checkout's cwredis/ shadows the one PYTHONPATH names.
         self.procs = Procs(self.dir / "logs", env=dict(self.env, CWREDIS_URL=self.url), cwd=self.dir)

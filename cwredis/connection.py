@@ -49,6 +49,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     redis.exceptions.ReadOnlyError,     # READONLY: a failover made our server a replica
     redis.exceptions.TryAgainError,     # TRYAGAIN: a cluster slot is being migrated
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN (a replica lost its master)
+    redis.exceptions.AskError,          # MOVED/ASK: the slot moved; the next connection follows (cwredis.cluster)
 )
 
 #: Reply error codes redis-py 8 has no class for, which also mean "for now": BUSY (a script
@@ -58,7 +59,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
 #: read was cut short because the server became a replica). redis-py raises these as a bare ResponseError
 #: whose text begins with the code -- the RESP error code, the same word redis-py itself maps
 #: to a class, never the prose after it. Any other error reply (WRONGTYPE, NOPERM, a script's
-#: own error, a MOVED/ASK redirection a plain client cannot follow) is permanent.
+#: own error, CROSSSLOT, which one namespace's keys never cause) is permanent.
 _TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "UNBLOCKED"})
 
 
@@ -68,11 +69,19 @@ def connect(url: str, role: str) -> redis.Redis:
     ``redis://`` and ``unix://`` connections are guarded (:class:`GuardedConnection`):
     they check who listens on a loopback address before sending the password
     and, for a URL from the URL file, follow that file to a new address or
-    password.
+    password. A ``redis://`` URL may name any node of a Cluster: its
+    connections then go to the primary of the namespace's slot
+    (:mod:`cwredis.cluster`).
     """
+    from .cluster import ClusterAwareConnection, ClusterRouter  # it builds on GuardedConnection, below
+
     options: dict[str, Any] = {}
-    if urlsplit(url).scheme in ("redis", "unix"):
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "unix"):
         options["connection_class"] = GuardedConnection
+        if scheme == "redis":  # any node of a Valkey/Redis Cluster, detected at the first connect
+            options["connection_class"] = ClusterAwareConnection
+            options["router"] = ClusterRouter(_host_port(url))
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
     try:
@@ -396,16 +405,21 @@ class Batch:
 class Subscription:
     """A connection subscribed to one channel, read directly (for the reason given at :class:`Pinned`).
 
+    A sharded channel (SSUBSCRIBE; the scripts SPUBLISH): on a Cluster it
+    lives on the shard of the namespace's slot (its name carries the hash
+    tag), on a single server it behaves as plain pub/sub.
+
     The subscription is confirmed before the constructor returns, so what is
     published from then on is seen. Any error drops the connection; make a
-    new Subscription.
+    new Subscription. So does the server ending it (a Cluster whose slot
+    moved to another shard, a failover): ``next`` raises ConnectionError.
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._conn: Any = client.connection_pool.make_connection()
         try:
-            self._conn.send_command("SUBSCRIBE", channel, check_health=False)
-            self._conn.read_response(push_request=True)  # ["subscribe", channel, 1]
+            self._conn.send_command("SSUBSCRIBE", channel, check_health=False)
+            self._conn.read_response(push_request=True)  # ["ssubscribe", channel, 1]
         except BaseException:
             self._conn.disconnect()
             raise
@@ -419,8 +433,11 @@ class Subscription:
         except BaseException:
             self._conn.disconnect()
             raise
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"smessage":
             return reply[2]  # type: ignore[no-any-return]
+        if isinstance(reply, list) and reply and reply[0] == b"sunsubscribe":
+            self._conn.disconnect()
+            raise redis.ConnectionError("the server ended the subscription (its slot moved to another shard)")
         return None
 
     def close(self) -> None:
@@ -446,7 +463,18 @@ def explain(exc: BaseException, url: str) -> str:
         return f"nothing listening on {where}: is cw-coordinator running?"
     if isinstance(exc, redis.TimeoutError):
         return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
+    if isinstance(exc, redis.exceptions.AskError):  # MOVED/ASK: cwredis.cluster's connections follow it
+        return (f"the Valkey/Redis Cluster moved slot {exc.slot_id} to {exc.host}:{exc.port} (a failover or "
+                "resharding); following it")
     return describe(exc)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        return parts.hostname or "localhost", parts.port or 6379
+    except ValueError:  # a bad port: from_url says so, naming the URL
+        return parts.hostname or "localhost", 6379
 
 
 def _address(url: str) -> str:

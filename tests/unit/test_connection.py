@@ -30,6 +30,8 @@ TRANSIENT = [
     "NOREPLICAS Not enough good replicas to write.",
     "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
     "WRONGPASS invalid username-password pair or user is disabled.",
+    "MOVED 3999 127.0.0.1:6381",  # a cluster slot moved: the next connection follows (cwredis.cluster)
+    "ASK 3999 127.0.0.1:6381",
 ]
 
 PERMANENT = [
@@ -38,7 +40,7 @@ PERMANENT = [
     "ERR unknown command 'FOO', with args beginning with: ",
     "user_script:3: x script: ca5e1e31, on @user_script:3.",
     "ERR Error compiling script (new function): user_script:1: unexpected symbol near '#'",
-    "MOVED 3999 127.0.0.1:6381",
+    "CROSSSLOT Keys in request don't hash to the same slot",  # a namespace's keys share a hash tag
     "EXECABORT Transaction discarded because of previous errors.",
     "BUSYKEY Target key name already exists.",
 ]
