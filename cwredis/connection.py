@@ -70,23 +70,18 @@ def connect(url: str, role: str) -> redis.Redis:
     and, for a URL from the URL file, follow that file to a new address or
     password.
     """
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S, "socket_keepalive": True, "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+    if sentinel.is_sentinel_url(url):
+        return sentinel.connect(url, role, options)
     if urlsplit(url).scheme in ("redis", "unix"):
         options["connection_class"] = GuardedConnection
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
     try:
-        return redis.Redis.from_url(
-            url,
-            client_name=f"cwredis-{role}",
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_keepalive=True,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-            **options,
-        )
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
 
@@ -435,6 +430,8 @@ def explain(exc: BaseException, url: str) -> str:
     differently.
     """
     where = _address(url)
+    if sentinel.is_sentinel_url(url) and (said := sentinel.explain(exc, url)) is not None:
+        return said
     if isinstance(exc, redis.AuthenticationError):
         if _has_password(url):
             return "wrong password (check the password in the URL, $CWREDIS_URL or $CWREDIS_HOME/url)"
@@ -454,6 +451,8 @@ def _address(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
+    if sentinel.is_sentinel_url(url):
+        return sentinel.describe_set(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
@@ -542,3 +541,7 @@ def setup_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("CWREDIS_LOG_LEVEL") or "INFO").upper(),
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
     )
+
+
+# Last: cwredis.sentinel builds on GuardedConnection above; connect() and the messages dispatch to it.
+from . import sentinel  # noqa: E402

@@ -1,0 +1,86 @@
+"""High availability through Sentinel, on real processes: a primary, two replicas, three sentinels.
+
+1. The primary is killed (SIGKILL) in the middle of a 20,000-job map with
+   real workers and a coordinator, all connected by a ``redis+sentinel://``
+   URL: a replica is promoted, clients, workers and the coordinator follow
+   it, every result arrives exactly once and in order, and no role exits.
+2. ``cw-admin`` works through the same URL and, like every role, names the
+   Sentinel set -- never the password -- when none of the sentinels answers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import cwredis
+import helpers
+from harness import cw_admin, free_port
+from sentinel_set import SentinelSet
+
+pytestmark = pytest.mark.system
+
+JOBS = 20_000
+#: Results the map yields before the primary is killed: it dies with most of the map still to run.
+KILL_AFTER = 4_000
+#: Bound on the whole map, failover included (it normally takes a few seconds of it).
+MAP_TIMEOUT_S = 120
+#: Lease timeout of the test's coordinator and workers.
+LEASE_S = 5
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    deployment = SentinelSet(tmp_path / "sentinel-set")
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        if helpers.has_failed(request.node):
+            print(deployment.logs())
+        deployment.close()
+
+
+def test_killing_the_primary_mid_map_loses_and_repeats_no_result(sentinel_set, home, procs):
+    url = sentinel_set.url
+    old_primary = sentinel_set.primary
+    coordinator = procs.coordinator(url, "--lease-timeout", str(LEASE_S))
+    workers = [procs.worker(url, "--concurrency", "2") for _ in range(2)]
+    with cwredis.Executor(url=url) as ex:
+        results = []
+        killed_at = 0.0
+        for value in ex.map(helpers.identity, range(JOBS), timeout=MAP_TIMEOUT_S):
+            results.append(value)
+            if len(results) == KILL_AFTER:
+                old_primary.kill()
+                killed_at = time.monotonic()
+        done, failed = ex.client.done_count, ex.client.failed_count
+    assert killed_at, "the map ended before the primary was killed"
+    assert results == list(range(JOBS))  # every result, once, in order
+    assert (done, failed) == (JOBS, 0), f"{done} results and {failed} errors delivered for {JOBS} jobs"
+    new_port = sentinel_set.primary_port()
+    assert new_port is not None and new_port != old_primary.port, "no replica was promoted"
+    for proc in (coordinator, *workers):
+        assert proc.alive(), f"{proc.name} exited {proc.returncode}:\n{proc.log()[-3000:]}"
+    # The workers really wrote to the promoted replica (their outcomes: the map could not finish
+    # otherwise), and logged riding out the outage rather than failing.
+    assert any("reconnected" in w.log() for w in workers), workers[0].log()[-3000:]
+    # The coordinator saw the primary move and gave the workers a lease to renew there: none declared dead.
+    assert f"to 127.0.0.1:{new_port} (a failover)" in coordinator.log(), coordinator.log()[-3000:]
+    assert "stopped renewing its lease" not in coordinator.log(), coordinator.log()[-3000:]
+    assert sentinel_set.password not in "".join(p.log() for p in procs.started)
+
+
+def test_admin_works_through_the_sentinels_and_masks_the_password(sentinel_set, home):
+    done = cw_admin("status", "--json", env={"CWREDIS_URL": sentinel_set.url})
+    assert done.returncode == 0, done.stderr
+    hosts = ",".join(f"127.0.0.1:{free_port()}" for _ in range(2))  # nothing listens there
+    password = sentinel_set.password
+    dead = f"redis+sentinel://:{password}@{hosts}/cw/0"
+    failed = cw_admin("status", env={"CWREDIS_URL": dead})
+    assert failed.returncode != 0
+    assert password not in failed.stderr + failed.stdout
+    assert f"the Sentinel set {hosts} (service cw)" in failed.stderr, failed.stderr
