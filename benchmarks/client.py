@@ -23,7 +23,7 @@ from latency import role_bare_latency, role_latency
 from measuring import Counter
 from memory import role_bounded, role_memory
 from sessions import role_resume, role_session_fill
-from throughput import role_client_submit, role_executor_map, role_fanout, role_scale
+from throughput import role_client_submit, role_executor_map, role_fanout, role_scale, role_wait_cost
 
 
 def role_smoke(url, timeout, **_):
@@ -50,7 +50,7 @@ ROLES: dict[str, Callable[..., dict[str, Any]]] = {
     "smoke": role_smoke, "executor_map": role_executor_map, "client_submit": role_client_submit,
     "latency": role_latency, "bare_latency": role_bare_latency, "fanout": role_fanout,
     "memory": role_memory, "scale": role_scale, "bounded": role_bounded,
-    "session_fill": role_session_fill, "resume": role_resume}
+    "session_fill": role_session_fill, "resume": role_resume, "wait_cost": role_wait_cost}
 
 
 def main(role: str, params: dict) -> None:

@@ -217,9 +217,17 @@ def is_server_full(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.OutOfMemoryError)
 
 
+#: What redis-py puts before an error reply raised from a pipeline (``Pipeline.annotate_exception``:
+#: ``Command # N (COMMAND ARGS...) of pipeline caused error: REPLY``); the reply's code follows it.
+_PIPELINE_PREFIX, _PIPELINE_ANNOTATION = "Command # ", " of pipeline caused error: "
+
+
 def _error_code(exc: redis.exceptions.ResponseError) -> str:
-    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word)."""
+    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word,
+    after redis-py's annotation if it came from a pipeline: a NOREPLICAS during a failover often does)."""
     text = str(exc.args[0]) if exc.args else ""
+    if text.startswith(_PIPELINE_PREFIX):
+        text = text.partition(_PIPELINE_ANNOTATION)[2]
     return text.split(" ", 1)[0]
 
 

@@ -163,6 +163,7 @@ class Coordinator:
                     stop.wait(1.0)
                     continue
                 published = False
+                self._primary.failed()
                 reconnector.failed(exc)
                 continue
             stop.wait(self.sweep_interval_s)

@@ -146,6 +146,8 @@ def explain(exc: BaseException, url: str) -> str | None:
     if isinstance(exc, MasterNotFoundError):
         return (f"no sentinel of {describe_set(url)} named a primary that is up: the sentinels are down or "
                 "unreachable, the service name is wrong, they refuse the password, or a failover is under way")
+    if isinstance(exc, NotReplicatedError):
+        return f"{describe(exc)} (are the replicas of {describe_set(url)} up and in sync?)"
     if isinstance(exc, redis.ConnectionError) and not isinstance(exc, redis.AuthenticationError):
         return f"{describe(exc)} (at the primary that {describe_set(url)} named; a failover may be under way)"
     return None
@@ -213,8 +215,11 @@ def check_acknowledged(replicas: Any, what: str) -> None:
 class PrimaryWatch:
     """Notices that a client's primary changed (a failover) and says for how long to hold off.
 
-    Reads the address redis-py's Sentinel pool last resolved (no round trip);
-    for any other client it never reports a change.
+    The hold lasts ``hold_s`` from the change, and from the end of any
+    outage during it: a promoted replica refuses writes (NOREPLICAS) until a
+    replica of its own is in sync, and workers cannot renew their leases
+    before then either. Reads the address redis-py's Sentinel pool last
+    resolved (no round trip); for any other client it never holds.
     """
 
     def __init__(self, client: redis.Redis, hold_s: float) -> None:
@@ -225,13 +230,25 @@ class PrimaryWatch:
         self._hold_until = 0.0
 
     def holding(self) -> bool:
-        """True while less than ``hold_s`` has passed since the primary was seen to change."""
-        if self._pool is not None:
-            current = self._pool.master_address
-            if current is not None and current != self._known:
-                if self._known is not None:
-                    self._hold_until = time.monotonic() + self._hold_s
-                    log.warning("the primary moved from %s:%s to %s:%s (a failover): not declaring workers "
-                                "dead for %.1fs, one lease", *self._known, *current, self._hold_s)
-                self._known = current
-        return time.monotonic() < self._hold_until
+        """True while less than ``hold_s`` has passed since the primary was seen to change (or an outage
+        during the hold ended)."""
+        now = time.monotonic()
+        self._notice_change(now)
+        return now < self._hold_until
+
+    def failed(self) -> None:
+        """A call failed: a hold under way (or starting now) lasts ``hold_s`` past this moment."""
+        now = time.monotonic()
+        self._notice_change(now)
+        if now < self._hold_until:
+            self._hold_until = now + self._hold_s
+
+    def _notice_change(self, now: float) -> None:
+        current = self._pool.master_address if self._pool is not None else None
+        if current is None or current == self._known:
+            return
+        if self._known is not None:
+            self._hold_until = now + self._hold_s
+            log.warning("the primary moved from %s:%s to %s:%s (a failover): not declaring workers dead until "
+                        "%.1fs after it takes writes (one lease)", *self._known, *current, self._hold_s)
+        self._known = current

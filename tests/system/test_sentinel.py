@@ -4,12 +4,19 @@
    real workers and a coordinator, all connected by a ``redis+sentinel://``
    URL: a replica is promoted, clients, workers and the coordinator follow
    it, every result arrives exactly once and in order, and no role exits.
-2. ``cw-admin`` works through the same URL and, like every role, names the
+2. With both replicas frozen (SIGSTOP) no replica can confirm a submit: it
+   does not return (it is not durable yet) until one can, and the job then
+   runs and is delivered exactly once.
+3. ``cw-admin`` works through the same URL and, like every role, names the
    Sentinel set -- never the password -- when none of the sentinels answers.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +26,7 @@ import pytest
 import cwredis
 import helpers
 from harness import cw_admin, free_port
+from helpers import Outcomes
 from sentinel_set import SentinelSet
 
 pytestmark = pytest.mark.system
@@ -30,6 +38,8 @@ KILL_AFTER = 4_000
 MAP_TIMEOUT_S = 120
 #: Lease timeout of the test's coordinator and workers.
 LEASE_S = 5
+#: How long the replicas stay frozen: past the client's WAIT timeout (1 s) and its first retries.
+FROZEN_S = 3.0
 
 
 @pytest.fixture
@@ -72,6 +82,35 @@ def test_killing_the_primary_mid_map_loses_and_repeats_no_result(sentinel_set, h
     assert f"to 127.0.0.1:{new_port} (a failover)" in coordinator.log(), coordinator.log()[-3000:]
     assert "stopped renewing its lease" not in coordinator.log(), coordinator.log()[-3000:]
     assert sentinel_set.password not in "".join(p.log() for p in procs.started)
+
+
+def test_a_submit_no_replica_confirms_does_not_return_until_one_does(sentinel_set, home, procs, caplog):
+    caplog.set_level(logging.WARNING, logger="cwredis")
+    url = sentinel_set.url
+    procs.worker(url)
+    outcomes = Outcomes()
+    returned: list[tuple[str, float]] = []
+    with cwredis.ClientThread(outcomes.on_result, url=url, error_callback=outcomes.on_error) as t:
+        for replica in sentinel_set.replicas:
+            os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            submitter = threading.Thread(target=lambda: returned.append(
+                (t.submit(helpers.square, 7), time.monotonic() - frozen_at)), daemon=True)
+            submitter.start()
+            submitter.join(FROZEN_S)
+            assert not returned, "a submit returned while no replica could confirm it"
+        finally:
+            for replica in sentinel_set.replicas:
+                os.kill(replica.pid, signal.SIGCONT)
+        submitter.join(30)
+        assert returned, "the submit did not return once the replicas were back"
+        t.wait(timeout=60)
+        time.sleep(0.5)  # room for a duplicate callback to show up
+    job_id, seconds = returned[0]
+    assert seconds >= FROZEN_S
+    assert "NotReplicatedError: no replica confirmed a submit of 1 job(s)" in caplog.text, caplog.text
+    outcomes.assert_exactly_once({job_id: 49})
 
 
 def test_admin_works_through_the_sentinels_and_masks_the_password(sentinel_set, home):

@@ -72,3 +72,12 @@ def test_lost_connections_and_timeouts_are_transient(exc):
 
 def test_errors_not_from_redis_are_permanent():
     assert not is_transient(ValueError("OOM"))
+
+
+@pytest.mark.parametrize("line", TRANSIENT + PERMANENT)
+def test_a_reply_error_from_a_pipeline_is_classified_by_its_code_too(line):
+    exc = reply_error(line)
+    # As redis-py raises it from a pipeline: the command and its position put before the reply.
+    redis.client.Pipeline.annotate_exception(None, exc, 1, ("EVALSHA", "e3f0d7", 2, "cw:workers", "w1"))
+    assert str(exc).startswith("Command # 1 (EVALSHA e3f0d7 2 cw:workers w1) of pipeline caused error: ")
+    assert is_transient(exc) == (line in TRANSIENT)

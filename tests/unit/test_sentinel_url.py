@@ -184,4 +184,14 @@ def test_the_coordinators_watch_holds_off_for_one_lease_after_the_primary_moves(
     assert watch.holding()
     clock[0] += 0.2
     assert not watch.holding()
+    proxy.master_address = ("127.0.0.1", 7002)
+    watch.failed()  # the new primary refuses writes for a while (NOREPLICAS): the hold runs from its end
+    clock[0] += 20.0
+    watch.failed()
+    clock[0] += 29.9
+    assert watch.holding()
+    clock[0] += 0.2
+    assert not watch.holding()
+    watch.failed()  # an outage with no failover starts no hold
+    assert not watch.holding()
     assert not sentinel.PrimaryWatch(connect("redis://127.0.0.1:1/0", "coordinator"), hold_s=30.0).holding()
