@@ -327,6 +327,20 @@ class Reconnector:
             return result
 
 
+def unpooled_connection(client: redis.Redis) -> Any:
+    """A new connection with the settings (and class) of ``client``'s pool, which the pool does not count.
+
+    redis-py's ``make_connection()`` counts each connection it makes against
+    the pool's ``max_connections`` (100) and only a ``release()`` through the
+    pool counts it off; :class:`Pinned` and :class:`Subscription` keep their
+    connections outside the pool and make a new one after every outage (a
+    failover, a restart), so a long-lived client would hit "Too many
+    connections" after its hundredth.
+    """
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 class Pinned:
     """One connection of a client's pool, kept for the calls on a job's latency path.
 
@@ -340,7 +354,7 @@ class Pinned:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+        self._client = client
         self._conn: Any = None  # a redis.connection.Connection (or SSLConnection), once opened
         self._lock = threading.Lock()
 
@@ -352,7 +366,7 @@ class Pinned:
         """Send commands in one write, read every reply; the first error reply is raised after all are read."""
         with self._lock:
             if self._conn is None:
-                self._conn = self._pool.make_connection()
+                self._conn = unpooled_connection(self._client)
             conn = self._conn
             try:
                 conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -405,7 +419,7 @@ class Subscription:
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._conn: Any = client.connection_pool.make_connection()
+        self._conn: Any = unpooled_connection(client)
         try:
             self._conn.send_command("SUBSCRIBE", channel, check_health=False)
             self._conn.read_response(push_request=True)  # ["subscribe", channel, 1]
