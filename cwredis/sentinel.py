@@ -26,6 +26,10 @@ What this module adds to redis-py's:
 * :class:`PrimaryWatch`: tells the coordinator when the primary changed, so
   that it waits one lease before declaring workers dead (their last lease
   renewals may not have reached the promoted replica).
+
+``WAIT`` is sent only on this path; the embedded server's ACL
+(:mod:`cwredis.acl`) does not list it because no role ever reaches the
+embedded server through sentinels.
 """
 
 from __future__ import annotations
