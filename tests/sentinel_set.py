@@ -7,10 +7,12 @@ never go on a command line: data nodes read their config on stdin (as
 ``harness.Server`` does); a sentinel must be able to rewrite its config, so
 it gets a file (mode 0600) in its own directory.
 
-The timings are short so that a failover takes about two seconds: a sentinel
-calls the primary down after ``DOWN_AFTER_MS`` without an answer.
-The primary refuses writes unless ``min-replicas-to-write 1`` holds, which is
-what the deploy/sentinel example runs.
+Every config is the commented example in ``deploy/sentinel/`` with only
+addresses, ports, directories, the password and the sentinels' timings
+replaced, so the tests run the deployment users copy (append-only file and
+``min-replicas-to-write 1`` included). The timings are short so that a
+failover takes about two seconds: a sentinel calls the primary down after
+``DOWN_AFTER_MS`` without an answer.
 """
 
 from __future__ import annotations
@@ -26,34 +28,46 @@ import redis
 from cwredis.server import find_server_binary
 from harness import SERVER_START_TIMEOUT_S, SERVER_STOP_TIMEOUT_S, Server, free_port, log_tail
 
+#: The commented example deployment these configs are made from (so the tests run what it says).
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "sentinel"
+#: The example's placeholder password.
+EXAMPLE_PASSWORD = "CHANGE-ME-to-a-long-random-string"
 SERVICE = "cw"
-#: A sentinel calls the primary subjectively down after this long without an answer.
+#: A sentinel calls the primary subjectively down after this long without an answer (the example: 5 s).
 DOWN_AFTER_MS = 1000
-#: Bounds a failover attempt; a failed one is retried after twice this.
+#: Bounds a failover attempt; a failed one is retried after twice this (the example: 60 s).
 FAILOVER_TIMEOUT_MS = 4000
 
 
+def from_example(name: str, password: str, settings: dict[str, str], extra: list[str]) -> str:
+    """The example config ``name`` with each directive named in ``settings`` (its first one or two words)
+    replaced by the value given, the placeholder password replaced, and ``extra`` lines appended."""
+    lines = []
+    for line in (EXAMPLE_DIR / name).read_text().splitlines():
+        words = line.split()
+        if words and not line.startswith("#"):
+            key = " ".join(words[:2]) if words[0] == "sentinel" else words[0]
+            line = settings.get(key, line)
+        lines.append(line.replace(EXAMPLE_PASSWORD, f'"{password}"'))
+    return "\n".join(lines + extra) + "\n"
+
+
 class DataNode(Server):
-    """A primary or replica: the harness's server, no persistence, with replication settings."""
+    """A primary or replica: the harness's server, configured from deploy/sentinel's example."""
 
     def __init__(self, base_dir: Path, password: str, primary_port: int | None) -> None:
-        super().__init__(base_dir, aof=False)
+        super().__init__(base_dir)
         self.password = password
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         self.primary_port = primary_port
 
     def config(self) -> str:
-        lines = [
-            f'masterauth "{self.password}"',  # every node may become a replica after a failover
-            "min-replicas-to-write 1",
-            "min-replicas-max-lag 10",
-            "repl-diskless-sync yes",
-            "repl-diskless-sync-delay 0",
-            "repl-ping-replica-period 1",
-        ]
-        if self.primary_port is not None:
-            lines.append(f"replicaof 127.0.0.1 {self.primary_port}")
-        return super().config() + "\n".join(lines) + "\n"
+        settings = {"bind": "bind 127.0.0.1", "port": f"port {self.port}",
+                    "replicaof": f"replicaof 127.0.0.1 {self.primary_port}"}
+        # Loopback speed-ups the example does without: sync replicas without a disk copy, at once.
+        extra = [f'dir "{self.dir}"', 'save ""', "repl-diskless-sync yes", "repl-diskless-sync-delay 0"]
+        name = "primary.conf" if self.primary_port is None else "replica.conf"
+        return from_example(name, self.password, settings, extra)
 
 
 class SentinelProc:
@@ -65,18 +79,15 @@ class SentinelProc:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.conf = self.dir / "sentinel.conf"
         self.log_path = self.dir / "sentinel.log"
+        text = from_example("sentinel.conf", password, {
+            "bind": "bind 127.0.0.1", "port": f"port {self.port}", "dir": f'dir "{self.dir}"',
+            "sentinel monitor": f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} {quorum}",
+            "sentinel down-after-milliseconds": f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+            "sentinel failover-timeout": f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+        }, [])
         fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write("\n".join([
-                f"port {self.port}", "bind 127.0.0.1", "daemonize no", f'dir "{self.dir}"',
-                f'requirepass "{password}"',
-                f'sentinel sentinel-pass "{password}"',  # sentinels talk to each other with it
-                f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} {quorum}",
-                f'sentinel auth-pass {SERVICE} "{password}"',
-                f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
-                f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
-                f"sentinel parallel-syncs {SERVICE} 2", "",
-            ]))
+            f.write(text)
         self.password = password
         self.popen: subprocess.Popen | None = None
 
