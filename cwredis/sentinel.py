@@ -92,19 +92,22 @@ def parse(url: str) -> SentinelUrl:
         return ConfigError(f"invalid Sentinel URL {mask_url(url)}: {why} (expected "
                            f"{SCHEME}://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB])")
 
-    parts = urlsplit(url)
-    if parts.scheme != SCHEME:
+    scheme, _, rest = url.partition("://")
+    if scheme != SCHEME:
         raise bad(f"the scheme must be {SCHEME}")
-    if parts.query or parts.fragment:
-        raise bad("it takes no query or fragment")
-    userinfo, at, hosts = parts.netloc.rpartition("@")
+    # By hand, not urlsplit: the user info runs to the *last* '@' (as redis-py reads its own URLs), so a
+    # password may hold '/', '?', '#' or '@' -- and no piece of it can end up in a message below.
+    userinfo, at, located = rest.rpartition("@")
     username = password = None
     if at:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
+    hosts, _, path_text = located.partition("/")
+    if "?" in path_text or "#" in path_text or "?" in hosts or "#" in hosts:
+        raise bad("it takes no query or fragment")
     sentinels = [_host_port(item, bad) for item in hosts.split(",")]
-    path = [piece for piece in parts.path.split("/") if piece]
+    path = [piece for piece in path_text.split("/") if piece]
     if not path or len(path) > 2:
         raise bad("the path must be /SERVICE or /SERVICE/DB")
     db = 0

@@ -89,6 +89,29 @@ def test_mask_url_masks_the_password_of_a_sentinel_url():
     assert masked == "redis+sentinel://:***@127.0.0.1:26379,127.0.0.1:26380/cw/0"
 
 
+#: Passwords with what ends a URL's host for urllib ('/', '?', '#'), not percent-encoded.
+UNENCODED = ["pa/ss-s3cret", "pa?ss-s3cret", "pa#ss-s3cret", "p/a?s#s@w:rd-s3cret"]
+
+
+@pytest.mark.parametrize("password", UNENCODED)
+def test_a_password_with_url_delimiters_is_masked_and_read_whole(password):
+    for url in (f"redis+sentinel://:{password}@127.0.0.1:26379,127.0.0.1:26380/cw/0",
+                f"redis://:{password}@127.0.0.1:6379/0"):
+        assert config.mask_url(url) == url.replace(password, "***")
+    parsed = sentinel.parse(f"redis+sentinel://:{password}@127.0.0.1:26379,127.0.0.1:26380/cw/0")
+    assert parsed.password == password and parsed.service == "cw" and len(parsed.sentinels) == 2
+
+
+@pytest.mark.parametrize("password", UNENCODED)
+def test_a_malformed_url_with_such_a_password_shows_no_piece_of_it(password):
+    with pytest.raises(ConfigError) as caught:
+        connect(f"redis+sentinel://:{password}@127.0.0.1:26379,:26380/cw/0", "test")
+    message = str(caught.value)
+    assert message.startswith("invalid Sentinel URL redis+sentinel://:***@127.0.0.1:26379,:26380/cw/0: a sentinel "
+                              "address ':26380' has no host"), message
+    assert "s3cret" not in message and f":{password[:2]}" not in message, message
+
+
 def test_a_sentinel_url_gives_a_client_of_the_services_primary_with_the_password_for_both():
     client = connect(f"redis+sentinel://:{QUOTED}@127.0.0.1:1,127.0.0.1:2/cw/2", "test")
     pool = client.connection_pool
