@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 
 from cwredis.server import find_server_binary
-from harness import SERVER_START_TIMEOUT_S, SERVER_STOP_TIMEOUT_S, Server, free_port, log_tail
+from harness import SERVER_STOP_TIMEOUT_S, Server, free_port, log_tail
 
 #: The commented example deployment these configs are made from (so the tests run what it says).
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "sentinel"
@@ -37,6 +37,8 @@ SERVICE = "cw"
 DOWN_AFTER_MS = 1000
 #: Bounds a failover attempt; a failed one is retried after twice this (the example: 60 s).
 FAILOVER_TIMEOUT_MS = 4000
+#: How long the replicas get to sync and the sentinels to find each other (normally about 2 s).
+SET_START_TIMEOUT_S = 30.0
 
 
 def from_example(name: str, password: str, settings: dict[str, str], extra: list[str]) -> str:
@@ -131,7 +133,7 @@ class SentinelSet:
             node.start()
         for sentinel in self.sentinels:
             sentinel.start()
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        deadline = time.monotonic() + SET_START_TIMEOUT_S
         probe = self.primary.client()
         while time.monotonic() < deadline:
             replication = probe.info("replication")
