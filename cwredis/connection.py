@@ -76,7 +76,7 @@ def connect(url: str, role: str) -> redis.Redis:
         "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
     if sentinel.is_sentinel_url(url):
         return sentinel.connect(url, role, options)
-    if urlsplit(url).scheme in ("redis", "unix"):
+    if url.partition("://")[0].lower() in ("redis", "unix"):  # not urlsplit: it raises on some bad URLs
         options["connection_class"] = GuardedConnection
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import redis
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
@@ -54,8 +54,8 @@ DEFAULT_SENTINEL_PORT = 26379
 #: Seconds a sentinel may take to answer "where is the primary?" before the next one is asked:
 #: short, so that one unreachable sentinel host does not hold up every reconnect.
 SENTINEL_TIMEOUT_S = 2.0
-#: How long ``WAIT 1`` waits for a replica to confirm a batch. Normally it answers in well
-#: under a millisecond; past this the batch counts as not acknowledged and is sent again.
+#: How long ``WAIT 1`` waits for a replica to confirm a batch. Normally it answers within a
+#: millisecond or two; past this the batch counts as not acknowledged and is sent again.
 #: Below every socket timeout of the roles (a worker's calls get 3 s), so WAIT never looks
 #: like a dead connection.
 REPLICA_ACK_TIMEOUT_MS = 1000
@@ -83,7 +83,8 @@ class NotReplicatedError(redis.exceptions.ConnectionError):
 
 
 def is_sentinel_url(url: str) -> bool:
-    return urlsplit(url).scheme == SCHEME
+    """True for a ``redis+sentinel://`` URL (read without urllib, which raises on some malformed URLs)."""
+    return url.partition("://")[0].lower() == SCHEME
 
 
 def parse(url: str) -> SentinelUrl:
@@ -93,7 +94,7 @@ def parse(url: str) -> SentinelUrl:
                            f"{SCHEME}://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB])")
 
     scheme, _, rest = url.partition("://")
-    if scheme != SCHEME:
+    if scheme.lower() != SCHEME:
         raise bad(f"the scheme must be {SCHEME}")
     # By hand, not urlsplit: the user info runs to the *last* '@' (as redis-py reads its own URLs), so a
     # password may hold '/', '?', '#' or '@' -- and no piece of it can end up in a message below.

@@ -84,6 +84,12 @@ def test_a_malformed_sentinel_url_is_a_config_error_with_the_password_masked(url
     assert "invalid Sentinel URL redis+sentinel://:***@127.0.0.1:" in str(caught.value)
 
 
+def test_a_url_urllib_cannot_split_is_a_config_error_too():
+    with pytest.raises(ConfigError) as caught:
+        connect(f"redis://:{QUOTED}@[::1:6379/0", "test")
+    assert_masked(str(caught.value))
+
+
 def test_mask_url_masks_the_password_of_a_sentinel_url():
     masked = config.mask_url(f"redis+sentinel://:{PASSWORD}@127.0.0.1:26379,127.0.0.1:26380/cw/0")
     assert masked == "redis+sentinel://:***@127.0.0.1:26379,127.0.0.1:26380/cw/0"
