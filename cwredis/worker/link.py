@@ -84,7 +84,8 @@ class Link:
         self._inbox = Pinned(self._redis)
         self.catalog = Catalog(self._redis, keys, signer)
         self._reconnector = Reconnector(url, "worker")
-        self._replica_ack = sentinel.needs_replica_ack(self._redis)  # outcomes wait for a replica (WAIT)
+        #: Outcomes wait for a replica (WAIT 1) before they count as recorded: a Sentinel URL.
+        self.replica_ack = sentinel.needs_replica_ack(self._redis)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -221,7 +222,7 @@ class Link:
             if claim_count:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=lease_ms,
                                     max_count=claim_count, start_count=start_count, park=True)
-            acknowledging = self._replica_ack and bool(batch.outcomes or batch.requeues)
+            acknowledging = self.replica_ack and bool(batch.outcomes or batch.requeues)
             if acknowledging:  # last, on the pipeline's one connection: it covers everything above
                 pipe.execute_command(*sentinel.WAIT_COMMAND)
             replies = iter(self._scripts.execute(pipe))

@@ -6,7 +6,9 @@
    it, every result arrives exactly once and in order, and no role exits.
 2. With both replicas frozen (SIGSTOP) no replica can confirm a submit: it
    does not return (it is not durable yet) until one can, and the job then
-   runs and is delivered exactly once.
+   runs and is delivered exactly once. Likewise an outcome: the worker (never
+   the job's child, which cannot wait for a replica) records it, and sends it
+   again until a replica confirms it.
 3. ``cw-admin`` works through the same URL and, like every role, names the
    Sentinel set -- never the password -- when none of the sentinels answers.
 """
@@ -111,6 +113,25 @@ def test_a_submit_no_replica_confirms_does_not_return_until_one_does(sentinel_se
     assert seconds >= FROZEN_S
     assert "NotReplicatedError: no replica confirmed a submit of 1 job(s)" in caplog.text, caplog.text
     outcomes.assert_exactly_once({job_id: 49})
+
+
+def test_an_outcome_no_replica_confirms_is_sent_again_by_the_worker(sentinel_set, home, procs):
+    worker = procs.worker(sentinel_set.url)
+    outcomes = Outcomes()
+    with cwredis.ClientThread(outcomes.on_result, url=sentinel_set.url, error_callback=outcomes.on_error) as t:
+        job_id = t.submit(helpers.sleep_then, 7, 0.5)  # returns once a replica has it; then it runs
+        for replica in sentinel_set.replicas:
+            os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            time.sleep(FROZEN_S + 1.0)  # the job ends meanwhile; its outcome's WAIT times out
+        finally:
+            for replica in sentinel_set.replicas:
+                os.kill(replica.pid, signal.SIGCONT)
+        t.wait(timeout=60)
+        time.sleep(0.5)  # room for a duplicate callback to show up
+    outcomes.assert_exactly_once({job_id: 7})
+    assert "NotReplicatedError: no replica confirmed 1 outcome(s)" in worker.log(), worker.log()[-3000:]
+    assert worker.alive()
 
 
 def test_admin_works_through_the_sentinels_and_masks_the_password(sentinel_set, home):
