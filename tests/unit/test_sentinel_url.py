@@ -224,3 +224,22 @@ def test_the_coordinators_watch_holds_off_for_one_lease_after_the_primary_moves(
     watch.failed()  # an outage with no failover starts no hold
     assert not watch.holding()
     assert not sentinel.PrimaryWatch(connect("redis://127.0.0.1:1/0", "coordinator"), hold_s=30.0).holding()
+
+
+def test_pinned_and_subscription_connections_ask_the_sentinels_for_the_primary(server, monkeypatch):
+    """redis-py resolves the primary only in connect(); Pinned and Subscription connect through
+    send_packed_command, which would go to the pool's default localhost:6379 instead."""
+    from cwredis.connection import Pinned, Subscription
+
+    client = connect(f"redis+sentinel://:{server.password}@127.0.0.1:1/cw/0", "test")
+    asked = []
+    monkeypatch.setattr(client.connection_pool.sentinel_manager, "discover_master",
+                        lambda service: asked.append(service) or ("127.0.0.1", server.port))
+    pinned = Pinned(client)
+    assert pinned.execute("PING") == b"PONG"
+    Subscription(client, "cw-test-channel").close()
+    assert client.ping()
+    assert asked == ["cw", "cw", "cw"]  # once per connection made
+    assert client.connection_pool.master_address == ("127.0.0.1", server.port)
+    pinned.close()
+    client.close()
