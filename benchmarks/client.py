@@ -24,7 +24,7 @@ from measuring import Counter
 from memory import role_bounded, role_memory
 from server_load import role_ceiling, role_mass_death
 from sessions import role_resume, role_session_fill
-from throughput import role_client_submit, role_executor_map, role_fanout, role_scale
+from throughput import role_client_submit, role_executor_map, role_fanout, role_scale, role_wait_cost
 
 
 def role_smoke(url, timeout, **_):
@@ -52,7 +52,7 @@ ROLES: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": role_latency, "bare_latency": role_bare_latency, "fanout": role_fanout,
     "memory": role_memory, "scale": role_scale, "bounded": role_bounded,
     "session_fill": role_session_fill, "resume": role_resume, "ceiling": role_ceiling,
-    "mass_death": role_mass_death}
+    "mass_death": role_mass_death, "wait_cost": role_wait_cost}
 
 
 def main(role: str, params: dict) -> None:

@@ -23,7 +23,7 @@ from stack import Stack
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
        "bounded_client_memory", "session_map", "session_memory", "resume", "ceiling", "idle_workers",
-       "mass_death"]
+       "mass_death", "sentinel"]
 
 #: ceiling: driver processes, and connections (threads) in each.
 CEILING_DRIVERS, CEILING_CONNECTIONS_EACH = 4, 25
@@ -331,6 +331,31 @@ class Suite:
             log(f"mass_death run {i + 1}: {fmt_run(res)}")
             runs.append(res)
         return dict(summarize(runs), n=DEAD_WORKERS, lease_s=opts.lease_timeout)
+
+
+    def sentinel(self) -> dict:
+        """Through Sentinel (a primary, two replicas, three sentinels; every batch waits for WAIT 1) beside the
+        same primary's own redis:// URL (the client does not wait), paired per run; workers on Sentinel in
+        both. ``wait_ms@500``: what WAIT adds to one pipelined batch of 500 writes."""
+        n = 2_000 if self.q else 20_000
+        runs = []
+        with Stack(self.o, workers=self.layout, sentinel=True) as st:
+            direct_url = st.server.url
+            for i in range(self.R):
+                plain = st.client("executor_map", {"n": n, "warmup": 50}, timeout=600, url=direct_url)
+                res = st.client("executor_map", {"n": n, "warmup": 50}, timeout=600)
+                plain_submit = st.client("client_submit", {"n": 5_000, "warmup": 50}, timeout=600, url=direct_url)
+                submit = st.client("client_submit", {"n": 5_000, "warmup": 50}, timeout=600)
+                wait = st.client("wait_cost", {"batches": 200, "size": 500}, timeout=600)
+                row = {"map_jobs_per_s": res["jobs_per_s"], "map_direct_jobs_per_s": plain["jobs_per_s"],
+                       "map_over_direct": res["jobs_per_s"] / plain["jobs_per_s"],
+                       "submit_calls_per_s": submit["submit_calls_per_s"],
+                       "submit_direct_calls_per_s": plain_submit["submit_calls_per_s"],
+                       "submit_added_ms": 1000 / submit["submit_calls_per_s"]
+                       - 1000 / plain_submit["submit_calls_per_s"], **wait}
+                log(f"sentinel run {i + 1}: {fmt_run(row)}")
+                runs.append(row)
+        return dict(summarize(runs), n=n)
 
 
 def aof_bytes(data_dir: Path) -> int:

@@ -332,8 +332,15 @@ def mask_url(url: str) -> str:
     network location, so a password may hold ``@`` or ``:``), in every scheme
     (``redis``, ``rediss``, ``unix``, ``redis+sentinel`` with its host list),
     and any ``password``/``*_password`` query parameter. Text that does not
-    parse is masked whole after its scheme.
+    parse is masked whole after its scheme. A password holding ``/``, ``?``
+    or ``#`` not percent-encoded (where ``urllib`` would end the host and show
+    the rest as a path or query) is masked too: then everything between the
+    scheme and the last ``@`` is taken as the user info.
     """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if sep and at and ":" in userinfo and any(c in userinfo for c in "/?#"):
+        return mask_url(f"{scheme}://{userinfo.partition(':')[0]}:***@{tail}")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -75,8 +75,13 @@ def connect(url: str, role: str) -> redis.Redis:
     """
     from .cluster import ClusterAwareConnection, ClusterRouter  # it builds on GuardedConnection, below
 
-    options: dict[str, Any] = {}
-    scheme = urlsplit(url).scheme
+    options: dict[str, Any] = {
+        "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S, "socket_keepalive": True, "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+    if sentinel.is_sentinel_url(url):
+        return sentinel.connect(url, role, options)
+    scheme = url.partition("://")[0].lower()  # not urlsplit: it raises on some bad URLs
     if scheme in ("redis", "unix"):
         options["connection_class"] = GuardedConnection
         if scheme == "redis":  # any node of a Valkey/Redis Cluster, detected at the first connect
@@ -85,17 +90,7 @@ def connect(url: str, role: str) -> redis.Redis:
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
     try:
-        return redis.Redis.from_url(
-            url,
-            client_name=f"cwredis-{role}",
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_keepalive=True,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-            **options,
-        )
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
 
@@ -231,9 +226,17 @@ def is_server_full(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.OutOfMemoryError)
 
 
+#: What redis-py puts before an error reply raised from a pipeline (``Pipeline.annotate_exception``:
+#: ``Command # N (COMMAND ARGS...) of pipeline caused error: REPLY``); the reply's code follows it.
+_PIPELINE_PREFIX, _PIPELINE_ANNOTATION = "Command # ", " of pipeline caused error: "
+
+
 def _error_code(exc: redis.exceptions.ResponseError) -> str:
-    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word)."""
+    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word,
+    after redis-py's annotation if it came from a pipeline: a NOREPLICAS during a failover often does)."""
     text = str(exc.args[0]) if exc.args else ""
+    if text.startswith(_PIPELINE_PREFIX):
+        text = text.partition(_PIPELINE_ANNOTATION)[2]
     return text.split(" ", 1)[0]
 
 
@@ -333,6 +336,20 @@ class Reconnector:
             return result
 
 
+def unpooled_connection(client: redis.Redis) -> Any:
+    """A new connection with the settings (and class) of ``client``'s pool, which the pool does not count.
+
+    redis-py's ``make_connection()`` counts each connection it makes against
+    the pool's ``max_connections`` (100) and only a ``release()`` through the
+    pool counts it off; :class:`Pinned` and :class:`Subscription` keep their
+    connections outside the pool and make a new one after every outage (a
+    failover, a restart), so a long-lived client would hit "Too many
+    connections" after its hundredth.
+    """
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 class Pinned:
     """One connection of a client's pool, kept for the calls on a job's latency path.
 
@@ -346,7 +363,7 @@ class Pinned:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+        self._client = client
         self._conn: Any = None  # a redis.connection.Connection (or SSLConnection), once opened
         self._lock = threading.Lock()
 
@@ -358,7 +375,7 @@ class Pinned:
         """Send commands in one write, read every reply; the first error reply is raised after all are read."""
         with self._lock:
             if self._conn is None:
-                self._conn = self._pool.make_connection()
+                self._conn = unpooled_connection(self._client)
             conn = self._conn
             try:
                 conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -416,7 +433,7 @@ class Subscription:
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._conn: Any = client.connection_pool.make_connection()
+        self._conn: Any = unpooled_connection(client)
         try:
             self._conn.send_command("SSUBSCRIBE", channel, check_health=False)
             self._conn.read_response(push_request=True)  # ["ssubscribe", channel, 1]
@@ -452,6 +469,8 @@ def explain(exc: BaseException, url: str) -> str:
     differently.
     """
     where = _address(url)
+    if sentinel.is_sentinel_url(url) and (said := sentinel.explain(exc, url)) is not None:
+        return said
     if isinstance(exc, redis.AuthenticationError):
         if _has_password(url):
             return "wrong password (check the password in the URL, $CWREDIS_URL or $CWREDIS_HOME/url)"
@@ -470,7 +489,10 @@ def explain(exc: BaseException, url: str) -> str:
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket: from_url says so, masked
+        return "localhost", 6379
     try:
         return parts.hostname or "localhost", parts.port or 6379
     except ValueError:  # a bad port: from_url says so, naming the URL
@@ -482,6 +504,8 @@ def _address(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
+    if sentinel.is_sentinel_url(url):
+        return sentinel.describe_set(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
@@ -570,3 +594,7 @@ def setup_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("CWREDIS_LOG_LEVEL") or "INFO").upper(),
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
     )
+
+
+# Last: cwredis.sentinel builds on GuardedConnection above; connect() and the messages dispatch to it.
+from . import sentinel  # noqa: E402

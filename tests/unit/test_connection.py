@@ -74,3 +74,29 @@ def test_lost_connections_and_timeouts_are_transient(exc):
 
 def test_errors_not_from_redis_are_permanent():
     assert not is_transient(ValueError("OOM"))
+
+
+@pytest.mark.parametrize("line", TRANSIENT + PERMANENT)
+def test_a_reply_error_from_a_pipeline_is_classified_by_its_code_too(line):
+    exc = reply_error(line)
+    # As redis-py raises it from a pipeline: the command and its position put before the reply.
+    redis.client.Pipeline.annotate_exception(None, exc, 1, ("EVALSHA", "e3f0d7", 2, "cw:workers", "w1"))
+    assert str(exc).startswith("Command # 1 (EVALSHA e3f0d7 2 cw:workers w1) of pipeline caused error: ")
+    assert is_transient(exc) == (line in TRANSIENT)
+
+
+def test_pinned_and_subscription_connections_made_anew_after_each_outage_never_run_out(server):
+    """Each outage (a failover, a restart) makes them open a new connection: they are not counted
+    against the pool's limit (100; 3 here, so that a few reconnects show it)."""
+    from cwredis.connection import Pinned, Subscription, connect
+
+    client = connect(server.url, "test")
+    client.connection_pool.max_connections = 3
+    pinned = Pinned(client)
+    for _ in range(6):
+        assert pinned.execute("PING") == b"PONG"
+        pinned.close()  # as an error would drop it
+    for _ in range(6):
+        Subscription(client, "cw-test-channel").close()
+    assert client.ping()
+    client.close()
