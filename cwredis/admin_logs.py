@@ -38,8 +38,9 @@ def new_text(shown: str, tail: str) -> str:
 
 def read(inspector: Any, job_id: str) -> tuple[str, str]:
     """(state, output so far) of a job; UserError if there is no such job."""
-    state, live, final = (job.text(v) for v in inspector.redis.hmget(
-        inspector.keys.job(job_id), job.STATE, job.LIVE_OUTPUT, job.OUTPUT))
+    raw_state, spec, live, final = inspector.redis.hmget(
+        inspector.keys.job(job_id), job.STATE, job.SPEC, job.LIVE_OUTPUT, job.OUTPUT)
+    state, live, final = job.state_of(raw_state, spec), job.text(live), job.text(final)
     if state is None:
         raise UserError(f"unknown job id {printable(job_id)!r} (never submitted, or finished and expired)")
     live, final = live or "", final or ""

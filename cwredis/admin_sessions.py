@@ -51,10 +51,10 @@ def summary(inspector: Any, name: str, last_activity_ms: float) -> dict[str, Any
     for page in session_ids(inspector, name):
         pipe = inspector.redis.pipeline(transaction=False)
         for job_id in page:
-            pipe.hmget(inspector.keys.job(job_id), job.STATE, job.PREFETCHED)
-        for state, prefetched in pipe.execute():
+            pipe.hmget(inspector.keys.job(job_id), job.STATE, job.PREFETCHED, job.SPEC)
+        for state, prefetched, spec in pipe.execute():
             jobs += 1
-            if (counted := COUNTED_AS.get(job.text(state) or "")) is not None:
+            if (counted := COUNTED_AS.get(job.state_of(state, spec) or "")) is not None:
                 # Claimed ahead by a worker but not started: still waiting, as cw-admin status counts it.
                 counts["pending" if counted == "running" and prefetched else counted] += 1
     if not jobs:

@@ -3,7 +3,8 @@
 A job is one Redis HASH (``keys.job(id)``) with short field names, because a
 queued job's memory is mostly field names and values: the long-lived, shared
 parts (client, queue, environment, limits) live once in a *spec* hash and the
-function once in a *blob*; the job only points at them.
+function once in a *blob*; the job only points at them. A pending job has no
+state field at all (:func:`state_of`).
 
 State machine (every arrow is one Lua script in ``cwredis/lua``)::
 
@@ -67,6 +68,20 @@ REJECTED = "rejected"
 CORRUPT = "corrupt"
 
 
+def state_of(state: object, spec: object) -> str | None:
+    """A job's state from its ``s`` and ``p`` fields as read (bytes, str or None).
+
+    A pending job has no state field: 12 bytes less per queued job (see the
+    module docstring). So an absent state reads ``pending`` when the record
+    names its spec, as every job does from submit on; a record with neither is
+    no job (None). The Lua scripts read it the same way (``job_state`` in
+    ``_prelude.lua``).
+    """
+    if state is not None:
+        return text(state)
+    return PENDING if spec is not None else None
+
+
 def text(value: object) -> str | None:
     """A Redis reply field as text (bytes decoded, undecodable bytes replaced); None stays None."""
     if value is None:
@@ -112,7 +127,7 @@ class JobRecord:
     def from_hash(cls, job_id: str, fields: Mapping[bytes | str, bytes | str]) -> "JobRecord":
         """Decode a job hash; an unknown state reads as ``corrupt`` data, never raises."""
         named = {text(k) or "": v for k, v in fields.items()}
-        state = text(named.get(STATE)) or "unknown"
+        state = state_of(named.get(STATE), named.get(SPEC)) or "unknown"
         return cls(
             id=job_id,
             state=state if state in STATES else "unknown",

@@ -90,9 +90,9 @@ class SessionTallies:
             checks += [(tally, job.text(j) or "") for j in new]
             checks += [(tally, j) for j in itertools.islice(tally.unfinished, max(0, share - len(new)))]
         for tally, job_id in checks:
-            pipe.hmget(self.keys.job(job_id), job.STATE, job.PREFETCHED)
-        for (tally, job_id), (state, prefetched) in zip(checks, pipe.execute()):
-            counted = COUNTED_AS.get(job.text(state) or "")
+            pipe.hmget(self.keys.job(job_id), job.STATE, job.PREFETCHED, job.SPEC)
+        for (tally, job_id), (state, prefetched, spec) in zip(checks, pipe.execute()):
+            counted = COUNTED_AS.get(job.state_of(state, spec) or "")
             if counted == "done" or counted is None:  # done, or gone (expired): never read again
                 tally.unfinished.pop(job_id, None)
                 tally.done += counted == "done"

@@ -28,6 +28,20 @@ local function read_field(key, field)
   return fields and fields[1]
 end
 
+-- A job's state from its 's' and 'p' (spec) fields as read: a pending job has no 's'
+-- field (12 bytes less per queued job, which is mostly its record's bytes), so an
+-- absent 's' reads 'pending' when the record names its spec, as every job does from
+-- submit on; a record with neither is no job (false). Scripts that make a job
+-- pending again HDEL its 's' (make_pending), so a requeued job is as small.
+local function job_state(s, p)
+  if s then return s end
+  return p and 'pending' or false
+end
+
+local function make_pending(job)
+  redis.call('HDEL', job, 's')
+end
+
 -- keep_alive(key, ttl_ms): the key lives ttl_ms more, give or take a slack
 -- (a tenth of it, at most an hour): PEXPIRE is a write, which goes to the
 -- append-only file, so it is sent only when the key has lost more than the

@@ -27,7 +27,7 @@ for i = 11, #ARGV do
   local job_id = ARGV[i]
   local job = job_prefix .. job_id
   local f = read_hash(job, 's', 'p', 'w', 'g', 'rc', 'cx') or {}
-  local state = f[1]
+  local state = job_state(f[1], f[2])
   if state == 'pending' or state == 'delayed' then
     if state == 'delayed' then redis.call('ZREM', delayed, job_id) end
     local spec = read_hash(spec_prefix .. (f[2] or ''), 'c', 'q') or {}

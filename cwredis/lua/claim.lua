@@ -44,7 +44,7 @@ end
 local function take(job_id)
   local job = job_prefix .. job_id
   local f = read_hash(job, 's', 'p', 'f', 'a', 'n', 'k', 'g', 'd')
-  if not f or f[1] ~= 'pending' then
+  if not f or job_state(f[1], f[2]) ~= 'pending' then
     -- Not a job (garbage, or a key of another type), or a stale duplicate of one already taken;
     -- a job cancelled while it waited (cancel.lua leaves its id) goes quietly.
     redis.call('LREM', inflight, 1, job_id)

@@ -18,7 +18,7 @@ for _, job_id in ipairs(ids) do
   local f = read_hash(job, 's', 'p') or {}
   local queue = f[1] == 'delayed' and read_field(spec_prefix .. (f[2] or ''), 'q')
   if queue then
-    redis.call('HSET', job, 's', 'pending')
+    make_pending(job)
     redis.call('RPUSH', queue_prefix .. queue, job_id)
     tally(woken, queue)
     promoted = promoted + 1

@@ -9,8 +9,9 @@ local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids > 0 then
   for _, job_id in ipairs(ids) do
-    local state = read_field(job_prefix .. job_id, 's')
-    if state == nil then return {-1, job_id, 'not a job record (its key holds another type)'} end
+    local f = read_hash(job_prefix .. job_id, 's', 'p')
+    if f == nil then return {-1, job_id, 'not a job record (its key holds another type)'} end
+    local state = job_state(f[1], f[2])
     if not state then return {-1, job_id, 'unknown job id'} end
     if state ~= 'failed' then return {-1, job_id, 'job is ' .. state .. ', not failed'} end
   end

@@ -32,13 +32,13 @@ for i = 1, #ids do
     local f = read_hash(job, 's', 'w', 'n', 'p', 'pf')
     local queue = f and read_field(spec_prefix .. (f[4] or ''), 'q')
     redis.call('LREM', inflight, 1, job_id)
-    if queue and (f[1] == 'pending' or (f[1] == 'running' and f[2] == worker_id)) then
-      if f[1] == 'running' and f[5] then  -- claimed ahead, never charged
-        redis.call('HSET', job, 's', 'pending')
-        redis.call('HDEL', job, 'w', 'pf')
-      elseif f[1] == 'running' then
-        redis.call('HSET', job, 's', 'pending', 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
-        redis.call('HDEL', job, 'w')
+    local state = f and job_state(f[1], f[4])
+    if queue and (state == 'pending' or (state == 'running' and f[2] == worker_id)) then
+      if state == 'running' and f[5] then  -- claimed ahead, never charged
+        redis.call('HDEL', job, 's', 'w', 'pf')  -- no 's': pending (see make_pending)
+      elseif state == 'running' then
+        redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
+        redis.call('HDEL', job, 's', 'w')
       end
       redis.call('RPUSH', queue_prefix .. queue, job_id)
       tally(woken, queue)

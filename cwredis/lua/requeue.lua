@@ -63,12 +63,12 @@ for k = 5, #KEYS, 2 do
       redis.call('ZADD', delayed, due, job_id)
       flags[n] = 1
     elseif mode == 'reject' then
-      redis.call('HSET', job, 's', 'pending')
+      make_pending(job)
       redis.call('LPUSH', queue, job_id)  -- the back: taken after the jobs waiting now
       tally(woken, queue_name)
       flags[n] = 1
     else
-      redis.call('HSET', job, 's', 'pending')
+      make_pending(job)
       redis.call('RPUSH', queue, job_id)
       tally(woken, queue_name)
       flags[n] = 1

@@ -56,7 +56,7 @@ for i = 1, #ids do
   elseif running and f[9] and spec[1] then  -- its cancellation was asked: it ends here, never retried
     if not f[6] then redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0)) end
     end_cancelled(job, f[8], spec[3], op, job_id, f[5] or '0', result_ttl, done_ttl)
-  elseif (running or f[1] == 'pending') and spec[1] then
+  elseif (running or job_state(f[1], f[4]) == 'pending') and spec[1] then
     local max_attempts = tonumber(spec[2]) or 1
     -- HSET, not HINCRBY: a garbage count must not abort the sweep.
     local deaths = 0
@@ -74,13 +74,12 @@ for i = 1, #ids do
       deliver(job, f[8], spec[3], op, job_id, f[5] or '0', 'err', lost_body, result_ttl)
       lost = lost + 1
     else
-      redis.call('HSET', job, 's', 'pending')
-      redis.call('HDEL', job, 'w', 'pf')
+      redis.call('HDEL', job, 's', 'w', 'pf')  -- no 's': pending (see make_pending)
       redis.call('RPUSH', queue_prefix .. spec[1], job_id)
       tally(woken, spec[1])
       requeued = requeued + 1
     end
-  elseif f[1] == 'running' or f[1] == 'pending' then
+  elseif f[1] == 'running' or job_state(f[1], f[4]) == 'pending' then
     -- Its spec expired or is garbage: nothing can run it or hear about it.
     redis.call('HSET', job, 's', 'failed', 'r', 'corrupt', 'x', 'job spec is missing')
     redis.call('ZADD', failed, now, job_id)

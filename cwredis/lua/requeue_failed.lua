@@ -20,8 +20,9 @@ for i, job_id in ipairs(ids) do
   if named and not f then return {-1, job_id, 'not a job record (its key holds another type)'} end
   f = f or {}  -- unnamed: left out, like any entry that is not a failed job
   local queue = f[2] and read_field(spec_prefix .. f[2], 'q')
-  if named and not f[1] then return {-1, job_id, 'unknown job id'} end
-  if named and f[1] ~= 'failed' then return {-1, job_id, 'job is ' .. f[1] .. ', not failed'} end
+  local state = job_state(f[1], f[2])
+  if named and not state then return {-1, job_id, 'unknown job id'} end
+  if named and state ~= 'failed' then return {-1, job_id, 'job is ' .. state .. ', not failed'} end
   if named and not queue then return {-1, job_id, 'job spec expired; cannot requeue'} end
   queues[i] = (f[1] == 'failed') and queue or false
   generations[i] = (tonumber(f[3]) or 0) + 1
@@ -31,8 +32,8 @@ for i, job_id in ipairs(ids) do
   redis.call('ZREM', failed, job_id)
   if queues[i] then
     local job = job_prefix .. job_id
-    redis.call('HSET', job, 's', 'pending', 'n', 0, 'g', generations[i])
-    redis.call('HDEL', job, 'r', 'x', 'tb', 'w', 'd', 'pf', 'o', 'rj')
+    redis.call('HSET', job, 'n', 0, 'g', generations[i])
+    redis.call('HDEL', job, 's', 'r', 'x', 'tb', 'w', 'd', 'pf', 'o', 'rj')  -- no 's': pending
     redis.call('LPUSH', queue_prefix .. queues[i], job_id)
     tally(woken, queues[i])
     n = n + 1

@@ -55,9 +55,10 @@ local queued, pending, attached, created = 0, {}, {}, {}
 for k = 7, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
   i = i + 2
-  local existing = attach ~= '' and read_hash(KEYS[k], 's', 'g', 'ro', 'rc')
-  if existing and existing[1] then
-    local state, outcome = existing[1], ''
+  local existing = attach ~= '' and read_hash(KEYS[k], 's', 'g', 'ro', 'rc', 'p')
+  local state = existing and job_state(existing[1], existing[5])
+  if state then
+    local outcome = ''
     if (state == 'done' or state == 'failed') and existing[3] then
       outcome = existing[3]
     elseif state ~= 'done' and state ~= 'failed' then
@@ -80,9 +81,9 @@ for k = 7, #KEYS do
         worker, room, since = pop_parked(ho, queue_name)
       end
     else
-      -- Attempts (n), token (k) and generation (g) start absent, read as 0:
-      -- a queued job's memory is mostly field names.
-      redis.call('HSET', KEYS[k], 's', 'pending', 'p', ARGV[1], 'f', ARGV[2], 'a', args, unpack(route))
+      -- State (s: absent reads pending, see job_state), attempts (n), token (k) and
+      -- generation (g) start absent, read as 0: a queued job's memory is mostly field names.
+      redis.call('HSET', KEYS[k], 'p', ARGV[1], 'f', ARGV[2], 'a', args, unpack(route))
       pending[#pending + 1] = job_id
     end
     queued = queued + 1

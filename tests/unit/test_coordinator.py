@@ -38,7 +38,8 @@ def claim(c, worker, n, now):
 
 
 def state(c, job_id):
-    return c._redis.hget(KEYS.job(job_id), job.STATE)
+    state = job.state_of(*c._redis.hmget(KEYS.job(job_id), job.STATE, job.SPEC))
+    return state.encode() if state else None
 
 
 def test_a_worker_whose_recovery_fails_is_logged_and_skipped_and_never_crowds_out_the_others(

@@ -61,8 +61,7 @@ def complete(s, r, *outcomes, worker="w1"):
 
 
 def state(r, job_id):
-    value = r.hget(KEYS.job(job_id), job.STATE)
-    return value.decode() if value else None
+    return job.state_of(*r.hmget(KEYS.job(job_id), job.STATE, job.SPEC))
 
 
 def expire(s, r, worker="w1", now=T0 + LEASE_MS + 1):
@@ -76,6 +75,21 @@ def test_submit_queues_in_order_and_a_retried_submit_adds_nothing(s, r):
     assert submit(s, r, "a", "b") == 0  # a reply lost and the submit sent again
     assert r.lrange(KEYS.queue("default"), 0, -1) == [b"b", b"a"]  # taken from the right: a first
     assert state(r, "a") == "pending"
+
+
+def test_a_pending_job_has_no_state_field_and_is_pending_again_without_one(s, r):
+    submit(s, r, "a")
+    assert job.STATE.encode() not in r.hkeys(KEYS.job("a")) and state(r, "a") == "pending"
+    claim(s, r)
+    assert r.hget(KEYS.job("a"), job.STATE) == b"running"
+    assert expire(s, r)[0] == 1  # the dead worker's job goes back to its queue...
+    assert job.STATE.encode() not in r.hkeys(KEYS.job("a")) and state(r, "a") == "pending"  # ...with no 's'
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]
+    # A record naming neither state nor spec is no job (half-written): claim drops it, never runs it.
+    r.hset(KEYS.job("half"), job.ARGS, b"Uargs")
+    r.rpush(KEYS.queue("default"), "half")
+    claimed, dropped = claim(s, r, worker="w2", n=2, now=T0 + LEASE_MS + 2)
+    assert dropped == ["half"] and [c.id for c in claimed] == ["a"]
 
 
 def test_submit_asks_for_records_it_does_not_have(s, r):
