@@ -101,7 +101,8 @@ class Inspector:
         """``cw-admin running --json``: each started job, where it runs and for how long."""
         started = self.started()
         infos = {info["id"]: info for info in self.worker_infos()}
-        names = self.function_names([job.text(fields[1]) for _, fields in started])
+        names = self.function_names([job.text(fields[1]) for _, fields in started],
+                                    [job.text(fields[3]) for _, fields in started])
         now_ms = self.now_ms()
         rows = []
         for (worker_id, (job_id, _, progress, _)), name in zip(started, names):
@@ -130,7 +131,17 @@ class Inspector:
             "workers": len(self.worker_ids()),
         }
 
-    def function_names(self, digests: Sequence[str | None]) -> list[str | None]:
+    def function_names(self, digests: Sequence[str | None], specs: Sequence[str | None]) -> list[str | None]:
+        """The display name of each job's function: by its own digest (a job queued before the digest moved
+        into the spec) or else by the digest its spec names. Two round trips, the first only if needed."""
+        digests = list(digests)
+        unnamed = [i for i, (digest, spec) in enumerate(zip(digests, specs)) if digest is None and spec]
+        if unnamed:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in unnamed:
+                pipe.hget(self.keys.spec(specs[i] or ""), job.SPEC_FUNCTION)
+            for i, digest in zip(unnamed, pipe.execute()):
+                digests[i] = job.text(digest)
         pipe = self.redis.pipeline(transaction=False)
         for digest in digests:
             pipe.hget(self.keys.blob(digest or "-"), job.BLOB_NAME)
@@ -142,7 +153,8 @@ class Inspector:
             pipe.hgetall(self.keys.job(job_id))
         records = [job.JobRecord.from_hash(job_id, fields) if fields else None
                    for job_id, fields in zip(job_ids, pipe.execute())]
-        names = self.function_names([r.function if r else None for r in records])
+        names = self.function_names([r.function if r else None for r in records],
+                                    [r.spec if r else None for r in records])
         for record, name in zip(records, names):
             if record is not None:
                 record.function = name

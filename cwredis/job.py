@@ -2,9 +2,10 @@
 
 A job is one Redis HASH (``keys.job(id)``) with short field names, because a
 queued job's memory is mostly field names and values: the long-lived, shared
-parts (client, queue, environment, limits) live once in a *spec* hash and the
-function once in a *blob*; the job only points at them. A pending job has no
-state field at all (:func:`state_of`).
+parts (client, queue, environment, limits, and which function) live once in a
+*spec* hash and the function once in a *blob*; the job only points at its
+spec. So a client that submits two functions has two specs. A pending job has
+no state field at all (:func:`state_of`).
 
 State machine (every arrow is one Lua script in ``cwredis/lua``)::
 
@@ -24,7 +25,7 @@ from typing import Mapping
 # Field names of the job hash (kept short: see the module docstring).
 STATE = "s"
 SPEC = "p"
-FUNCTION = "f"
+FUNCTION = "f"  # only in jobs queued before the function's digest moved into the spec (SPEC_FUNCTION)
 ARGS = "a"
 ATTEMPTS = "n"
 TOKEN = "k"
@@ -48,6 +49,7 @@ SPEC_TIMEOUT = "t"
 SPEC_MAX_ATTEMPTS = "m"
 SPEC_FORWARD_OUTPUT = "o"
 SPEC_RETRY_ON = "r"  # comma-separated qualified names of exception classes (absent: retry none)
+SPEC_FUNCTION = "f"  # the digest of the function's blob (16 bytes less per job than in each job)
 
 # Field names of a blob hash.
 BLOB_DATA = "b"
@@ -156,11 +158,14 @@ class Spec:
     forward_output: bool = False
     #: Qualified names (``builtins.OSError``) of the exception classes whose instances are retried.
     retry_on: tuple[str, ...] = ()
+    #: The digest of the function's blob ('': none named).
+    function: str = ""
 
     def to_hash(self) -> dict[str, str]:
         # retry_on only when set: the spec (and its digest) of a client without it stays as it was.
         retry = {SPEC_RETRY_ON: ",".join(self.retry_on)} if self.retry_on else {}
-        return retry | {
+        function = {SPEC_FUNCTION: self.function} if self.function else {}
+        return retry | function | {
             SPEC_CLIENT: self.client,
             SPEC_QUEUE: self.queue,
             SPEC_ENV: self.env,
@@ -183,6 +188,7 @@ class Spec:
                 max_attempts=int(named[SPEC_MAX_ATTEMPTS]),
                 forward_output=named.get(SPEC_FORWARD_OUTPUT) == "1",
                 retry_on=tuple(n for n in named.get(SPEC_RETRY_ON, "").split(",") if n),
+                function=named.get(SPEC_FUNCTION, ""),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"bad job spec: {exc!r}") from None

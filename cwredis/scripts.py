@@ -353,7 +353,7 @@ class Scripts:
              self.keys.parked(worker_id), *(self.keys.queue(q) for q in queues)],
             [worker_id, lease_ms, max_count, self._job_prefix, _clock(now_ms),
              max_count if start_count is None else start_count, "1" if park else "0", self._idle_prefix,
-             *queues],
+             self._spec_prefix, *queues],
         )
 
     def park(self, client: Any, *, worker_id: str, queues: Sequence[str], now_ms: int | None = None) -> Any:

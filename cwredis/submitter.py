@@ -110,10 +110,10 @@ class Submitter:
         # missing one (expired, or lost in a server restart) and we resend.
         self._stored: set[str] = set()
         self._env_cache: tuple[tuple[str, tuple[str, ...]], bytes, str] | None = None  # (cwd, path), sealed, digest
-        self._specs: dict[str, tuple[dict[str, str], str]] = {}  # env digest -> spec fields, spec digest
         self._by_reference: weakref.WeakKeyDictionary[Any, tuple[bytes, str, str]] = weakref.WeakKeyDictionary()
-        # One SharedRecords per distinct (spec, function) while any job holds it: a function
-        # pickled by value on every submit is then kept once, however many jobs wait.
+        # One SharedRecords per distinct (environment, function) while any job holds it: a function
+        # pickled by value on every submit is then kept once, however many jobs wait. (The spec
+        # names the function, so it is made with them: none outlives the jobs that use it.)
         self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
@@ -126,15 +126,12 @@ class Submitter:
             cached = self._env_cache = (current, sealed, self._signer.digest(sealed))
         return cached[1], cached[2]
 
-    def _spec(self, env_digest: str) -> tuple[dict[str, str], str]:
-        """The spec hash for jobs submitted in this environment, and its content digest."""
-        cached = self._specs.get(env_digest)
-        if cached is None:
-            spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
-                            self._forward_output, self._retry_on)
-            fields = spec.to_hash()
-            cached = self._specs[env_digest] = (fields, self._signer.spec_digest(fields))
-        return cached
+    def _spec(self, env_digest: str, fn_digest: str) -> tuple[dict[str, str], str]:
+        """The spec hash for jobs of one function submitted in this environment, and its content digest."""
+        spec = job.Spec(self._client_id, self._queue, env_digest, self._timeout_s, self._max_attempts,
+                        self._forward_output, self._retry_on, fn_digest)
+        fields = spec.to_hash()
+        return fields, self._signer.spec_digest(fields)
 
     def prepare_function(self, fn: Callable[..., Any]) -> tuple[bytes, str, str]:
         """Pickle and seal ``fn``: (sealed blob, digest, display name).
@@ -173,12 +170,12 @@ class Submitter:
         """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
         fn_blob, fn_digest, fn_name = prepared
         env_blob, env_digest = self._env()
-        spec_fields, spec_digest = self._spec(env_digest)
         with self._lock:
-            shared = self._shared.get((spec_digest, fn_digest))
+            shared = self._shared.get((env_digest, fn_digest))
             if shared is None:
+                spec_fields, spec_digest = self._spec(env_digest, fn_digest)
                 shared = SharedRecords(spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob)
-                self._shared[(spec_digest, fn_digest)] = shared
+                self._shared[(env_digest, fn_digest)] = shared
         return shared
 
     def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> list[Attached]:

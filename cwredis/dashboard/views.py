@@ -166,8 +166,9 @@ class Views:
         rows.sort(key=lambda r: (-(r["elapsed_s"] or 0), r["id"]))
         offset, limit = _page(offset, limit)
         page = rows[offset:offset + limit]
-        names = self.inspector.function_names([r.pop("digest") for r in page])
-        queues = self._queues_of([r.pop("spec") for r in page])
+        specs = [r.pop("spec") for r in page]
+        names = self.inspector.function_names([r.pop("digest") for r in page], specs)
+        queues = self._queues_of(specs)
         pipe = self.redis.pipeline(transaction=False)
         for r in page:
             pipe.hget(self.keys.job(r["id"]), job.LIVE_OUTPUT)

@@ -3,7 +3,7 @@
 -- each; park the worker if its queues are empty and a child would sit idle.
 -- KEYS: workers, inflight(worker), inbox(worker), parked(worker), queue_1 .. queue_n (priority order)
 -- ARGV: worker_id, lease_ms, max_count, job_prefix, now_ms ('' = server time), start_count,
---       park ('1': park if short of start_count), idle_prefix, then the n queue names
+--       park ('1': park if short of start_count), idle_prefix, spec_prefix, then the n queue names
 -- The first start_count jobs start at once and are charged an attempt now.
 -- The rest are claimed ahead (prefetched, for short jobs): they get their
 -- token but are marked 'pf' and charged only when start.lua records that they
@@ -19,7 +19,8 @@
 -- the queues empty, so no job can be queued unseen in between.
 -- Returns {claimed, dropped, handed, room}: claimed is a flat list of
 -- (id, token, spec, fn, args, attempts, generation) per job, attempts being
--- the number this run has once started; dropped lists queue entries that
+-- the number this run has once started, fn the function digest its spec names
+-- ('' when the spec is missing or names none: the worker fails the job corrupt); dropped lists queue entries that
 -- named no pending job (removed; the worker logs them) -- an id whose key is
 -- not a hash among them, so no entry can stop the claim half-way; handed lists the
 -- inbox messages (see frame() in the prelude); room is how many jobs the
@@ -28,12 +29,12 @@ local workers, inflight, inbox, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local worker_id, now = ARGV[1], now_ms(ARGV[5])
 local deadline = now + tonumber(ARGV[2])
 local max_count, job_prefix, start_count = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[6])
-local park, idle_prefix = ARGV[7] == '1', ARGV[8]
+local park, idle_prefix, spec_prefix = ARGV[7] == '1', ARGV[8], ARGV[9]
 -- Claiming renews the lease, and re-registers a worker whose lease the
 -- coordinator already expired (e.g. one that was SIGSTOPped and continued).
 redis.call('ZADD', workers, deadline, worker_id)
 redis.call('DEL', parked)
-for q = 9, #ARGV do redis.call('ZREM', idle_prefix .. ARGV[q], worker_id) end
+for q = 10, #ARGV do redis.call('ZREM', idle_prefix .. ARGV[q], worker_id) end
 local handed = redis.call('LRANGE', inbox, 0, -1)
 redis.call('DEL', inbox)
 local claimed, dropped, count = {}, {}, 0
@@ -61,9 +62,11 @@ local function take(job_id)
   else
     redis.call('HSET', job, 's', 'running', 'w', worker_id, 'k', token, 'pf', 1)
   end
+  -- The function's digest is in the job's spec (a job queued by an older client has its own 'f').
+  local fn = f[3] or read_field(spec_prefix .. (f[2] or ''), 'f') or ''
   local n = #claimed
   claimed[n + 1], claimed[n + 2], claimed[n + 3] = job_id, tostring(token), f[2] or ''
-  claimed[n + 4], claimed[n + 5], claimed[n + 6] = f[3] or '', f[4] or '', tostring(attempts)
+  claimed[n + 4], claimed[n + 5], claimed[n + 6] = fn, f[4] or '', tostring(attempts)
   claimed[n + 7] = f[7] or '0'
   count = count + 1
 end
@@ -87,7 +90,7 @@ if park and count < start_count then
   if empty then
     room = start_count - count
     redis.call('SET', parked, room)
-    for q = 9, #ARGV do redis.call('ZADD', idle_prefix .. ARGV[q], now, worker_id) end
+    for q = 10, #ARGV do redis.call('ZADD', idle_prefix .. ARGV[q], now, worker_id) end
   end
 end
 return {claimed, dropped, handed, room}

@@ -71,7 +71,7 @@ for k = 7, #KEYS do
   elseif redis.call('EXISTS', KEYS[k]) == 0 then
     if attach ~= '' then created[#created + 1] = job_id end
     if worker then
-      redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'f', ARGV[2], 'a', args, 'w', worker,
+      redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'a', args, 'w', worker,
                  'k', 1, 'n', 1, unpack(route))
       redis.call('LPUSH', ho.inflight .. worker, job_id)
       redis.call('RPUSH', ho.inbox .. worker, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
@@ -83,7 +83,8 @@ for k = 7, #KEYS do
     else
       -- State (s: absent reads pending, see job_state), attempts (n), token (k) and
       -- generation (g) start absent, read as 0: a queued job's memory is mostly field names.
-      redis.call('HSET', KEYS[k], 'p', ARGV[1], 'f', ARGV[2], 'a', args, unpack(route))
+      -- Its function is named by its spec (the client's spec fields include it), not here.
+      redis.call('HSET', KEYS[k], 'p', ARGV[1], 'a', args, unpack(route))
       pending[#pending + 1] = job_id
     end
     queued = queued + 1

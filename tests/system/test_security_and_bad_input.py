@@ -196,9 +196,10 @@ def test_corrupt_or_missing_payload_fails_with_reason_corrupt(cluster, procs, ke
         r.hset(keys.job(garbage), ARGS, b"\x00\x01garbage\xff\xfe" * 3)
         r.hdel(keys.job(missing), ARGS)
         # Signed with the secret (as a client with a bug would), so it verifies, but it is no pickle.
-        fields = r.hmget(keys.job(not_a_pickle), job.SPEC, job.FUNCTION)
+        spec = r.hget(keys.job(not_a_pickle), job.SPEC)
         envelope = Signer(os.environ["CWREDIS_SECRET"].encode()).seal_job(
-            not_a_pickle, fields[0].decode(), fields[1].decode(), b"this is not a pickle")
+            not_a_pickle, spec.decode(), r.hget(keys.spec(spec.decode()), job.SPEC_FUNCTION).decode(),
+            b"this is not a pickle")
         r.hset(keys.job(not_a_pickle), ARGS, envelope)
         worker = procs.worker(cluster.url, "--queue", queue)
         t.wait(timeout=JOB_TIMEOUT_S)
@@ -242,8 +243,9 @@ def test_altered_function_or_environment_records_fail_rejected(cluster, procs, k
                 os.chdir(original)
         fine = t.submit(helpers.square, 4)
 
-        def fn_blob(jobid):
-            return keys.blob(r.hget(keys.job(jobid), job.FUNCTION).decode())
+        def fn_blob(jobid):  # the function is named by the job's spec
+            spec = r.hget(keys.job(jobid), job.SPEC).decode()
+            return keys.blob(r.hget(keys.spec(spec), job.SPEC_FUNCTION).decode())
 
         def env_blob(jobid):
             spec = r.hget(keys.job(jobid), job.SPEC).decode()

@@ -43,6 +43,11 @@ def show(url: str, job_id: str) -> dict:
     return admin_json(url, "show", job_id)
 
 
+def function_digest(r, keys, job_id: str) -> bytes:
+    """The digest of a job's function, which its spec names."""
+    return r.hget(keys.spec(r.hget(keys.job(job_id), job.SPEC).decode()), job.SPEC_FUNCTION)
+
+
 def forge_job(r, keys, queue: str, job_id: str, fields: dict) -> None:
     """What a password holder can do: write a job record and queue it."""
     r.hset(keys.job(job_id), mapping=fields)
@@ -63,10 +68,10 @@ def test_a_job_assembled_from_the_victims_signed_parts_never_runs(cluster, procs
         lists = t.submit(os.listdir, str(results))
         rmtree_fields = r.hgetall(keys.job(removes))
         listdir_fields = r.hgetall(keys.job(lists))
+        # rmtree's spec (which names rmtree: the function is in the spec) with listdir's arguments.
         forged = f"forged{secrets.token_hex(5)}"
         forge_job(r, keys, queue, forged, {
-            job.STATE: "pending", job.SPEC: listdir_fields[job.SPEC.encode()],
-            job.FUNCTION: rmtree_fields[job.FUNCTION.encode()], job.ARGS: listdir_fields[job.ARGS.encode()]})
+            job.SPEC: rmtree_fields[job.SPEC.encode()], job.ARGS: listdir_fields[job.ARGS.encode()]})
         p = worker(procs, cluster.url, queue)
         t.wait(timeout=JOB_TIMEOUT_S)
         assert seen.results == {removes: None, lists: ["keep.txt"]} and seen.errors == {}
@@ -91,9 +96,7 @@ def test_a_signed_job_copied_under_another_id_is_rejected(cluster, procs, tmp_pa
         p = worker(procs, cluster.url, queue)
         t.wait(timeout=JOB_TIMEOUT_S)
         copy = f"replay{secrets.token_hex(5)}"
-        forge_job(r, keys, queue, copy, {job.STATE: "pending", job.SPEC: fields[job.SPEC.encode()],
-                                         job.FUNCTION: fields[job.FUNCTION.encode()],
-                                         job.ARGS: fields[job.ARGS.encode()]})
+        forge_job(r, keys, queue, copy, {job.SPEC: fields[job.SPEC.encode()], job.ARGS: fields[job.ARGS.encode()]})
         wait_for(lambda: show(cluster.url, copy)["state"] == "failed", timeout=JOB_TIMEOUT_S,
                  message="the replayed job to fail")
     assert show(cluster.url, copy)["reason"] == "rejected"
@@ -111,12 +114,12 @@ def test_a_swapped_function_or_spec_record_is_rejected(cluster, procs, tmp_path,
                               max_attempts=2) as t:
         benign = t.submit(jobs_api.append_line, str(marker), "benign")
         other = t.submit(os.remove, str(tmp_path / "nothing-here"))  # the victim's signed os.remove
-        fn_digest = r.hget(keys.job(benign), job.FUNCTION).decode()
-        other_fn = r.hget(keys.job(other), job.FUNCTION).decode()
+        fn_digest = function_digest(r, keys, benign).decode()
+        other_fn = function_digest(r, keys, other).decode()
         # The password holder points benign's function record at os.remove's signed blob...
         r.hset(keys.blob(fn_digest), job.BLOB_DATA, r.hget(keys.blob(other_fn), job.BLOB_DATA))
-        # ...and raises the attempts its spec allows.
-        spec_digest = r.hget(keys.job(benign), job.SPEC).decode()
+        # ...and raises the attempts os.remove's spec allows (each function has a spec of its own).
+        spec_digest = r.hget(keys.job(other), job.SPEC).decode()
         r.hset(keys.spec(spec_digest), job.SPEC_MAX_ATTEMPTS, "100")
         worker(procs, cluster.url, queue)
         seen.wait_for(benign, timeout=JOB_TIMEOUT_S)
@@ -126,8 +129,9 @@ def test_a_swapped_function_or_spec_record_is_rejected(cluster, procs, tmp_path,
     assert not marker.exists()
     # A record swapped under a job the worker's secret verified fails at once (no worker may run it), not
     # after the 100 rejections the altered spec asks for; no attempt is charged.
-    assert r.hget(keys.job(benign), job.REJECTIONS) == b"1"
-    assert show(cluster.url, benign)["attempts"] == 0
+    for job_id in (benign, other):
+        assert r.hget(keys.job(job_id), job.REJECTIONS) == b"1"
+        assert show(cluster.url, job_id)["attempts"] == 0
 
 
 def _outcome_entry(r, keys, client_id: str, job_id: str, kind: bytes, body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from cwredis.scripts import Completion, Requeue, ScriptRefused, Scripts, parse_h
 KEYS = Keys()
 T0 = 1_000_000
 LEASE_MS = 30_000
-SPEC = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=2)
+SPEC = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=2, function="fn1")
 
 
 def submit(s, r, *job_ids, spec=SPEC, send_records=True):
@@ -90,6 +90,20 @@ def test_a_pending_job_has_no_state_field_and_is_pending_again_without_one(s, r)
     r.rpush(KEYS.queue("default"), "half")
     claimed, dropped = claim(s, r, worker="w2", n=2, now=T0 + LEASE_MS + 2)
     assert dropped == ["half"] and [c.id for c in claimed] == ["a"]
+
+
+def test_a_job_names_its_function_through_its_spec(s, r):
+    submit(s, r, "a")
+    assert sorted(r.hkeys(KEYS.job("a"))) == [job.ARGS.encode(), job.SPEC.encode()]  # all a queued job holds
+    assert r.hget(KEYS.spec("sp1"), job.SPEC_FUNCTION) == b"fn1"
+    # A job queued before the digest moved into the spec names its function itself; that one counts.
+    r.hset(KEYS.job("old"), mapping={job.STATE: "pending", job.SPEC: "sp1", job.FUNCTION: "fn0", job.ARGS: "U"})
+    r.lpush(KEYS.queue("default"), "old")
+    r.hset(KEYS.job("nospec"), mapping={job.SPEC: "gone", job.ARGS: "U"})  # its spec expired or is garbage
+    r.lpush(KEYS.queue("default"), "nospec")
+    claimed, dropped = claim(s, r, n=3)
+    assert [(c.id, c.function) for c in claimed] == [("a", "fn1"), ("old", "fn0"), ("nospec", "")]
+    assert dropped == []
 
 
 def test_submit_asks_for_records_it_does_not_have(s, r):
