@@ -164,9 +164,24 @@ def unframed(data: bytes) -> bytes:
     return data
 
 
+#: The PROTO opcode and its version byte, which every pickle of protocol 2+ starts with.
+_PROTO_LEN = 2
+
+
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """cloudpickle ``(args, kwargs)``; on failure, name the argument that cannot be pickled."""
+    """The call's arguments as a pickle (:func:`loads_call` reads it); on failure, name the argument that
+    cannot be pickled.
+
+    A call with keyword arguments is the pickle of ``(args, kwargs)``. Most
+    calls have none: theirs is the pickle of ``args`` alone without its PROTO
+    opcode, 6 bytes less per queued job (no empty dict, no pair, no header).
+    The two cannot be mistaken: every pickle cloudpickle makes starts with
+    PROTO, and PROTO is never the opcode after it.
+    """
     try:
+        if not kwargs:
+            bare = unframed(cloudpickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+            return bare[_PROTO_LEN:] if bare[:1] == pickle.PROTO else bare
         return unframed(cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         for index, arg in enumerate(args):
@@ -180,6 +195,15 @@ def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
             except Exception as arg_exc:
                 raise _pickle_error(f"argument {name!r} of {function_name(fn)}:", arg, arg_exc) from exc
         raise _pickle_error(f"arguments of {function_name(fn)}:", (args, kwargs), exc) from exc
+
+
+def loads_call(data: bytes) -> tuple[Any, Any]:
+    """Inverse of :func:`dumps_call`: ``(args, kwargs)`` as unpickled (the caller checks their types)."""
+    if data[:1] == pickle.PROTO:
+        return pickle.loads(data)
+    # No PROTO: the unpickler would take the pickle for protocol 0 and map Python 2 module names
+    # (fix_imports); these names are Python 3's.
+    return pickle.loads(data, fix_imports=False), {}
 
 
 def capture_env() -> bytes:

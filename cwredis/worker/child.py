@@ -49,8 +49,8 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
-                             parse_env)
+from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_call,
+                             loads_function, parse_env)
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
@@ -235,7 +235,7 @@ class JobRunner:
             why = f"function could not be unpickled: {error_line(exc)}"
             return Failed(ErrorRecord("corrupt", why, traceback.format_exc()))
         try:
-            args, kwargs = pickle.loads(job.args)
+            args, kwargs = loads_call(job.args)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:

@@ -1,11 +1,14 @@
-"""What keeps a queued job small: short ids, short digests, arguments pickled without a frame header."""
+"""What keeps a queued job small: short ids, short digests, arguments pickled without a frame header (and,
+for a call without keyword arguments, without the empty dict and the PROTO header)."""
 
 from __future__ import annotations
 
 import pickle
 import re
 
-from cwredis.serialization import dumps_call, unframed
+import pytest
+
+from cwredis.serialization import dumps_call, loads_call, unframed
 from cwredis.signing import Signer
 from cwredis.submitter import new_job_id
 
@@ -27,13 +30,32 @@ def test_record_digests_are_eleven_characters_and_keyed():
 
 
 def test_a_call_is_pickled_without_its_frame_header_and_loads_the_same():
-    for args, kwargs in [((5,), {}), ((9999, "x" * 300), {"k": [1, 2]}), ((), {})]:
+    for args, kwargs in [((9999, "x" * 300), {"k": [1, 2]}), ((), {"k": 1})]:
         framed = pickle.dumps((args, kwargs), protocol=5)
         stored = dumps_call(print, args, kwargs)
         assert len(stored) == len(framed) - 9
-        assert pickle.loads(stored) == (args, kwargs)
+        assert pickle.loads(stored) == (args, kwargs) == loads_call(stored)
+    assert dumps_call(print, (5,), {}) == b"K\x05\x85\x94."  # BININT1 5, TUPLE1, MEMOIZE, STOP: all there is
     # A pickle of several frames, or of another protocol, is left as it is.
     big = pickle.dumps(list(range(50_000)), protocol=5)
     assert unframed(big) == big and pickle.loads(unframed(big)) == list(range(50_000))
     old = pickle.dumps((1,), protocol=2)
     assert unframed(old) == old
+
+
+@pytest.mark.parametrize("args", [(5,), (9999,), (), ("x" * 300, [1, 2]), (list(range(50_000)),), ((1,), {})])
+def test_a_call_without_keyword_arguments_is_its_arguments_alone_without_proto(args):
+    stored = dumps_call(print, args, {})
+    assert stored[:1] != pickle.PROTO
+    assert loads_call(stored) == (args, {})
+    if len(stored) < 1000:  # one frame: 9 + 2 + 4 bytes less than the pickle of (args, {}) ('}', memo, pair, memo)
+        assert len(stored) == len(pickle.dumps((args, {}), protocol=5)) - 15
+
+
+def test_a_module_named_like_python_2s_is_not_renamed_when_read():
+    # Without PROTO the unpickler would read a protocol-0 pickle and map Python 2 names (Queue -> queue).
+    # (Queue.Queue,) with no PROTO and no frame, as dumps_call stores a user module "Queue"'s class.
+    stored = b"\x8c\x05Queue\x94\x8c\x05Queue\x94\x93\x94\x85\x94."
+    assert pickle.loads(stored)[0].__module__ == "queue"  # what plain pickle.loads would run
+    with pytest.raises(ModuleNotFoundError, match="'Queue'"):
+        loads_call(stored)  # looked up as written, not as the stdlib's queue
