@@ -38,6 +38,7 @@ for q = 10, #ARGV do redis.call('ZREM', idle_prefix .. ARGV[q], worker_id) end
 local handed = redis.call('LRANGE', inbox, 0, -1)
 redis.call('DEL', inbox)
 local claimed, dropped, count = {}, {}, 0
+local functions = {}  -- spec digest -> the function digest it names: read once per claim
 for _, message in ipairs(handed) do
   if message ~= 'wake' and string.sub(message, 1, 2) ~= 'x:' then count = count + 1 end
 end
@@ -63,7 +64,9 @@ local function take(job_id)
     redis.call('HSET', job, 's', 'running', 'w', worker_id, 'k', token, 'pf', 1)
   end
   -- The function's digest is in the job's spec (a job queued by an older client has its own 'f').
-  local fn = f[3] or read_field(spec_prefix .. (f[2] or ''), 'f') or ''
+  local spec = f[2] or ''
+  if not f[3] and functions[spec] == nil then functions[spec] = read_field(spec_prefix .. spec, 'f') or '' end
+  local fn = f[3] or functions[spec]
   local n = #claimed
   claimed[n + 1], claimed[n + 2], claimed[n + 3] = job_id, tostring(token), f[2] or ''
   claimed[n + 4], claimed[n + 5], claimed[n + 6] = fn, f[4] or '', tostring(attempts)
