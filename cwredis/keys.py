@@ -23,8 +23,9 @@ key                    type    holds
                                the right (oldest first); a retried job is
                                RPUSHed so it runs next
 ``cw:job:<id>``        HASH    the job record (:mod:`cwredis.job`)
-``cw:spec:<digest>``   HASH    what jobs of one submitter share: client, queue,
-                               environment, timeout, max_attempts
+``cw:spec:<digest>``   HASH    what jobs of one submitter and function share:
+                               client, queue, environment, timeout,
+                               max_attempts, the function's digest
 ``cw:blob:<digest>``   HASH    a pickled function or environment, stored once:
                                ``b`` the signed blob, ``n`` its display name
 ``cw:inflight:<w>``    LIST    ids worker ``w`` has claimed (or is claiming)
