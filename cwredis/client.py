@@ -28,7 +28,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
+from .connection import Subscription, connect, describe, is_transient
+from .reachability import Reconnector, check_can_start
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .outcome_list import OutcomeEntry, OutcomeList

@@ -23,7 +23,8 @@ import redis
 
 from . import config, job
 from . import sentinel
-from .connection import Batch, Pinned, Reconnector, describe, is_server_full, memory_limit
+from .connection import Batch, Pinned, describe, is_server_full
+from .reachability import Reconnector, memory_limit
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts

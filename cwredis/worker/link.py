@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .. import config, job, sentinel
 from ..catalog import Catalog
-from ..connection import Pinned, Reconnector, check_connection_budget, connect, describe, is_transient
+from ..connection import Pinned, connect, describe, is_transient
+from ..reachability import Reconnector, check_connection_budget
 from ..keys import Keys
 from ..scripts import ClaimReply, Claimed, Scripts, parse_handed
 from ..signing import Signer
