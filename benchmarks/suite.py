@@ -16,7 +16,7 @@ from stack import Stack
 
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
-       "bounded_client_memory", "session_map", "session_memory", "resume"]
+       "bounded_client_memory", "session_map", "session_memory", "resume", "large_args", "large_results"]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -202,3 +202,22 @@ class Suite:
         out["peak_growth_mb_ratio_big/small"] = derived(
             peaks[sizes[1]] / peaks[sizes[0]] if peaks[sizes[0]] > 0 else float("nan"))
         return out
+
+    def _payload(self, role: str) -> dict:
+        """200 x 1 MiB through ``role`` (MiB/s), each run beside the bare LPUSH + RPOP floor on the same server."""
+        n, size = (50 if self.q else 200), 1 << 20
+        runs = []
+        with Stack(self.o, workers=self.layout) as st:
+            for i in range(self.R):
+                bare = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
+                res = st.client(role, {"n": n, "size": size, "warmup": 4}, timeout=600)
+                res.update(bare_mib_per_s=bare["mib_per_s"], over_bare=res["mib_per_s"] / bare["mib_per_s"])
+                log(f"{role} run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        return dict(summarize(runs), n=n, size=size)
+
+    def large_args(self) -> dict:
+        return self._payload("large_args")
+
+    def large_results(self) -> dict:
+        return self._payload("large_results")
