@@ -28,6 +28,7 @@ from .config import mask_url
 from .errors import ConfigError
 from .errors import ConnectionError as CwConnectionError
 from .listener import is_loopback, listener_uids
+from .wire import PACKER
 
 T = TypeVar("T")
 log = logging.getLogger("cwredis")
@@ -85,6 +86,7 @@ def connect(url: str, role: str) -> redis.Redis:
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
+            command_packer=PACKER,  # large arguments go out uncopied (cwredis.wire)
             **options,
         )
     except ValueError as exc:
