@@ -37,7 +37,7 @@ from .scripts import Scripts
 from .serialization import retry_on_names
 from .session import SessionKeys
 from .signing import Signer
-from .submitter import Attached, SharedRecords, Submitter, chunked
+from .submitter import Attached, SharedRecords, Submitter, chunked, job_batches
 
 log = logging.getLogger("cwredis.client")
 
@@ -180,7 +180,7 @@ class ClientThread(threading.Thread):
         before the submit returns) and kept for resubmission once durable; only the jobs of a batch
         that failed, and after it, are forgotten."""
         queued = 0
-        for batch in chunked(jobs, config.SUBMIT_BATCH):
+        for batch in job_batches(jobs):
             with self._cond:
                 for job_id, _ in batch:
                     self._pending[job_id] = None

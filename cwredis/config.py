@@ -143,6 +143,13 @@ RESULT_BATCH = 512
 MAP_WINDOW = 20_000
 #: How many jobs one pipelined submit sends.
 SUBMIT_BATCH = 500
+#: ...and at most about this many bytes of arguments (a batch ends after the job that
+#: reaches it): workers start on large jobs while later batches are still on their way.
+SUBMIT_BATCH_BYTES = 4 << 20
+#: How many bytes of pickled arguments ``Executor.map`` keeps submitted but not yet
+#: yielded (besides MAP_WINDOW jobs): what bounds the Redis memory of a map's queued
+#: large jobs -- at most this plus one SUBMIT_BATCH_BYTES batch (see README).
+MAP_WINDOW_BYTES = 64 << 20
 
 
 def cwredis_home() -> Path:

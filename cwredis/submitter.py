@@ -179,8 +179,8 @@ class Submitter:
         Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
         """
         attached: list[Attached] = []
-        for start in range(0, len(jobs), config.SUBMIT_BATCH):
-            batch = jobs[start:start + config.SUBMIT_BATCH]
+        start = 0
+        for batch in job_batches(jobs):
             try:
                 attached += self._reconnector.call(lambda: self._submit_batch(shared, batch),
                                                    retry_if=lambda exc: not is_server_full(exc))
@@ -192,6 +192,7 @@ class Submitter:
                         f"{len(jobs) - start} job(s) not queued{queued}; wait for the workers to drain "
                         "the queues, or raise the server's maxmemory") from None
                 raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued") from None
+            start += len(batch)
         return attached
 
     def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> list[Attached]:
@@ -226,6 +227,19 @@ def _importable(fn: Any) -> bool:
     for part in qualname.split("."):
         target = getattr(target, part, None)
     return target is fn
+
+
+def job_batches(jobs: Sequence[tuple[str, bytes]]) -> Iterable[Sequence[tuple[str, bytes]]]:
+    """``jobs`` (id, envelope) in consecutive batches of at most SUBMIT_BATCH jobs, each ending
+    after the job that brings it to SUBMIT_BATCH_BYTES of envelopes (a larger job goes alone)."""
+    start, size = 0, 0
+    for end, (_, envelope) in enumerate(jobs, 1):
+        size += len(envelope)
+        if end - start == config.SUBMIT_BATCH or size >= config.SUBMIT_BATCH_BYTES:
+            yield jobs[start:end]
+            start, size = end, 0
+    if start < len(jobs):
+        yield jobs[start:]
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
