@@ -104,9 +104,13 @@ class Signer:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
-    def _tag(self, *parts: bytes) -> bytes:
+    def _tag(self, *parts: bytes | memoryview) -> bytes:
+        """HMAC of the parts joined by NUL bytes, hashed part by part (a 1 MiB argument is not copied)."""
         inner = self._inner.copy()
-        inner.update(b"\0".join(parts))
+        for index, part in enumerate(parts):
+            if index:
+                inner.update(b"\0")
+            inner.update(part)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:_TAG_LEN]
@@ -196,24 +200,27 @@ class Signer:
         tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(), framed)
         return _SIGNED + tag + head + framed
 
-    def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes) -> bytes:
-        """The framed output and payload of an outcome that verifies; Rejected, Corrupt, Lost or Cancelled."""
+    def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes) -> memoryview:
+        """The framed output and payload of an outcome that verifies (a view into ``body``: a large
+        result is not copied); Rejected, Corrupt, Lost or Cancelled."""
         marker = body[:1]
         if marker == _LOST:
             raise Lost()
         if marker == b"C":
             raise Cancelled()
         if marker == _SIGNED:
-            tag, rest = body[1:1 + _TAG_LEN], body[1 + _TAG_LEN:]
+            tag, start = body[1:1 + _TAG_LEN], 1 + _TAG_LEN
         elif marker == _UNSIGNED:
             if self.secret is not None:
                 raise Rejected("the outcome is unsigned (its worker ran --insecure) but this client has a secret")
-            tag, rest = b"", body[1:]
+            tag, start = b"", 1
         else:
             raise Corrupt("the outcome has an unknown format")
-        token, sep, framed = rest.partition(b"\n")
-        if not sep or not token.isdigit():
+        end = body.find(b"\n", start, start + 32)  # a token is a short decimal number
+        token = body[start:end]
+        if end < 0 or not token.isdigit():
             raise Corrupt("the outcome's framing is broken")
+        framed = memoryview(body)[end + 1:]
         if marker == _SIGNED and self.secret is not None and not hmac.compare_digest(
                 tag, self._tag(b"outcome", job_id.encode(), b"%d" % generation, token, kind, framed)):
             raise Rejected("the outcome's signature does not verify with this client's secret (a worker with "
