@@ -113,6 +113,11 @@ JOB_TIME_AVERAGE_WEIGHT = 0.2
 #: small: a full pipe (64 KiB) would block the worker's loop.
 MAX_SEND_AHEAD_BYTES = 4096
 
+#: A result at least this large is recorded by its job process itself, straight to Redis, even when
+#: the worker would batch it: it never crosses the pipe to the worker (two copies and a pickle fewer,
+#: and the worker's one thread is not the bottleneck for every child's large results).
+DIRECT_RECORD_BYTES = 64 * 1024
+
 #: How long a stopping child may take to exit between jobs before it is killed.
 CHILD_SHUTDOWN_GRACE_S = 2.0
 

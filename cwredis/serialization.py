@@ -190,8 +190,13 @@ def error_line(exc: BaseException) -> str:
 
 def frame_outcome(output: str, payload: bytes) -> bytes:
     """An outcome body: the job's captured output, then the result or error payload."""
+    return b"".join(frame_parts(output, payload))
+
+
+def frame_parts(output: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """:func:`frame_outcome` in pieces, for :meth:`cwredis.signing.Signer.seal_outcome` to join once."""
     raw = output.encode("utf-8", "replace")
-    return b"%d\n" % len(raw) + raw + payload
+    return b"%d\n" % len(raw), raw, payload
 
 
 def unframe_outcome(body: bytes | memoryview) -> tuple[str, memoryview]:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Mapping
+from typing import Mapping, Sequence
 
 _SIGNED = b"S"
 _UNSIGNED = b"U"
@@ -104,13 +104,16 @@ class Signer:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
-    def _tag(self, *parts: bytes | memoryview) -> bytes:
-        """HMAC of the parts joined by NUL bytes, hashed part by part (a 1 MiB argument is not copied)."""
+    def _tag(self, *parts: bytes | memoryview, tail: Sequence[bytes] = ()) -> bytes:
+        """HMAC of the parts joined by NUL bytes, the last of them continued by the ``tail`` pieces;
+        hashed piece by piece (a 1 MiB argument is never copied for it)."""
         inner = self._inner.copy()
         for index, part in enumerate(parts):
             if index:
                 inner.update(b"\0")
             inner.update(part)
+        for piece in tail:
+            inner.update(piece)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:_TAG_LEN]
@@ -192,13 +195,20 @@ class Signer:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def seal_outcome(self, job_id: str, generation: int, token: str, kind: str, framed: bytes) -> bytes:
-        """An outcome body for complete.lua: tagged with the job id, generation, attempt token and kind."""
+    def seal_outcome(self, job_id: str, generation: int, token: str, kind: str,
+                     framed: bytes | Sequence[bytes]) -> bytes:
+        """An outcome body for complete.lua: tagged with the job id, generation, attempt token and kind.
+
+        ``framed`` may come in pieces (:func:`cwredis.serialization.frame_parts`): the body is then
+        joined in one copy of a large result, not one per step.
+        """
+        pieces = (framed,) if isinstance(framed, bytes) else tuple(framed)
         head = token.encode() + b"\n"
         if self.secret is None:
-            return _UNSIGNED + head + framed
-        tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(), framed)
-        return _SIGNED + tag + head + framed
+            return b"".join((_UNSIGNED, head, *pieces))
+        tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(), b"",
+                        tail=pieces)
+        return b"".join((_SIGNED, tag, head, *pieces))
 
     def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes) -> memoryview:
         """The framed output and payload of an outcome that verifies (a view into ``body``: a large

@@ -360,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         direct = message.direct
         # A retryable failure is the worker's to requeue (attempts.py), never recorded from here.
         if (direct is not None and recorder is not None and not isinstance(reply, Resend)
-                and not (isinstance(reply, Err) and reply.retryable)):
+                and not (isinstance(reply, Err) and reply.retryable)
+                and (not direct.only_large or (isinstance(reply, Ok)
+                                               and len(reply.result) >= config.DIRECT_RECORD_BYTES))):
             recorded: Recorded | None = recorder.record(reply, direct)
             if recorded is not None:
                 send(recorded)

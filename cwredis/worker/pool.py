@@ -145,8 +145,9 @@ class Slot:
     def resend(self, running: Running) -> None:
         """(Re)write a job, leaving out the function and environment the child already holds."""
         fn_digest, env_digest = running.claimed.function, running.spec.env
-        direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark)
-                  if running.direct else None)
+        # Not asked to record it: still, a large outcome the child records itself (protocol.Direct).
+        direct = Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
+                        only_large=not running.direct)
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
                        running.args, env_digest, None if self.env == env_digest else running.env,
                        running.spec.forward_output, direct, running.spec.retry_on))

@@ -29,12 +29,14 @@ class Setup(NamedTuple):
 
 class Direct(NamedTuple):
     """Asks the child to record a job's outcome itself: the attempt's token and the job's generation (both
-    signed into the outcome), the client, and whether to re-park."""
+    signed into the outcome), the client, and whether to re-park. With ``only_large``, only an outcome
+    of at least ``config.DIRECT_RECORD_BYTES`` (a large result never crosses the pipe to the worker)."""
 
     token: str
     generation: int
     client: str
     repark: bool
+    only_large: bool = False
 
 
 class Run(NamedTuple):
