@@ -143,6 +143,10 @@ DEFAULT_URL = "redis://localhost:6379/0"
 #: How many outcomes a client reads per round trip.
 RESULT_BATCH = 512
 
+#: A top-level argument (a buffer or str) at least this large that a client sends again is stored
+#: once in Redis as an argument blob (:mod:`cwredis.argblobs`).
+LARGE_ARG_BYTES = 64 * 1024
+
 #: How many jobs ``Executor.map`` keeps submitted but not yet yielded, per
 #: chunk of work; it bounds client memory over huge iterables.
 MAP_WINDOW = 20_000

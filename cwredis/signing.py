@@ -160,6 +160,17 @@ class Signer:
             return blob[1:]
         raise Corrupt(f"{kind.decode()} payload has an unknown format")
 
+    def arg_digest(self, data: bytes) -> str:
+        """The address of an argument blob (:mod:`cwredis.argblobs`): HMAC-SHA256 keyed by the secret
+        (twice as fast as BLAKE2b here, for blobs of megabytes), 128 bits."""
+        return self._tag(b"argblob", data).hex()
+
+    def check_arg_digest(self, data: bytes, digest: str) -> None:
+        """Rejected unless ``data`` is the argument blob ``digest`` names (checked with or without a secret:
+        without one it still catches a damaged record)."""
+        if not hmac.compare_digest(self.arg_digest(data), digest):
+            raise Rejected(f"argument blob {digest} does not match the digest its job was signed with")
+
     def check_digest(self, what: str, blob: bytes, digest: str) -> None:
         """Rejected unless ``blob`` is what the (signed) digest names: a swapped record."""
         if self.secret is not None and not hmac.compare_digest(self.digest(blob), digest):

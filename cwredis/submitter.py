@@ -26,7 +26,8 @@ from .connection import Pinned, Reconnector, describe, is_server_full, memory_li
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
-from .serialization import ENV, FUNCTION, capture_env, dumps_call, dumps_function, function_name
+from .argblobs import ArgPickler, Pickled
+from .serialization import ENV, FUNCTION, capture_env, dumps_function, function_name
 from .signing import Signer
 
 
@@ -107,6 +108,10 @@ class Submitter:
         # pickled by value on every submit is then kept once, however many jobs wait.
         self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        # Repeated large arguments become blobs, stored once -- not in a session, whose job ids
+        # come from the pickled arguments (see cwredis.argblobs).
+        self._arg_pickler = ArgPickler(signer, dedup=not session)
+        self._stored_args: set[str] = set()  # argument blobs this submitter stored (they may expire)
 
     def _env(self) -> tuple[bytes, str]:
         """The sealed environment and its digest, recomputed only when cwd or sys.path changed."""
@@ -143,10 +148,10 @@ class Submitter:
                 self._by_reference[fn] = cached
         return cached
 
-    @staticmethod
-    def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`)."""
-        return dumps_call(fn, args, kwargs)
+    def pickle_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`); a repeated
+        large argument is left out, named by the digest of its blob (:mod:`cwredis.argblobs`)."""
+        return self._arg_pickler.pickle_call(fn, args, kwargs)
 
     def seal_jobs(self, shared: SharedRecords, pickled_args: Sequence[bytes],
                   ids: Sequence[str] | None = None) -> list[tuple[str, bytes]]:
@@ -158,7 +163,8 @@ class Submitter:
         spec_digest, fn_digest = shared.spec_digest, shared.fn_digest
         if ids is None:
             ids = [new_job_id() for _ in pickled_args]
-        return [(job_id, seal(job_id, spec_digest, fn_digest, args)) for job_id, args in zip(ids, pickled_args)]
+        return [(job_id, _with_blobs(seal(job_id, spec_digest, fn_digest, args), args))
+                for job_id, args in zip(ids, pickled_args)]
 
     def shared_records(self, prepared: tuple[bytes, str, str]) -> SharedRecords:
         """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
@@ -195,8 +201,24 @@ class Submitter:
             start += len(batch)
         return attached
 
+    def _put_blobs(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """Store (or renew) the argument blobs the batch's jobs name, before the jobs exist: a worker
+        never sees a job whose blob is not there yet. Data goes along only when the server may lack it."""
+        blobs = {b.digest: b for _, envelope in batch for b in getattr(envelope, "blobs", ())}
+        if not blobs:
+            return
+        ttl_ms = int(config.RESULT_TTL_S * 1000)
+        listed = [(d, None if d in self._stored_args else b.data) for d, b in blobs.items()]
+        missing = self._scripts.put_blobs(self._pinned, blobs=listed, ttl_ms=ttl_ms)
+        if missing:  # expired, or lost by the server: send their data
+            self._scripts.put_blobs(self._pinned, blobs=[(listed[i][0], blobs[listed[i][0]].data) for i in missing],
+                                    ttl_ms=ttl_ms)
+        with self._lock:
+            self._stored_args.update(blobs)
+
     def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> list[Attached]:
         """One submit.lua call; the shared records go along only when the server may lack them."""
+        self._put_blobs(batch)
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
             reply = self._scripts.submit(
@@ -214,6 +236,15 @@ class Submitter:
 
     def close(self) -> None:
         self._pinned.close()
+
+
+def _with_blobs(envelope: bytes, args: bytes) -> bytes:
+    """A job's envelope that carries the argument blobs its arguments name (for :meth:`Submitter._put_blobs`)."""
+    if not isinstance(args, Pickled):
+        return envelope
+    carrier = Pickled(envelope)
+    carrier.blobs = args.blobs
+    return carrier
 
 
 def _importable(fn: Any) -> bool:

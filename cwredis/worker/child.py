@@ -49,6 +49,7 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 
 from .. import config, jobcontext
+from ..argblobs import loads_call
 from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
                              parse_env)
 from ..signing import Corrupt
@@ -235,7 +236,7 @@ class JobRunner:
             why = f"function could not be unpickled: {error_line(exc)}"
             return Failed(ErrorRecord("corrupt", why, traceback.format_exc()))
         try:
-            args, kwargs = pickle.loads(job.args)
+            args, kwargs = loads_call(job.args, job.blobs)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:

@@ -51,6 +51,7 @@ class Running:
     claimed: Claimed
     spec: Spec
     args: bytes = b""
+    blobs: dict[str, bytes] = field(default_factory=dict)  # the argument blobs ``args`` names
     function: bytes = b""
     env: bytes = b""
     started: float = field(default_factory=time.monotonic)
@@ -61,6 +62,11 @@ class Running:
     @property
     def id(self) -> str:
         return self.claimed.id
+
+    @property
+    def payload_bytes(self) -> int:
+        """What writing the job to a child sends: its arguments and the argument blobs they name."""
+        return len(self.args) + sum(map(len, self.blobs.values()))
 
     @property
     def deadline(self) -> float | None:
@@ -150,7 +156,7 @@ class Slot:
                         only_large=not running.direct)
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
                        running.args, env_digest, None if self.env == env_digest else running.env,
-                       running.spec.forward_output, direct, running.spec.retry_on))
+                       running.spec.forward_output, direct, running.spec.retry_on, running.blobs or None))
         self.functions.add(fn_digest)
         self.env = env_digest
 

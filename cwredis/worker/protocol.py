@@ -51,6 +51,7 @@ class Run(NamedTuple):
     capture: bool
     direct: Direct | None
     retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
+    blobs: dict[str, bytes] | None = None  # the argument blobs ``args`` names (cwredis.argblobs)
 
 
 class Unsend(NamedTuple):
