@@ -52,6 +52,8 @@ from .signing import Corrupt, Signer
 
 _MARK = b"cwblobs:"
 _PERSISTENT = "cwredis-arg-blob"
+#: How far into a job's arguments their list of blobs may reach (a thousand digests).
+_HEAD_MAX = 64 * 1024
 
 #: How many large arguments a client remembers (type, size, CRC-32) to see one repeated.
 SEEN_MAX = 4096
@@ -151,22 +153,24 @@ class _BlobPickler(cloudpickle.Pickler):
         return None if blob is None else (_PERSISTENT, blob.digest)
 
 
-def named_blobs(args: bytes) -> list[str]:
+def named_blobs(args: bytes | memoryview) -> list[str]:
     """The digests of the argument blobs a job's (verified) arguments name; [] for plain arguments."""
-    if not args.startswith(_MARK):
+    start = bytes(args[:_HEAD_MAX])
+    if not start.startswith(_MARK):
         return []
-    head, sep, _ = args[len(_MARK):len(_MARK) + 4096].partition(b"\n")
+    head, sep, _ = start[len(_MARK):].partition(b"\n")
     if not sep:
         raise Corrupt("job arguments name blobs but the list is broken")
     return [d.decode("ascii", "replace") for d in head.split(b",") if d]
 
 
-def loads_call(args: bytes, blobs: Mapping[str, bytes] | None) -> Any:
+def loads_call(args: bytes | memoryview, blobs: Mapping[str, bytes] | None) -> Any:
     """Unpickle a job's ``(args, kwargs)`` in the job process, putting its argument blobs in place."""
-    if not args.startswith(_MARK):
-        return pickle.loads(args)
-    start = args.index(b"\n") + 1
-    unpickler = _BlobUnpickler(io.BytesIO(memoryview(args)[start:]), blobs or {})
+    view = memoryview(args)
+    if bytes(view[:len(_MARK)]) != _MARK:
+        return pickle.loads(view)
+    start = bytes(view[:_HEAD_MAX]).index(b"\n") + 1
+    unpickler = _BlobUnpickler(io.BytesIO(view[start:]), blobs or {})
     return unpickler.load()
 
 
@@ -191,7 +195,7 @@ def envelope_blobs(envelope: bytes) -> list[str]:
     """The blobs a job's envelope names, read *before* its signature is checked: only to fetch them in
     the claim's round trip (what is used is read again from the verified arguments)."""
     at = envelope.find(_MARK, 0, 64)
-    return named_blobs(envelope[at:at + len(_MARK) + 4096]) if at >= 0 else []
+    return named_blobs(envelope[at:at + _HEAD_MAX]) if at >= 0 else []
 
 
 class BlobCache:

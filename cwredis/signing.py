@@ -184,15 +184,16 @@ class Signer:
             return _UNSIGNED + args
         return _SIGNED + self._tag(b"job", job_id.encode(), spec_digest.encode(), fn_digest.encode(), args) + args
 
-    def open_job(self, job_id: str, spec_digest: str, fn_digest: str, envelope: bytes | None) -> bytes:
-        """The pickled arguments of a job whose envelope verifies; Rejected or Corrupt."""
+    def open_job(self, job_id: str, spec_digest: str, fn_digest: str, envelope: bytes | None) -> memoryview:
+        """The pickled arguments of a job whose envelope verifies (a view into ``envelope``: large arguments
+        are not copied); Rejected or Corrupt."""
         if not envelope:
             raise Corrupt("job arguments are missing")
         marker = envelope[:1]
         if marker == _SIGNED:
             if len(envelope) < 1 + _TAG_LEN:
                 raise Corrupt("job arguments are truncated")
-            tag, args = envelope[1:1 + _TAG_LEN], envelope[1 + _TAG_LEN:]
+            tag, args = envelope[1:1 + _TAG_LEN], memoryview(envelope)[1 + _TAG_LEN:]
             if self.secret is not None and not hmac.compare_digest(
                     tag, self._tag(b"job", job_id.encode(), spec_digest.encode(), fn_digest.encode(), args)):
                 raise Rejected("job signature does not verify with this side's secret (a different secret, "
@@ -201,7 +202,7 @@ class Signer:
         if marker == _UNSIGNED:
             if self.secret is not None:
                 raise Rejected("job is unsigned (its client ran --insecure) but this side has a secret")
-            return envelope[1:]
+            return memoryview(envelope)[1:]
         raise Corrupt("job arguments have an unknown format")
 
     # -- outcomes --------------------------------------------------------------------------

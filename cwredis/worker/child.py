@@ -288,7 +288,10 @@ class Mailbox:
         """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
         while self._peeker.poll(0):
             try:
-                self._jobs.append(self._inbox.recv())
+                message = self._inbox.recv()
+                if isinstance(message, Run) and message.args_follow:  # the worker writes them right after
+                    message = message._replace(args=self._inbox.recv_bytes(), args_follow=False)
+                self._jobs.append(message)
             except (EOFError, OSError):
                 self._jobs.append(None)  # the worker is gone or closed us
                 return

@@ -50,7 +50,7 @@ class Running:
 
     claimed: Claimed
     spec: Spec
-    args: bytes = b""
+    args: bytes | memoryview = b""  # verified (a view into the claimed envelope)
     blobs: dict[str, bytes] = field(default_factory=dict)  # the argument blobs ``args`` names
     function: bytes = b""
     env: bytes = b""
@@ -72,6 +72,9 @@ class Running:
     def deadline(self) -> float | None:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
+
+#: Arguments at least this large are written to a child as raw bytes after their Run (Run.args_follow).
+SEPARATE_ARGS_BYTES = 64 * 1024
 
 #: The capacity asked for the pipes that carry jobs and results (Linux's default is 64 KiB): a 1 MiB
 #: argument or result then crosses in one write and one read, instead of 16 of each with a switch
@@ -180,8 +183,14 @@ class Slot:
 
     def _send(self, message: Setup | Run) -> None:
         try:
-            if self.jobs is not None:
-                self.jobs.send(message)
+            if self.jobs is None:
+                return
+            if isinstance(message, Run) and len(message.args) >= SEPARATE_ARGS_BYTES:
+                # Large arguments go as they are, after the message: never copied into a pickle.
+                self.jobs.send(message._replace(args=b"", args_follow=True))
+                self.jobs.send_bytes(message.args)
+            else:
+                self.jobs.send(message._replace(args=bytes(message.args)) if isinstance(message, Run) else message)
         except (OSError, ValueError):
             pass  # the child died: its pidfd tells the worker's loop, which handles its jobs
 

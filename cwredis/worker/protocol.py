@@ -45,13 +45,14 @@ class Run(NamedTuple):
     job_id: str
     function_digest: str
     function: bytes | None
-    args: bytes
+    args: bytes | memoryview
     env_digest: str
     env: bytes | None
     capture: bool
     direct: Direct | None
     retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
     blobs: dict[str, bytes] | None = None  # the argument blobs ``args`` names (cwredis.argblobs)
+    args_follow: bool = False  # ``args`` is empty: they come next on the pipe as raw bytes (large ones)
 
 
 class Unsend(NamedTuple):
