@@ -155,16 +155,16 @@ class _BlobPickler(cloudpickle.Pickler):
 
 def named_blobs(args: bytes | memoryview) -> list[str]:
     """The digests of the argument blobs a job's (verified) arguments name; [] for plain arguments."""
-    start = bytes(args[:_HEAD_MAX])
-    if not start.startswith(_MARK):
+    if bytes(args[:len(_MARK)]) != _MARK:
         return []
+    start = bytes(args[:_HEAD_MAX])
     head, sep, _ = start[len(_MARK):].partition(b"\n")
     if not sep:
         raise Corrupt("job arguments name blobs but the list is broken")
     return [d.decode("ascii", "replace") for d in head.split(b",") if d]
 
 
-def loads_call(args: bytes | memoryview, blobs: Mapping[str, bytes] | None) -> Any:
+def loads_call(args: bytes | bytearray | memoryview, blobs: Mapping[str, bytes] | None) -> Any:
     """Unpickle a job's ``(args, kwargs)`` in the job process, putting its argument blobs in place."""
     view = memoryview(args)
     if bytes(view[:len(_MARK)]) != _MARK:

@@ -55,7 +55,8 @@ from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instan
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
-from .protocol import ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import (ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
+                       read_exactly)
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -290,7 +291,8 @@ class Mailbox:
             try:
                 message = self._inbox.recv()
                 if isinstance(message, Run) and message.args_follow:  # the worker writes them right after
-                    message = message._replace(args=self._inbox.recv_bytes(), args_follow=False)
+                    message = message._replace(args=read_exactly(self._inbox.fileno(), message.args_follow),
+                                               args_follow=0)
                 self._jobs.append(message)
             except (EOFError, OSError):
                 self._jobs.append(None)  # the worker is gone or closed us

@@ -42,7 +42,8 @@ from typing import Iterator, Union
 from .. import config
 from ..job import Spec
 from ..scripts import Claimed
-from .protocol import Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import (Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
+                       write_all)
 
 @dataclass
 class Running:
@@ -187,8 +188,8 @@ class Slot:
                 return
             if isinstance(message, Run) and len(message.args) >= SEPARATE_ARGS_BYTES:
                 # Large arguments go as they are, after the message: never copied into a pickle.
-                self.jobs.send(message._replace(args=b"", args_follow=True))
-                self.jobs.send_bytes(message.args)
+                self.jobs.send(message._replace(args=b"", args_follow=len(message.args)))
+                write_all(self.jobs.fileno(), message.args)
             else:
                 self.jobs.send(message._replace(args=bytes(message.args)) if isinstance(message, Run) else message)
         except (OSError, ValueError):

@@ -94,7 +94,8 @@ def test_an_outcome_sealed_in_pieces_is_the_outcome_sealed_whole():
     whole = frame_outcome("printed\n", b"RESULT" * 1000)
     assert b"".join(parts) == whole
     assert signer.seal_outcome("j1", 2, "5", "ok", parts) == signer.seal_outcome("j1", 2, "5", "ok", whole)
-    output, payload = unframe_outcome(signer.open_outcome("j1", 2, b"ok", signer.seal_outcome("j1", 2, "5", "ok", parts)))
+    sealed = signer.seal_outcome("j1", 2, "5", "ok", parts)
+    output, payload = unframe_outcome(signer.open_outcome("j1", 2, b"ok", sealed))
     assert output == "printed\n" and payload == b"RESULT" * 1000
 
 
