@@ -204,14 +204,17 @@ class Suite:
         return out
 
     def _payload(self, role: str) -> dict:
-        """200 x 1 MiB through ``role`` (MiB/s), each run beside the bare LPUSH + RPOP floor on the same server."""
+        """200 x 1 MiB through ``role`` (MiB/s), each run between two runs of the bare LPUSH + RPOP floor on
+        the same server; the floor is their mean (this VM's speed drifts within seconds)."""
         n, size = (50 if self.q else 200), 1 << 20
         runs = []
         with Stack(self.o, workers=self.layout) as st:
             for i in range(self.R):
-                bare = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
+                before = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
                 res = st.client(role, {"n": n, "size": size, "warmup": 4}, timeout=600)
-                res.update(bare_mib_per_s=bare["mib_per_s"], over_bare=res["mib_per_s"] / bare["mib_per_s"])
+                after = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
+                bare = (before["mib_per_s"] + after["mib_per_s"]) / 2
+                res.update(bare_mib_per_s=bare, over_bare=res["mib_per_s"] / bare)
                 log(f"{role} run {i + 1}: {fmt_run(res)}")
                 runs.append(res)
         return dict(summarize(runs), n=n, size=size)
