@@ -486,7 +486,7 @@ class ClientThread(threading.Thread):
             except Exception:
                 log.exception("client %s: progress_callback for job %s raised", self.client_id, raw_id)
 
-    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes) -> None:
+    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> None:
         """Verify, decode and deliver one outcome (on this thread only: that is what makes it once).
 
         The job stays in ``_pending`` until its callback (or first error) is
@@ -510,7 +510,7 @@ class ClientThread(threading.Thread):
                 self._pending.pop(job_id, None)
                 self._cond.notify_all()
 
-    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes) -> Decoded:
+    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> Decoded:
         """Verify and decode one outcome, and forward the output it carries (if we forward output)."""
         decoded = decode(self._signer, job_id, generation, kind, body)
         if decoded.output and self.forward_output:

@@ -222,27 +222,28 @@ class Signer:
                         tail=pieces)
         return b"".join((_SIGNED, tag, head, *pieces))
 
-    def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes) -> memoryview:
+    def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> memoryview:
         """The framed output and payload of an outcome that verifies (a view into ``body``: a large
         result is not copied); Rejected, Corrupt, Lost or Cancelled."""
-        marker = body[:1]
+        body = memoryview(body)
+        marker = bytes(body[:1])
         if marker == _LOST:
             raise Lost()
         if marker == b"C":
             raise Cancelled()
         if marker == _SIGNED:
-            tag, start = body[1:1 + _TAG_LEN], 1 + _TAG_LEN
+            tag, start = bytes(body[1:1 + _TAG_LEN]), 1 + _TAG_LEN
         elif marker == _UNSIGNED:
             if self.secret is not None:
                 raise Rejected("the outcome is unsigned (its worker ran --insecure) but this client has a secret")
             tag, start = b"", 1
         else:
             raise Corrupt("the outcome has an unknown format")
-        end = body.find(b"\n", start, start + 32)  # a token is a short decimal number
-        token = body[start:end]
-        if end < 0 or not token.isdigit():
+        head = bytes(body[start:start + 32])  # a token is a short decimal number
+        token, sep, _ = head.partition(b"\n")
+        if not sep or not token.isdigit():
             raise Corrupt("the outcome's framing is broken")
-        framed = memoryview(body)[end + 1:]
+        framed = body[start + len(token) + 1:]
         if marker == _SIGNED and self.secret is not None and not hmac.compare_digest(
                 tag, self._tag(b"outcome", job_id.encode(), b"%d" % generation, token, kind, framed)):
             raise Rejected("the outcome's signature does not verify with this client's secret (a worker with "
