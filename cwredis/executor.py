@@ -199,6 +199,7 @@ class Executor(concurrent.futures.Executor):
         # the size of its pickled arguments)
         queued: collections.deque[tuple[Any, int, int]] = collections.deque()
         queued_bytes = [0]  # of the jobs in `queued`: at most MAP_WINDOW_BYTES + one batch
+        by_bytes = [False]  # the last refill stopped at the byte window (else at the job window)
 
         counts = [0, 0]  # items done, failed (chunks count their items)
         bar = None
@@ -227,6 +228,7 @@ class Executor(concurrent.futures.Executor):
                         future.add_done_callback(count(chunk_items or 1))
                     queued.append((future, chunk_items, len(args)))
                     queued_bytes[0] += len(args)
+            by_bytes[0] = queued_bytes[0] >= config.MAP_WINDOW_BYTES
 
         def result_of(future: Any) -> Any:
             if isinstance(future, Decoded):
@@ -256,7 +258,10 @@ class Executor(concurrent.futures.Executor):
                         value = [error] * chunk_items if chunk_items else error
                     if bar is not None:
                         bar.update(*counts)
-                    if len(queued) < window // 2 or queued_bytes[0] < config.MAP_WINDOW_BYTES // 2:
+                    # Refill once the window that stopped the last refill is half empty: submits go in
+                    # large batches, not one per item consumed.
+                    if (queued_bytes[0] < config.MAP_WINDOW_BYTES // 2 if by_bytes[0]
+                            else len(queued) < window // 2):
                         refill()
                     if chunk_items:
                         yield from value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import pickle
 
 import pytest
 
@@ -107,3 +108,21 @@ def test_put_blobs_stores_renews_and_names_the_missing(r, s):
     r.pexpire(blob_key("d1"), 1_000)
     assert s.put_blobs(r, blobs=[("d1", None)], ttl_ms=60_000) == []  # there: renewed, not sent again
     assert r.pttl(blob_key("d1")) > 1_000 and r.hget(blob_key("d1"), "b") == b"ONE"
+
+
+def test_map_pickles_lazily_and_ends_a_batch_at_its_byte_budget(monkeypatch):
+    from cwredis.executor import _map_batches
+
+    monkeypatch.setattr(config, "SUBMIT_BATCH_BYTES", 2 * len(BIG))
+    drawn = []
+
+    def items():
+        for i in range(5):
+            drawn.append(i)
+            yield (BIG, i)
+
+    batches = _map_batches(lambda fn, args, kwargs: pickle.dumps(args), print, items(), 1)
+    first = next(batches)
+    assert [call[0][1] for call in first[1]] == [0, 1] and drawn == [0, 1]  # nothing pickled ahead
+    assert pickle.loads(first[2][1]) == (BIG, 1)
+    assert [[call[0][1] for call in batch[1]] for batch in batches] == [[2, 3], [4]]
