@@ -117,7 +117,10 @@ class ArgPickler:
                         continue
                     if print_ in self._seen:
                         self._seen.move_to_end(print_)
-                        repeated[id(value)] = self._blob(value)
+                        try:
+                            repeated[id(value)] = self._blob(value)
+                        except Exception:  # not picklable (an mmap...): dumps_call says so below
+                            continue
                     else:
                         self._seen[print_] = None
                         if len(self._seen) > SEEN_MAX:
@@ -125,8 +128,10 @@ class ArgPickler:
         if not repeated:
             return dumps_call(fn, args, kwargs)
         buffer = io.BytesIO()
-        pickler = _BlobPickler(buffer, repeated)
-        pickler.dump((args, kwargs))
+        try:
+            _BlobPickler(buffer, repeated).dump((args, kwargs))
+        except Exception:  # another argument cannot be pickled: dumps_call names it (SerializationError)
+            return dumps_call(fn, args, kwargs)
         blobs = tuple(repeated.values())
         out = Pickled(_MARK + b",".join(b.digest.encode() for b in blobs) + b"\n" + buffer.getvalue())
         out.blobs = blobs

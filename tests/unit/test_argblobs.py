@@ -126,3 +126,21 @@ def test_map_pickles_lazily_and_ends_a_batch_at_its_byte_budget(monkeypatch):
     assert [call[0][1] for call in first[1]] == [0, 1] and drawn == [0, 1]  # nothing pickled ahead
     assert pickle.loads(first[2][1]) == (BIG, 1)
     assert [[call[0][1] for call in batch[1]] for batch in batches] == [[2, 3], [4]]
+
+
+def test_an_unpicklable_argument_beside_a_repeated_one_is_named_as_always():
+    import threading
+
+    from cwredis.errors import SerializationError
+
+    pickler = ArgPickler(signer)
+    pickler.pickle_call(print, (BIG,), {})
+    with pytest.raises(SerializationError, match="argument 1"):
+        pickler.pickle_call(print, (BIG, threading.Lock()), {})
+    import mmap
+
+    area = mmap.mmap(-1, len(BIG))  # a buffer that cannot be pickled, sent twice
+    with pytest.raises(SerializationError, match="argument 0"):
+        pickler.pickle_call(print, (area,), {})
+    with pytest.raises(SerializationError, match="argument 0"):
+        pickler.pickle_call(print, (area,), {})
