@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import array
+import mmap
 import pickle
+import threading
 
 import pytest
 
 from cwredis import config
 from cwredis.argblobs import ArgPickler, BlobCache, Pickled, envelope_blobs, loads_call, named_blobs
+from cwredis.errors import SerializationError
+from cwredis.executor import _map_batches
 from cwredis.serialization import frame_outcome, frame_parts, unframe_outcome
 from cwredis.signing import Corrupt, Rejected, Signer
 from cwredis.submitter import job_batches
@@ -111,8 +115,6 @@ def test_put_blobs_stores_renews_and_names_the_missing(r, s):
 
 
 def test_map_pickles_lazily_and_ends_a_batch_at_its_byte_budget(monkeypatch):
-    from cwredis.executor import _map_batches
-
     monkeypatch.setattr(config, "SUBMIT_BATCH_BYTES", 2 * len(BIG))
     drawn = []
 
@@ -129,16 +131,10 @@ def test_map_pickles_lazily_and_ends_a_batch_at_its_byte_budget(monkeypatch):
 
 
 def test_an_unpicklable_argument_beside_a_repeated_one_is_named_as_always():
-    import threading
-
-    from cwredis.errors import SerializationError
-
     pickler = ArgPickler(signer)
     pickler.pickle_call(print, (BIG,), {})
     with pytest.raises(SerializationError, match="argument 1"):
         pickler.pickle_call(print, (BIG, threading.Lock()), {})
-    import mmap
-
     area = mmap.mmap(-1, len(BIG))  # a buffer that cannot be pickled, sent twice
     with pytest.raises(SerializationError, match="argument 0"):
         pickler.pickle_call(print, (area,), {})
