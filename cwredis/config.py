@@ -157,8 +157,9 @@ SUBMIT_BATCH = 500
 SUBMIT_BATCH_BYTES = 4 << 20
 #: How many bytes of pickled arguments ``Executor.map`` keeps submitted but not yet
 #: yielded (besides MAP_WINDOW jobs): what bounds the Redis memory of a map's queued
-#: large jobs -- at most this plus one SUBMIT_BATCH_BYTES batch (see README).
-MAP_WINDOW_BYTES = 64 << 20
+#: large jobs -- at most this plus the one batch that crossed it (see README). It also
+#: bounds how many large jobs can run at once: about this / the size of one job's arguments.
+MAP_WINDOW_BYTES = 256 << 20
 
 
 def cwredis_home() -> Path:
