@@ -106,9 +106,14 @@ class ArgPickler:
         self._blobs: weakref.WeakValueDictionary[str, ArgBlob] = weakref.WeakValueDictionary()
 
     def pickle_call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        """``(args, kwargs)`` pickled; a :class:`Pickled` naming its blobs when a large argument repeats."""
+        """``(args, kwargs)`` pickled; a :class:`Pickled` naming its blobs when a large argument repeats.
+
+        The call is pickled as always first: a small one (nearly every call) costs nothing more, and an
+        argument that cannot be pickled raises SerializationError naming it, as always.
+        """
+        pickled = dumps_call(fn, args, kwargs)
         repeated: dict[int, ArgBlob] = {}
-        if self._dedup:
+        if self._dedup and len(pickled) >= config.LARGE_ARG_BYTES:
             for value in (*args, *kwargs.values()):
                 size = _size(value)
                 if size >= config.LARGE_ARG_BYTES and id(value) not in repeated:
@@ -117,21 +122,15 @@ class ArgPickler:
                         continue
                     if print_ in self._seen:
                         self._seen.move_to_end(print_)
-                        try:
-                            repeated[id(value)] = self._blob(value)
-                        except Exception:  # not picklable (an mmap...): dumps_call says so below
-                            continue
+                        repeated[id(value)] = self._blob(value)  # pickled once already: it pickles
                     else:
                         self._seen[print_] = None
                         if len(self._seen) > SEEN_MAX:
                             self._seen.popitem(last=False)
         if not repeated:
-            return dumps_call(fn, args, kwargs)
+            return pickled
         buffer = io.BytesIO()
-        try:
-            _BlobPickler(buffer, repeated).dump((args, kwargs))
-        except Exception:  # another argument cannot be pickled: dumps_call names it (SerializationError)
-            return dumps_call(fn, args, kwargs)
+        _BlobPickler(buffer, repeated).dump((args, kwargs))  # pickled once already: it pickles
         blobs = tuple(repeated.values())
         out = Pickled(_MARK + b",".join(b.digest.encode() for b in blobs) + b"\n" + buffer.getvalue())
         out.blobs = blobs

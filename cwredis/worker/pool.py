@@ -158,9 +158,14 @@ class Slot:
         # Not asked to record it: still, a large outcome the child records itself (protocol.Direct).
         direct = Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
                         only_large=not running.direct)
+        # Large arguments go as they are, after the message: never copied into a pickle (Run.args_follow).
+        large = len(running.args) >= SEPARATE_ARGS_BYTES
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
-                       running.args, env_digest, None if self.env == env_digest else running.env,
-                       running.spec.forward_output, direct, running.spec.retry_on, running.blobs or None))
+                       b"" if large else bytes(running.args), env_digest,
+                       None if self.env == env_digest else running.env, running.spec.forward_output, direct,
+                       running.spec.retry_on, running.blobs or None, len(running.args) if large else 0))
+        if large:
+            self._write(running.args)
         self.functions.add(fn_digest)
         self.env = env_digest
 
@@ -182,16 +187,17 @@ class Slot:
         self.functions = set()
         self.env = None
 
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            if self.jobs is not None:
+                write_all(self.jobs.fileno(), data)
+        except (OSError, ValueError):
+            pass  # the child died: its pidfd tells the worker's loop, which handles its jobs
+
     def _send(self, message: Setup | Run) -> None:
         try:
-            if self.jobs is None:
-                return
-            if isinstance(message, Run) and len(message.args) >= SEPARATE_ARGS_BYTES:
-                # Large arguments go as they are, after the message: never copied into a pickle.
-                self.jobs.send(message._replace(args=b"", args_follow=len(message.args)))
-                write_all(self.jobs.fileno(), message.args)
-            else:
-                self.jobs.send(message._replace(args=bytes(message.args)) if isinstance(message, Run) else message)
+            if self.jobs is not None:
+                self.jobs.send(message)
         except (OSError, ValueError):
             pass  # the child died: its pidfd tells the worker's loop, which handles its jobs
 
