@@ -23,8 +23,9 @@ from latency import role_bare_latency, role_latency
 from measuring import Counter
 from memory import role_bounded, role_memory
 from payloads import role_bare_payload, role_large_args, role_large_results
+from server_load import role_ceiling, role_mass_death
 from sessions import role_resume, role_session_fill
-from throughput import role_client_submit, role_executor_map, role_fanout, role_scale
+from throughput import role_client_submit, role_executor_map, role_fanout, role_scale, role_wait_cost
 
 
 def role_smoke(url, timeout, **_):
@@ -51,7 +52,8 @@ ROLES: dict[str, Callable[..., dict[str, Any]]] = {
     "smoke": role_smoke, "executor_map": role_executor_map, "client_submit": role_client_submit,
     "latency": role_latency, "bare_latency": role_bare_latency, "fanout": role_fanout,
     "memory": role_memory, "scale": role_scale, "bounded": role_bounded,
-    "session_fill": role_session_fill, "resume": role_resume, "large_args": role_large_args,
+    "session_fill": role_session_fill, "resume": role_resume, "ceiling": role_ceiling,
+    "mass_death": role_mass_death, "wait_cost": role_wait_cost, "large_args": role_large_args,
     "large_results": role_large_results, "bare_payload": role_bare_payload}
 
 

@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lease-timeout", type=float, default=30)
     ap.add_argument("--insecure", action="store_true",
                     help="run every role with CWREDIS_INSECURE=1 and no secret (signing off; on by default)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run against a loopback Valkey Cluster (3 primaries, 3 replicas) instead of one server")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dirs with logs")
     ap.add_argument("--smoke", action="store_true", help="only check that the package works")
     ap.add_argument("--profile", metavar="DIR",
@@ -116,7 +118,7 @@ def run_suite(o: argparse.Namespace, t_start: float) -> int:
     meta = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
             "valkey": valkey_version(), "workers": f"{o.workers} x --concurrency {o.concurrency}",
             "fanout": f"{o.fanout_workers} x --concurrency {o.fanout_concurrency}",
-            "runs": o.runs, "quick": o.quick, "signing": not o.insecure,
+            "runs": o.runs, "quick": o.quick, "signing": not o.insecure, "cluster": o.cluster,
             "seconds": time.perf_counter() - t_start, "platform": platform.platform()}
     print_table(results, meta)
     if o.json:

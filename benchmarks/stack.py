@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 import protocol
+from cluster_harness import LoopbackCluster
 from harness import Proc, Procs, Server, admin_json, log_tail
+from sentinel_set import SentinelSet
 
 #: The client program every measurement runs in.
 CLIENT_PROGRAM = str(Path(__file__).resolve().parent / "client.py")
@@ -42,8 +44,11 @@ WORKERS_SEEN_TIMEOUT_S = 30.0
 class Stack:
     """A server + coordinator (+ workers) in a temp dir; a context manager that stops them all."""
 
-    def __init__(self, opts, *, aof: bool = False, workers: tuple[int, int] | None = None) -> None:
-        """``workers``: (processes, --concurrency each) started with the stack, or None for none."""
+    def __init__(self, opts, *, aof: bool = False, workers: tuple[int, int] | None = None,
+                 sentinel: bool = False) -> None:
+        """``workers``: (processes, --concurrency each) started with the stack, or None for none.
+        ``sentinel``: a primary with two replicas and three sentinels (``server`` is the primary), and
+        every role on the ``redis+sentinel://`` URL."""
         self.opts = opts
         self.aof = aof
         self.layout = workers
@@ -55,8 +60,14 @@ class Stack:
             self.env["CWREDIS_INSECURE"] = "1"
         else:
             self.env["CWREDIS_SECRET"] = secrets.token_urlsafe(32)
-        self.server = Server(self.dir, aof=aof)
-        self.url = self.server.url
+        # --cluster: a loopback 3-primary Valkey Cluster; the URL names a primary not serving the slot.
+        # sentinel: a primary, two replicas and three sentinels; the URL is the Sentinel set's.
+        self.sentinel_set = SentinelSet(self.dir) if sentinel else None
+        self.server: Server | LoopbackCluster = (
+            self.sentinel_set.primary if self.sentinel_set
+            else LoopbackCluster(self.dir, aof=aof) if getattr(opts, "cluster", False)
+            else Server(self.dir, aof=aof))
+        self.url = self.sentinel_set.url if self.sentinel_set else self.server.url
         # cwd: the temp dir, so no checkout's cwredis/ shadows the one PYTHONPATH names.
         self.procs = Procs(self.dir / "logs", env=dict(self.env, CWREDIS_URL=self.url), cwd=self.dir)
         self.coordinator: Proc | None = None
@@ -67,7 +78,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         try:
-            self.server.start()
+            (self.sentinel_set or self.server).start()
             self._start_coordinator()
             if self.layout:
                 self.start_workers(*self.layout)
@@ -78,7 +89,7 @@ class Stack:
 
     def __exit__(self, *exc_info: object) -> None:
         self.procs.stop_all(ROLE_STOP_GRACE_S)
-        self.server.close()
+        (self.sentinel_set or self.server).close()
         if not self.opts.keep_logs:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -139,11 +150,13 @@ class Stack:
     # ------------------------------------------------------------------- clients
 
     def client(self, role: str, params: dict, timeout: float,
-               on_event: Callable[[dict], None] | None = None) -> dict:
-        """Run one measurement in a fresh client subprocess; return its result dict."""
+               on_event: Callable[[dict], None] | None = None, url: str | None = None) -> dict:
+        """Run one measurement in a fresh client subprocess; return its result dict. ``url``: another URL
+        of the stack's server for this client (default: the stack's)."""
         params = dict(params, timeout=timeout)
         proc = self.procs.run([sys.executable, CLIENT_PROGRAM, role, json.dumps(params)],
-                              name=f"client-{role}", capture_stdout=True)
+                              env={"CWREDIS_URL": url} if url else None, name=f"client-{role}",
+                              capture_stdout=True)
         self.last_client = proc
         killer = threading.Timer(timeout + CLIENT_KILL_MARGIN_S, proc.stop, args=(2.0,))
         killer.daemon = True

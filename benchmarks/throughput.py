@@ -88,3 +88,27 @@ def role_scale(url, n, timeout, **_):
     return {"drain_jobs_per_s": (n - 1) / drain if drain > 0 else float("nan"),
             "drain_incl_start_jobs_per_s": n / (c.last - t_sub),
             "submit_calls_per_s": n / (t_sub - t0)}
+
+
+def role_wait_cost(url, batches, size, timeout, **_):
+    """What ``WAIT 1`` adds to a pipelined batch of ``size`` writes on the primary (through ``url``, a
+    Sentinel URL): the median of ``batches`` timed batches without and with it, alternating."""
+    import statistics
+
+    from cwredis.connection import Pinned, connect
+    from cwredis.sentinel import WAIT_COMMAND
+
+    pinned = Pinned(connect(url, "bench"))
+    writes = [("SET", f"bench:wait:{i}", "x" * 100) for i in range(size)]
+    plain, waited = [], []
+    for _ in range(batches):
+        for commands, times in ((writes, plain), (writes + [WAIT_COMMAND], waited)):
+            t0 = time.perf_counter()
+            replies = pinned.pipeline(commands)
+            times.append(time.perf_counter() - t0)
+            if commands is not writes and int(replies[-1]) < 1:  # type: ignore[arg-type]
+                raise RuntimeError("wait_cost: no replica acknowledged a batch")
+    pinned.execute("DEL", *[f"bench:wait:{i}" for i in range(size)])
+    pinned.close()
+    p_ms, w_ms = statistics.median(plain) * 1000, statistics.median(waited) * 1000
+    return {f"batch_ms@{size}": p_ms, f"batch_wait_ms@{size}": w_ms, f"wait_ms@{size}": w_ms - p_ms}

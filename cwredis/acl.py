@@ -32,7 +32,7 @@ DATA = (
     "hset", "hget", "hmget", "hgetall", "hdel", "hincrby",
     "lpush", "rpush", "lrange", "llen", "lrem", "ltrim", "lmove", "blmpop", "lmpop",
     "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zpopmin",
-    "publish", "subscribe", "unsubscribe",
+    "spublish", "ssubscribe", "sunsubscribe",
 )
 ALLOWED_COMMANDS = CONNECTION + SCRIPTING + DATA
 

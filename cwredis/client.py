@@ -226,7 +226,7 @@ class ClientThread(threading.Thread):
     def _wake_results_thread(self) -> None:
         """A message on our own channel: the results thread looks at _attached and the stop request now."""
         try:
-            self._redis.publish(self._channel, b"W")
+            self._redis.spublish(self._channel, b"W")
         except Exception as exc:  # it looks at both twice a second anyway
             log.debug("client %s: could not wake its results thread: %s", self.client_id, describe(exc))
 

@@ -106,6 +106,13 @@ WORKER_IDLE_TICK_S = 0.5
 #: Lease renewals per lease period: one lost renewal still leaves two.
 RENEWALS_PER_LEASE = 3
 
+#: A worker's description (``cw:worker:<w>``, for ``cw-admin workers``) lives this many leases
+#: past its last refresh. A heartbeat refreshes it only once half of that has run down (each
+#: refresh is a write to the append-only file), so an idle worker does so about once every five
+#: leases. The coordinator deletes a dead worker's description when it forgets the worker (one
+#: lease after it expired); this bound is for a cluster with no coordinator running.
+WORKER_INFO_TTL_LEASES = 10
+
 #: Weight of the newest job in a worker's running average of job durations.
 JOB_TIME_AVERAGE_WEIGHT = 0.2
 
@@ -342,8 +349,15 @@ def mask_url(url: str) -> str:
     network location, so a password may hold ``@`` or ``:``), in every scheme
     (``redis``, ``rediss``, ``unix``, ``redis+sentinel`` with its host list),
     and any ``password``/``*_password`` query parameter. Text that does not
-    parse is masked whole after its scheme.
+    parse is masked whole after its scheme. A password holding ``/``, ``?``
+    or ``#`` not percent-encoded (where ``urllib`` would end the host and show
+    the rest as a path or query) is masked too: then everything between the
+    scheme and the last ``@`` is taken as the user info.
     """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if sep and at and ":" in userinfo and any(c in userinfo for c in "/?#"):
+        return mask_url(f"{scheme}://{userinfo.partition(':')[0]}:***@{tail}")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -50,6 +50,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     redis.exceptions.ReadOnlyError,     # READONLY: a failover made our server a replica
     redis.exceptions.TryAgainError,     # TRYAGAIN: a cluster slot is being migrated
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN (a replica lost its master)
+    redis.exceptions.AskError,          # MOVED/ASK: the slot moved; the next connection follows (cwredis.cluster)
 )
 
 #: Reply error codes redis-py 8 has no class for, which also mean "for now": BUSY (a script
@@ -59,7 +60,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
 #: read was cut short because the server became a replica). redis-py raises these as a bare ResponseError
 #: whose text begins with the code -- the RESP error code, the same word redis-py itself maps
 #: to a class, never the prose after it. Any other error reply (WRONGTYPE, NOPERM, a script's
-#: own error, a MOVED/ASK redirection a plain client cannot follow) is permanent.
+#: own error, CROSSSLOT, which one namespace's keys never cause) is permanent.
 _TRANSIENT_UNCLASSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "UNBLOCKED"})
 
 
@@ -69,26 +70,29 @@ def connect(url: str, role: str) -> redis.Redis:
     ``redis://`` and ``unix://`` connections are guarded (:class:`GuardedConnection`):
     they check who listens on a loopback address before sending the password
     and, for a URL from the URL file, follow that file to a new address or
-    password.
+    password. A ``redis://`` URL may name any node of a Cluster: its
+    connections then go to the primary of the namespace's slot
+    (:mod:`cwredis.cluster`).
     """
-    options: dict[str, Any] = {}
-    if urlsplit(url).scheme in ("redis", "unix"):
+    from .cluster import ClusterAwareConnection, ClusterRouter  # it builds on GuardedConnection, below
+
+    options: dict[str, Any] = {
+        "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S, "socket_keepalive": True, "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": [],
+        "command_packer": PACKER}  # large arguments go out uncopied (cwredis.wire)
+    if sentinel.is_sentinel_url(url):
+        return sentinel.connect(url, role, options)
+    scheme = url.partition("://")[0].lower()  # not urlsplit: it raises on some bad URLs
+    if scheme in ("redis", "unix"):
         options["connection_class"] = GuardedConnection
+        if scheme == "redis":  # any node of a Valkey/Redis Cluster, detected at the first connect
+            options["connection_class"] = ClusterAwareConnection
+            options["router"] = ClusterRouter(_host_port(url))
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
     try:
-        return redis.Redis.from_url(
-            url,
-            client_name=f"cwredis-{role}",
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_keepalive=True,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-            command_packer=PACKER,  # large arguments go out uncopied (cwredis.wire)
-            **options,
-        )
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
 
@@ -224,9 +228,17 @@ def is_server_full(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.OutOfMemoryError)
 
 
+#: What redis-py puts before an error reply raised from a pipeline (``Pipeline.annotate_exception``:
+#: ``Command # N (COMMAND ARGS...) of pipeline caused error: REPLY``); the reply's code follows it.
+_PIPELINE_PREFIX, _PIPELINE_ANNOTATION = "Command # ", " of pipeline caused error: "
+
+
 def _error_code(exc: redis.exceptions.ResponseError) -> str:
-    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word)."""
+    """The RESP error code of a reply error redis-py raised as a bare ResponseError (its first word,
+    after redis-py's annotation if it came from a pipeline: a NOREPLICAS during a failover often does)."""
     text = str(exc.args[0]) if exc.args else ""
+    if text.startswith(_PIPELINE_PREFIX):
+        text = text.partition(_PIPELINE_ANNOTATION)[2]
     return text.split(" ", 1)[0]
 
 
@@ -326,6 +338,20 @@ class Reconnector:
             return result
 
 
+def unpooled_connection(client: redis.Redis) -> Any:
+    """A new connection with the settings (and class) of ``client``'s pool, which the pool does not count.
+
+    redis-py's ``make_connection()`` counts each connection it makes against
+    the pool's ``max_connections`` (100) and only a ``release()`` through the
+    pool counts it off; :class:`Pinned` and :class:`Subscription` keep their
+    connections outside the pool and make a new one after every outage (a
+    failover, a restart), so a long-lived client would hit "Too many
+    connections" after its hundredth.
+    """
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 class Pinned:
     """One connection of a client's pool, kept for the calls on a job's latency path.
 
@@ -339,7 +365,7 @@ class Pinned:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+        self._client = client
         self._conn: Any = None  # a redis.connection.Connection (or SSLConnection), once opened
         self._lock = threading.Lock()
 
@@ -351,7 +377,7 @@ class Pinned:
         """Send commands in one write, read every reply; the first error reply is raised after all are read."""
         with self._lock:
             if self._conn is None:
-                self._conn = self._pool.make_connection()
+                self._conn = unpooled_connection(self._client)
             conn = self._conn
             try:
                 conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -398,16 +424,21 @@ class Batch:
 class Subscription:
     """A connection subscribed to one channel, read directly (for the reason given at :class:`Pinned`).
 
+    A sharded channel (SSUBSCRIBE; the scripts SPUBLISH): on a Cluster it
+    lives on the shard of the namespace's slot (its name carries the hash
+    tag), on a single server it behaves as plain pub/sub.
+
     The subscription is confirmed before the constructor returns, so what is
     published from then on is seen. Any error drops the connection; make a
-    new Subscription.
+    new Subscription. So does the server ending it (a Cluster whose slot
+    moved to another shard, a failover): ``next`` raises ConnectionError.
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._conn: Any = client.connection_pool.make_connection()
+        self._conn: Any = unpooled_connection(client)
         try:
-            self._conn.send_command("SUBSCRIBE", channel, check_health=False)
-            self._conn.read_response(push_request=True)  # ["subscribe", channel, 1]
+            self._conn.send_command("SSUBSCRIBE", channel, check_health=False)
+            self._conn.read_response(push_request=True)  # ["ssubscribe", channel, 1]
         except BaseException:
             self._conn.disconnect()
             raise
@@ -421,8 +452,11 @@ class Subscription:
         except BaseException:
             self._conn.disconnect()
             raise
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"smessage":
             return reply[2]  # type: ignore[no-any-return]
+        if isinstance(reply, list) and reply and reply[0] == b"sunsubscribe":
+            self._conn.disconnect()
+            raise redis.ConnectionError("the server ended the subscription (its slot moved to another shard)")
         return None
 
     def close(self) -> None:
@@ -437,6 +471,8 @@ def explain(exc: BaseException, url: str) -> str:
     differently.
     """
     where = _address(url)
+    if sentinel.is_sentinel_url(url) and (said := sentinel.explain(exc, url)) is not None:
+        return said
     if isinstance(exc, redis.AuthenticationError):
         if _has_password(url):
             return "wrong password (check the password in the URL, $CWREDIS_URL or $CWREDIS_HOME/url)"
@@ -448,7 +484,21 @@ def explain(exc: BaseException, url: str) -> str:
         return f"nothing listening on {where}: is cw-coordinator running?"
     if isinstance(exc, redis.TimeoutError):
         return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
+    if isinstance(exc, redis.exceptions.AskError):  # MOVED/ASK: cwredis.cluster's connections follow it
+        return (f"the Valkey/Redis Cluster moved slot {exc.slot_id} to {exc.host}:{exc.port} (a failover or "
+                "resharding); following it")
     return describe(exc)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket: from_url says so, masked
+        return "localhost", 6379
+    try:
+        return parts.hostname or "localhost", parts.port or 6379
+    except ValueError:  # a bad port: from_url says so, naming the URL
+        return parts.hostname or "localhost", 6379
 
 
 def _address(url: str) -> str:
@@ -456,6 +506,8 @@ def _address(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
+    if sentinel.is_sentinel_url(url):
+        return sentinel.describe_set(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
@@ -544,3 +596,7 @@ def setup_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("CWREDIS_LOG_LEVEL") or "INFO").upper(),
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
     )
+
+
+# Last: cwredis.sentinel builds on GuardedConnection above; connect() and the messages dispatch to it.
+from . import sentinel  # noqa: E402

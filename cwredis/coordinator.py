@@ -32,6 +32,7 @@ from .connection import (Reconnector, check_connection_budget, connect, describe
 from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts
+from .sentinel import PrimaryWatch
 from .safefiles import ensure_private_dir, write_private
 from .server import EmbeddedServer
 from .signing import LOST_OUTCOME
@@ -60,6 +61,9 @@ class Coordinator:
         self._redis = connect(url, "coordinator")
         self._scripts = Scripts(self._redis, keys)
         self._failing: dict[str, str] = {}  # expired workers the last sweep could not recover -> error
+        # After a failover the promoted replica may lack the workers' last lease renewals (they are
+        # not waited for): give every worker one lease to renew there before declaring it dead.
+        self._primary = PrimaryWatch(self._redis, hold_s=lease_s)
 
     def publish_settings(self) -> bool:
         """Tell workers the lease timeout (they renew every third of it); False if the server is full.
@@ -91,7 +95,8 @@ class Coordinator:
             now_ms = seconds * 1000 + micros // 1000
         requeued = lost = 0
         failing: dict[str, str] = {}
-        for worker_id in self._expired_workers(now_ms):
+        expired = [] if self._primary.holding() else self._expired_workers(now_ms)
+        for worker_id in expired:
             try:
                 recovered = self._scripts.requeue_expired(
                     self._redis, worker_id=worker_id, forget_after_ms=FORGET_AFTER_LEASES * self.lease_ms,
@@ -158,6 +163,7 @@ class Coordinator:
                     stop.wait(1.0)
                     continue
                 published = False
+                self._primary.failed()
                 reconnector.failed(exc)
                 continue
             stop.wait(self.sweep_interval_s)

@@ -1,11 +1,20 @@
 """The only module that spells a Redis key.
 
-Every key lives under one namespace (default ``cw``). Lua scripts receive
-their keys in ``KEYS``; where a script discovers job ids itself (popping a
-queue, sweeping a dead worker's in-flight list) it cannot know their keys in
-advance, so it receives the key *prefixes* below in ``ARGV`` from
-:meth:`Keys.prefixes` and appends the id -- the spelling still lives here.
-(This is also why cwredis targets a single Redis/Valkey server, not Cluster.)
+Every key lives under one namespace (default ``cw``), spelled as a hash tag:
+``{cw}:job:<id>``. Valkey/Redis Cluster places a key by the hash of the part
+between the first ``{`` and ``}``, so the whole namespace lives in one slot of
+one shard: every Lua script and MULTI may touch any of its keys, and a script
+may build keys it discovers (below). The tag is there on a single server too,
+so there is one key layout (:mod:`cwredis.cluster` finds the shard).
+
+Lua scripts receive their keys in ``KEYS``; where a script discovers job ids
+itself (popping a queue, sweeping a dead worker's in-flight list) it cannot
+know their keys in advance, so it receives the key *prefixes* below in
+``ARGV`` from :meth:`Keys.prefixes` and appends the id -- the spelling still
+lives here. (Legal in a cluster only because of the hash tag: an undeclared
+key in another slot would be refused.)
+
+Below, ``cw`` stands for ``{cw}``.
 
 =====================  ======  ===============================================
 key                    type    holds
@@ -32,6 +41,7 @@ key                    type    holds
 ``cw:results:<c>``     LIST    outcomes waiting for client ``c``
 ``cw:rseq:<c>``        STRING  sequence number of client ``c``'s last outcome
 ``cw:chan:<c>``        pubsub  wakes client ``c`` when an outcome is pushed
+                               (a sharded channel: SPUBLISH/SSUBSCRIBE)
 ``cw:config``          HASH    settings the coordinator publishes (lease_ms)
 ``cw:stats``           HASH    counters: done, failed; done:<queue>, failed:<queue>
                                (for ``status``, the dashboard, /metrics)
@@ -49,8 +59,13 @@ class Keys:
 
     namespace: str = "cw"
 
+    @property
+    def hash_tag(self) -> str:
+        """``{namespace}``: the part of every key (and channel) Cluster hashes to pick its slot."""
+        return "{" + self.namespace + "}"
+
     def _key(self, *parts: str) -> str:
-        return ":".join((self.namespace, *parts))
+        return ":".join((self.hash_tag, *parts))
 
     def queue(self, name: str) -> str:
         return self._key("queue", name)

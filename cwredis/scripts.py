@@ -375,10 +375,11 @@ class Scripts:
 
     def heartbeat(self, client: Any, *, worker_id: str, lease_ms: int, info: dict[str, str],
                   now_ms: int | None = None) -> Any:
-        """Renew the lease; the reply is 1 if it was still valid, 0 if it had expired."""
+        """Renew the lease and write what changed in ``info``; the reply is 1 if the lease was still valid,
+        0 if it had expired."""
         fields = [item for pair in info.items() for item in pair]
         return self._run("heartbeat", client, [self.keys.workers, self.keys.worker(worker_id)],
-                         [worker_id, lease_ms, 3 * lease_ms, _clock(now_ms), *fields])
+                         [worker_id, lease_ms, config.WORKER_INFO_TTL_LEASES * lease_ms, _clock(now_ms), *fields])
 
     @staticmethod
     def parse_claim(reply: Any) -> ClaimReply:

@@ -42,6 +42,7 @@ unsigned or badly tagged (:class:`Rejected`). Malformed framing raises
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from typing import Mapping, Sequence
@@ -122,7 +123,9 @@ class Signer:
 
     def digest(self, blob: bytes) -> str:
         """The address of a sealed blob; keyed by the secret, so no one without it can match it."""
-        return hashlib.blake2b(blob, digest_size=_DIGEST_LEN, key=self._digest_key).hexdigest()
+        # base64 (11 characters), not hex (16): a job names two digests, each in its record.
+        raw = hashlib.blake2b(blob, digest_size=_DIGEST_LEN, key=self._digest_key).digest()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def spec_digest(self, fields: Mapping[str, str]) -> str:
         """The address of a spec record, computed over all its fields (keyed, as :meth:`digest`)."""

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import redis
 
 from . import config, job
-from .connection import Pinned, Reconnector, describe, is_server_full, memory_limit
+from . import sentinel
+from .connection import Batch, Pinned, Reconnector, describe, is_server_full, memory_limit
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
@@ -70,8 +71,15 @@ class Attached(NamedTuple):
 
 
 def new_job_id() -> str:
-    """16 characters of [a-z2-7] (80 random bits): unique without coordination, never starting with '-'."""
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    """12 characters of [A-Za-z0-9_.] (72 random bits): unique without coordination, never starting with '-'.
+
+    Twelve, not more: the job's key (``{cw}:job:`` and the id) then fits the
+    smallest allocation the server makes for a key, and the id is also a
+    queue entry -- about 25 bytes less per queued job than 16 characters.
+    The chance that two of ten million jobs alive at once share an id is
+    about 1e-8 (n^2 / 2^73).
+    """
+    return base64.urlsafe_b64encode(secrets.token_bytes(9)).decode().replace("-", ".")
 
 
 class Submitter:
@@ -87,6 +95,7 @@ class Submitter:
         if not queue or any(c.isspace() for c in queue):
             raise ValueError(f"invalid queue name {queue!r}")
         self._pinned = Pinned(client)  # submits are on the latency path
+        self._replica_ack = sentinel.needs_replica_ack(client)  # a batch waits for a replica (WAIT)
         self._scripts = scripts
         self._keys = keys
         self._signer = signer
@@ -221,18 +230,30 @@ class Submitter:
         self._put_blobs(batch)
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
+            target = self._pinned.batch() if self._replica_ack else self._pinned
             reply = self._scripts.submit(
-                self._pinned, queue=self._queue, spec_digest=shared.spec_digest,
+                target, queue=self._queue, spec_digest=shared.spec_digest,
                 spec_fields=shared.spec_fields if send_records else None, fn_digest=shared.fn_digest,
                 fn_blob=shared.fn_blob if send_records else None, fn_name=shared.fn_name,
                 env_digest=shared.env_digest, env_blob=shared.env_blob if send_records else None, jobs=batch,
                 blob_ttl_ms=int(config.RESULT_TTL_S * 1000), session=self._session, attach=self._client_id)
+            if isinstance(target, Batch):
+                reply = self._replicated(target, len(batch))
             queued, rows = reply if isinstance(reply, list) else (reply, [])
             if int(queued) >= 0:
                 with self._lock:
                     self._stored.update(digests)
                 return [Attached.from_row(row) for row in rows]
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
+
+    def _replicated(self, target: Batch, count: int) -> Any:
+        """Send the submit in ``target`` followed by ``WAIT`` on the same connection; submit.lua's reply once a
+        replica has the batch, else NotReplicatedError (transient: :meth:`submit` sends it again, which is
+        safe because a job id the server holds is skipped)."""
+        target.commands.append(sentinel.WAIT_COMMAND)
+        reply, replicas = self._scripts.execute(target)
+        sentinel.check_acknowledged(replicas, f"a submit of {count} job(s)")
+        return reply
 
     def close(self) -> None:
         self._pinned.close()

@@ -120,9 +120,9 @@ local function push_outcome(results, seq_key, channel, job_id, generation, kind,
   redis.call('RPUSH', results, head .. kind .. '\n' .. body)
   keep_alive(results, result_ttl)
   if not publish_max or #body <= publish_max then
-    redis.call('PUBLISH', channel, head .. kind .. '\n' .. body)
+    redis.call('SPUBLISH', channel, head .. kind .. '\n' .. body)
   else
-    redis.call('PUBLISH', channel, head .. 'big\n')
+    redis.call('SPUBLISH', channel, head .. 'big\n')
   end
 end
 

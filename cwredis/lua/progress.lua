@@ -13,5 +13,5 @@ local fields = {}
 if ARGV[2] ~= '' then fields[#fields + 1] = 'pg'; fields[#fields + 1] = ARGV[2] end
 if ARGV[5] and ARGV[5] ~= '' then fields[#fields + 1] = 'lo'; fields[#fields + 1] = ARGV[5] end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+if ARGV[2] ~= '' then redis.call('SPUBLISH', ARGV[3], ARGV[4]) end
 return 1

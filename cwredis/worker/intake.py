@@ -267,7 +267,7 @@ class Intake:
             self._ledger.add_outcome(Completion(claimed.id, claimed.token, "", "err", b"", "corrupt",
                                                 "job spec is missing", error))
             return None
-        running = Running(claimed, spec)
+        running = Running(claimed, spec, record_large=not self._link.replica_ack)
         try:
             running.args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
         except Rejected as exc:  # our secret may be the wrong one: back to the queue for another worker

@@ -52,7 +52,11 @@ class Lease:
         return time.monotonic() - self.renewed > self.lease_ms / 2000
 
     def renew(self) -> None:
-        """One heartbeat: renew, publish our description, pick up the coordinator's lease setting."""
+        """One heartbeat: renew, publish our description, pick up the coordinator's lease setting.
+
+        The whole description goes every time; heartbeat.lua writes only the
+        fields that changed, so an idle worker's heartbeat is the lease alone.
+        """
         info = {"host": socket.gethostname(), "pid": str(os.getpid()), **self._describe()}
         renewed_before = self.renewed
         renewal = self.renewing(lambda: self._link.renew(self.lease_ms, info))

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-from .. import config, job
+from .. import config, job, sentinel
 from ..catalog import Catalog
 from ..connection import Pinned, Reconnector, check_connection_budget, connect, describe, is_transient
 from ..keys import Keys
@@ -84,6 +84,8 @@ class Link:
         self._inbox = Pinned(self._redis)
         self.catalog = Catalog(self._redis, keys, signer)
         self._reconnector = Reconnector(url, "worker")
+        #: Outcomes wait for a replica (WAIT 1) before they count as recorded: a Sentinel URL.
+        self.replica_ack = sentinel.needs_replica_ack(self._redis)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -229,7 +231,17 @@ class Link:
             if claim_count:
                 self._scripts.claim(pipe, worker_id=self.worker_id, queues=self.queues, lease_ms=lease_ms,
                                     max_count=claim_count, start_count=start_count, park=True)
+            acknowledging = self.replica_ack and bool(batch.outcomes or batch.requeues)
+            if acknowledging:  # last, on the pipeline's one connection: it covers everything above
+                pipe.execute_command(*sentinel.WAIT_COMMAND)
             replies = iter(self._scripts.execute(pipe))
+            if acknowledging:
+                # Not confirmed: LinkDown, so the recorder keeps the outcomes owed and undoes the claim
+                # (the same path as a lost reply); complete and requeue are fenced, so resending is safe.
+                *replies_before, replicas = replies
+                sentinel.check_acknowledged(replicas, f"{len(batch.outcomes)} outcome(s) and "
+                                                      f"{len(batch.requeues)} requeue(s)")
+                replies = iter(replies_before)
             if batch.starts:
                 next(replies)
             outcomes = [bool(int(f)) for f in next(replies)] if batch.outcomes else []

@@ -59,6 +59,9 @@ class Running:
     prefetched: bool = False  # claimed ahead: its start must be recorded (start.lua)
     direct: bool = False  # the child records the outcome itself (cwredis.worker.direct)
     repark: bool = False  # ...and gives the worker's parking its room back
+    #: A large result may be recorded by the child even when not ``direct`` (protocol.Direct.only_large);
+    #: never where outcomes must wait for a replica (a Sentinel URL: only the worker's recording WAITs).
+    record_large: bool = True
 
     @property
     def id(self) -> str:
@@ -156,8 +159,8 @@ class Slot:
         """(Re)write a job, leaving out the function and environment the child already holds."""
         fn_digest, env_digest = running.claimed.function, running.spec.env
         # Not asked to record it: still, a large outcome the child records itself (protocol.Direct).
-        direct = Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
-                        only_large=not running.direct)
+        direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
+                         only_large=not running.direct) if running.direct or running.record_large else None)
         # Large arguments go as they are, after the message: never copied into a pickle (Run.args_follow).
         large = len(running.args) >= SEPARATE_ARGS_BYTES
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,

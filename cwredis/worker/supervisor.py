@@ -333,8 +333,10 @@ class Worker:
                     if pool.ready and not slot.sent and slot.alive:
                         running = pool.ready.popleft()
                         # Nothing else waiting: someone may be waiting on this one job. Its
-                        # child records the outcome itself, one hop fewer (worker.direct).
-                        running.direct = not pool.ready
+                        # child records the outcome itself, one hop fewer (worker.direct) --
+                        # unless outcomes must wait for a replica: only the worker's own
+                        # recording does that (and resends what no replica confirmed).
+                        running.direct = not pool.ready and not self._link.replica_ack
                         running.repark = running.direct and self.intake.queues_empty
                         slot.start(running)
                         self._mark_started(running)

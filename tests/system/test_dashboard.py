@@ -26,6 +26,7 @@ import pytest
 import cwredis
 import helpers
 import jobs_dashboard
+from cwredis.keys import Keys
 from harness import Proc, cw_admin
 from helpers import TEST_SECRET, wait_for
 
@@ -268,7 +269,7 @@ def test_metrics_parse_and_match_redis(cluster, dashboard):
     assert samples[("cwredis_workers", ())] == status["workers"] == 1
     assert ("cwredis_jobs_running", ()) in samples and ("cwredis_sessions", ()) in samples
     done = samples[("cwredis_jobs_completed_total", (("outcome", "done"), ("queue", "default")))]
-    assert done >= 20 and done == int(cluster.redis.hget("cw:stats", "done:default"))
+    assert done >= 20 and done == int(cluster.redis.hget(Keys().stats, "done:default"))
 
 
 def test_metrics_only_serves_metrics_alone_with_a_bearer_token(cluster):

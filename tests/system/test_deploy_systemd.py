@@ -108,7 +108,7 @@ def test_redis_conf_lines_each_have_a_reason():
     lines = (DEPLOY / "redis.conf").read_text().splitlines()
     settings = [i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")]
     assert [lines[i].split()[0] for i in settings] == [
-        "appendonly", "appendfsync", "maxmemory-policy", "requirepass"]
+        "appendonly", "appendfsync", "maxmemory-policy", "hash-max-ziplist-value", "requirepass"]
     for i in settings:
         assert lines[i - 1].startswith("#"), f"no comment says why: {lines[i]!r}"
 
@@ -144,6 +144,7 @@ def test_redis_conf_is_accepted_by_valkey_server(tmp_path):
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("hash-max-listpack-value") == {"hash-max-listpack-value": "256"}
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).set("k", "v")
     finally:

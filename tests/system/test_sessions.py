@@ -20,6 +20,7 @@ import pytest
 
 import cwredis
 import helpers
+from cwredis.keys import Keys
 from helpers import admin_json, executions, wait_for
 from sysutil import Outcomes, cw_admin, unique
 
@@ -233,7 +234,7 @@ def test_admin_sessions_cancel_and_drop(cluster, procs, tmp_path):
     assert admin_json(cluster.url, "drop-session", session) == {"dropped": 4}
     assert session not in {r["name"] for r in admin_json(cluster.url, "sessions")}
     assert cw_admin("drop-session", session, env={"CWREDIS_URL": cluster.url}).returncode == 1
-    assert not cluster.redis.exists(f"cw:job:{done}")
+    assert not cluster.redis.exists(Keys().job(done))
     del slow
 
 

@@ -144,15 +144,15 @@ def test_an_outcome_moved_to_another_job_or_forged_is_rejected(cluster, procs, k
             cwredis.ClientThread(seen.on_result, url=cluster.url, error_callback=seen.on_error,
                                  queue=idle_queue) as waiting:
         listener = r.pubsub()
-        listener.subscribe(keys.channel(t.client_id))
+        listener.ssubscribe(keys.channel(t.client_id))
         a = t.submit(pow, 2, 10)
         worker(procs, cluster.url, queue)
         t.wait(timeout=JOB_TIMEOUT_S)
         published = None
         while published is None:
-            message = listener.get_message(timeout=5)
+            message = listener.get_sharded_message(timeout=5)
             assert message is not None, "the outcome of A was never published"
-            if message["type"] == "message" and b"\n%s\n" % a.encode() in message["data"]:
+            if message["type"] == "smessage" and b"\n%s\n" % a.encode() in message["data"]:
                 published = message["data"]
         listener.close()
         a_body = published.split(b"\n", 4)[4]
@@ -162,7 +162,7 @@ def test_an_outcome_moved_to_another_job_or_forged_is_rejected(cluster, procs, k
         for job_id, kind, body in [(b, b"ok", a_body), (c, b"err", forged_err)]:
             entry = _outcome_entry(r, keys, waiting.client_id, job_id, kind, body)
             r.rpush(keys.results(waiting.client_id), entry)
-            r.publish(keys.channel(waiting.client_id), entry)
+            r.spublish(keys.channel(waiting.client_id), entry)
         seen.wait_for(b)
         seen.wait_for(c)
     assert seen.results == {a: 1024}

@@ -126,7 +126,7 @@ def job_logs(home: Path) -> str:
 
 
 def test_sbatch_file_is_the_template():
-    from cwredis.slurm import SBATCH_SCRIPT
+    from cwredis.slurm_batch import SBATCH_SCRIPT
 
     assert (REPO / "deploy" / "slurm" / "cwredis.sbatch").read_text() == SBATCH_SCRIPT
 

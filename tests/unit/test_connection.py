@@ -30,6 +30,8 @@ TRANSIENT = [
     "NOREPLICAS Not enough good replicas to write.",
     "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
     "WRONGPASS invalid username-password pair or user is disabled.",
+    "MOVED 3999 127.0.0.1:6381",  # a cluster slot moved: the next connection follows (cwredis.cluster)
+    "ASK 3999 127.0.0.1:6381",
 ]
 
 PERMANENT = [
@@ -38,7 +40,7 @@ PERMANENT = [
     "ERR unknown command 'FOO', with args beginning with: ",
     "user_script:3: x script: ca5e1e31, on @user_script:3.",
     "ERR Error compiling script (new function): user_script:1: unexpected symbol near '#'",
-    "MOVED 3999 127.0.0.1:6381",
+    "CROSSSLOT Keys in request don't hash to the same slot",  # a namespace's keys share a hash tag
     "EXECABORT Transaction discarded because of previous errors.",
     "BUSYKEY Target key name already exists.",
 ]
@@ -72,3 +74,29 @@ def test_lost_connections_and_timeouts_are_transient(exc):
 
 def test_errors_not_from_redis_are_permanent():
     assert not is_transient(ValueError("OOM"))
+
+
+@pytest.mark.parametrize("line", TRANSIENT + PERMANENT)
+def test_a_reply_error_from_a_pipeline_is_classified_by_its_code_too(line):
+    exc = reply_error(line)
+    # As redis-py raises it from a pipeline: the command and its position put before the reply.
+    redis.client.Pipeline.annotate_exception(None, exc, 1, ("EVALSHA", "e3f0d7", 2, "cw:workers", "w1"))
+    assert str(exc).startswith("Command # 1 (EVALSHA e3f0d7 2 cw:workers w1) of pipeline caused error: ")
+    assert is_transient(exc) == (line in TRANSIENT)
+
+
+def test_pinned_and_subscription_connections_made_anew_after_each_outage_never_run_out(server):
+    """Each outage (a failover, a restart) makes them open a new connection: they are not counted
+    against the pool's limit (100; 3 here, so that a few reconnects show it)."""
+    from cwredis.connection import Pinned, Subscription, connect
+
+    client = connect(server.url, "test")
+    client.connection_pool.max_connections = 3
+    pinned = Pinned(client)
+    for _ in range(6):
+        assert pinned.execute("PING") == b"PONG"
+        pinned.close()  # as an error would drop it
+    for _ in range(6):
+        Subscription(client, "cw-test-channel").close()
+    assert client.ping()
+    client.close()

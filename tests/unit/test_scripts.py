@@ -297,6 +297,50 @@ def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
     assert r.hget(KEYS.worker("w1"), "host") == b"h"
 
 
+def untouched(r, key, action) -> bool:
+    """Whether ``action`` left ``key`` unmodified (no write, TTL included): a WATCH on it still holds."""
+    with r.pipeline() as pipe:
+        pipe.watch(key)
+        action()
+        pipe.multi()
+        pipe.exists(key)
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return False
+        return True
+
+
+def test_heartbeat_writes_only_what_changed_in_the_description(s, r):
+    info_key = KEYS.worker("w1")
+    description = {"host": "h", "queues": "default", "running": ""}
+
+    def beat(at, **changes):
+        return lambda: s.heartbeat(r, worker_id="w1", lease_ms=LEASE_MS, info=description | changes, now_ms=at)
+
+    beat(T0)()
+    assert r.hgetall(info_key) == {b"host": b"h", b"queues": b"default", b"running": b""}
+    ttl = r.pttl(info_key)
+    assert 9 * LEASE_MS < ttl <= 10 * LEASE_MS  # config.WORKER_INFO_TTL_LEASES
+    # An idle worker's heartbeat: the lease moves, the description is not written at all.
+    assert untouched(r, info_key, beat(T0 + 10_000))
+    assert r.zscore(KEYS.workers, "w1") == T0 + 10_000 + LEASE_MS
+    # A changed field is written (the others are as they were).
+    assert not untouched(r, info_key, beat(T0 + 20_000, running="j1"))
+    assert r.hgetall(info_key) == {b"host": b"h", b"queues": b"default", b"running": b"j1"}
+    # Its time to live is refreshed once half of it has run down, not at every beat.
+    r.pexpire(info_key, 5 * LEASE_MS + 1000)
+    assert untouched(r, info_key, beat(T0 + 30_000, running="j1"))
+    r.pexpire(info_key, 5 * LEASE_MS - 1000)
+    beat(T0 + 40_000, running="j1")()
+    assert r.pttl(info_key) > 9 * LEASE_MS
+    # A description the coordinator deleted (it forgot the worker) is written again whole.
+    r.delete(info_key)
+    beat(T0 + 50_000, running="j1")()
+    assert r.hgetall(info_key) == {b"host": b"h", b"queues": b"default", b"running": b"j1"}
+    assert r.pttl(info_key) > 9 * LEASE_MS
+
+
 def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
     submit(s, r, "a", "b")
     claim(s, r, n=2, now=int(time.time() * 1000))

