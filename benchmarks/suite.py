@@ -357,11 +357,6 @@ class Suite:
                 runs.append(row)
         return dict(summarize(runs), n=n)
 
-
-def aof_bytes(data_dir: Path) -> int:
-    """The size of a server's append-only files (base and increments)."""
-    return sum(p.stat().st_size for p in Path(data_dir).rglob("*.aof*") if p.is_file())
-
     # -- large payloads (issue 13) ---------------------------------------------------------------
 
     def _payload(self, role: str) -> dict:
@@ -385,3 +380,8 @@ def aof_bytes(data_dir: Path) -> int:
 
     def large_results(self) -> dict:
         return self._payload("large_results")
+
+
+def aof_bytes(data_dir: Path) -> int:
+    """The size of a server's append-only files (base and increments)."""
+    return sum(p.stat().st_size for p in Path(data_dir).rglob("*.aof*") if p.is_file())
