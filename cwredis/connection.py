@@ -27,6 +27,7 @@ from . import config
 from .config import mask_url
 from .errors import ConfigError
 from .listener import is_loopback, listener_uids
+from .wire import PACKER
 
 log = logging.getLogger("cwredis")
 
@@ -76,7 +77,8 @@ def connect(url: str, role: str) -> redis.Redis:
     options: dict[str, Any] = {
         "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
         "socket_timeout": SOCKET_TIMEOUT_S, "socket_keepalive": True, "health_check_interval": 0,
-        "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": [],
+        "command_packer": PACKER}  # large arguments go out uncopied (cwredis.wire)
     if sentinel.is_sentinel_url(url):
         return sentinel.connect(url, role, options)
     scheme = url.partition("://")[0].lower()  # not urlsplit: it raises on some bad URLs

@@ -206,6 +206,15 @@ class Link:
             self.catalog.fetch([], self.catalog.env_digests(c.spec for c in claimed))
         self._call(round_trip)
 
+    def load_arg_blobs(self, digests: Sequence[str]) -> list[bytes | None]:
+        """The argument blobs ``digests`` name (None: missing), in one round trip."""
+        def round_trip() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for digest in digests:
+                pipe.hget(self.keys.blob(digest), job.BLOB_DATA)
+            return pipe.execute()
+        return self._call(round_trip)
+
     # -- recording --------------------------------------------------------------------------
 
     def record(self, batch: Batch, *, lease_ms: int, claim_count: int, start_count: int) -> Recording:
