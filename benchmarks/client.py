@@ -22,6 +22,7 @@ import protocol
 from latency import role_bare_latency, role_latency
 from measuring import Counter
 from memory import role_bounded, role_memory
+from payloads import role_bare_payload, role_large_args, role_large_results
 from server_load import role_ceiling, role_mass_death
 from sessions import role_resume, role_session_fill
 from throughput import role_client_submit, role_executor_map, role_fanout, role_scale, role_wait_cost
@@ -52,7 +53,8 @@ ROLES: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": role_latency, "bare_latency": role_bare_latency, "fanout": role_fanout,
     "memory": role_memory, "scale": role_scale, "bounded": role_bounded,
     "session_fill": role_session_fill, "resume": role_resume, "ceiling": role_ceiling,
-    "mass_death": role_mass_death, "wait_cost": role_wait_cost}
+    "mass_death": role_mass_death, "wait_cost": role_wait_cost, "large_args": role_large_args,
+    "large_results": role_large_results, "bare_payload": role_bare_payload}
 
 
 def main(role: str, params: dict) -> None:

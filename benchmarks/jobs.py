@@ -21,3 +21,13 @@ def sleep(seconds: float = 0.05) -> float:
     """Sleep ``seconds`` (the fan-out benchmark's unit of work)."""
     time.sleep(seconds)
     return seconds
+
+
+def size_of(payload: bytes) -> int:
+    """The length of ``payload`` (the large-arguments benchmark: 1 MiB in, a number out)."""
+    return len(payload)
+
+
+def make_bytes(i: int, size: int = 1 << 20) -> bytes:
+    """``size`` bytes distinct per ``i`` (the large-results benchmark: a number in, 1 MiB out)."""
+    return i.to_bytes(8, "little") * (size // 8)

@@ -122,6 +122,8 @@ def profile(opts) -> None:
         cpu0 = stack_cpu_s(st)
         if opts.profile_role == "client_submit":
             res = st.client("client_submit", {"n": 5_000, "warmup": 200, "cpu": True}, timeout=600)
+        elif opts.profile_role in ("large_args", "large_results"):
+            res = st.client(opts.profile_role, {"n": 200, "size": 1 << 20, "warmup": 4, "cpu": True}, timeout=600)
         else:
             res = st.client("executor_map", {"n": n, "warmup": 200, "cpu": True}, timeout=600)
         cpu1 = stack_cpu_s(st)

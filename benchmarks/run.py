@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", metavar="DIR",
                     help="py-spy the workers, coordinator and client during executor_map")
     ap.add_argument("--top", type=int, default=12, help="hotspots shown by --profile")
-    ap.add_argument("--profile-role", choices=["executor_map", "client_submit"],
+    ap.add_argument("--profile-role", choices=["executor_map", "client_submit", "large_args", "large_results"],
                     default="executor_map", help="what --profile runs")
     ap.add_argument("--gil", action="store_true",
                     help="--profile samples only threads holding the GIL (Python CPU time)")

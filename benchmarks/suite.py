@@ -23,7 +23,7 @@ from stack import Stack
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
        "bounded_client_memory", "session_map", "session_memory", "resume", "ceiling", "idle_workers",
-       "mass_death", "sentinel"]
+       "mass_death", "sentinel", "large_args", "large_results"]
 
 #: ceiling: driver processes, and connections (threads) in each.
 CEILING_DRIVERS, CEILING_CONNECTIONS_EACH = 4, 25
@@ -356,6 +356,30 @@ class Suite:
                 log(f"sentinel run {i + 1}: {fmt_run(row)}")
                 runs.append(row)
         return dict(summarize(runs), n=n)
+
+    # -- large payloads (issue 13) ---------------------------------------------------------------
+
+    def _payload(self, role: str) -> dict:
+        """200 x 1 MiB through ``role`` (MiB/s), each run between two runs of the bare LPUSH + RPOP floor on
+        the same server; the floor is their mean (this VM's speed drifts within seconds)."""
+        n, size = (50 if self.q else 200), 1 << 20
+        runs = []
+        with Stack(self.o, workers=self.layout) as st:
+            for i in range(self.R):
+                before = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
+                res = st.client(role, {"n": n, "size": size, "warmup": 4}, timeout=600)
+                after = st.client("bare_payload", {"n": n, "size": size}, timeout=600)
+                bare = (before["mib_per_s"] + after["mib_per_s"]) / 2
+                res.update(bare_mib_per_s=bare, over_bare=res["mib_per_s"] / bare)
+                log(f"{role} run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        return dict(summarize(runs), n=n, size=size)
+
+    def large_args(self) -> dict:
+        return self._payload("large_args")
+
+    def large_results(self) -> dict:
+        return self._payload("large_results")
 
 
 def aof_bytes(data_dir: Path) -> int:

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import redis
 
 from . import config, job
-from .connection import connect, check_reachable, describe
+from .connection import connect, describe
+from .reachability import check_reachable
 from .errors import ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import ScriptRefused, Scripts

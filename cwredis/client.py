@@ -28,7 +28,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 
 from . import config, progressbar
-from .connection import Reconnector, Subscription, check_can_start, connect, describe, is_transient
+from .connection import Subscription, connect, describe, is_transient
+from .reachability import Reconnector, check_can_start
 from .errors import RemoteError
 from .keys import DEFAULT_KEYS, Keys
 from .outcome_list import OutcomeEntry, OutcomeList
@@ -37,7 +38,7 @@ from .scripts import Scripts
 from .serialization import retry_on_names
 from .session import SessionKeys
 from .signing import Signer
-from .submitter import Attached, SharedRecords, Submitter, chunked
+from .submitter import Attached, SharedRecords, Submitter, chunked, job_batches
 
 log = logging.getLogger("cwredis.client")
 
@@ -180,7 +181,7 @@ class ClientThread(threading.Thread):
         before the submit returns) and kept for resubmission once durable; only the jobs of a batch
         that failed, and after it, are forgotten."""
         queued = 0
-        for batch in chunked(jobs, config.SUBMIT_BATCH):
+        for batch in job_batches(jobs):
             with self._cond:
                 for job_id, _ in batch:
                     self._pending[job_id] = None
@@ -486,7 +487,7 @@ class ClientThread(threading.Thread):
             except Exception:
                 log.exception("client %s: progress_callback for job %s raised", self.client_id, raw_id)
 
-    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes) -> None:
+    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> None:
         """Verify, decode and deliver one outcome (on this thread only: that is what makes it once).
 
         The job stays in ``_pending`` until its callback (or first error) is
@@ -510,7 +511,7 @@ class ClientThread(threading.Thread):
                 self._pending.pop(job_id, None)
                 self._cond.notify_all()
 
-    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes) -> Decoded:
+    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> Decoded:
         """Verify and decode one outcome, and forward the output it carries (if we forward output)."""
         decoded = decode(self._signer, job_id, generation, kind, body)
         if decoded.output and self.forward_output:

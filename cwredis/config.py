@@ -120,6 +120,11 @@ JOB_TIME_AVERAGE_WEIGHT = 0.2
 #: small: a full pipe (64 KiB) would block the worker's loop.
 MAX_SEND_AHEAD_BYTES = 4096
 
+#: A result at least this large is recorded by its job process itself, straight to Redis, even when
+#: the worker would batch it: it never crosses the pipe to the worker (two copies and a pickle fewer,
+#: and the worker's one thread is not the bottleneck for every child's large results).
+DIRECT_RECORD_BYTES = 64 * 1024
+
 #: How long a stopping child may take to exit between jobs before it is killed.
 CHILD_SHUTDOWN_GRACE_S = 2.0
 
@@ -145,11 +150,23 @@ DEFAULT_URL = "redis://localhost:6379/0"
 #: How many outcomes a client reads per round trip.
 RESULT_BATCH = 512
 
+#: A top-level argument (a buffer or str) at least this large that a client sends again is stored
+#: once in Redis as an argument blob (:mod:`cwredis.argblobs`).
+LARGE_ARG_BYTES = 64 * 1024
+
 #: How many jobs ``Executor.map`` keeps submitted but not yet yielded, per
 #: chunk of work; it bounds client memory over huge iterables.
 MAP_WINDOW = 20_000
 #: How many jobs one pipelined submit sends.
 SUBMIT_BATCH = 500
+#: ...and at most about this many bytes of arguments (a batch ends after the job that
+#: reaches it): workers start on large jobs while later batches are still on their way.
+SUBMIT_BATCH_BYTES = 4 << 20
+#: How many bytes of pickled arguments ``Executor.map`` keeps submitted but not yet
+#: yielded (besides MAP_WINDOW jobs): what bounds the Redis memory of a map's queued
+#: large jobs -- at most this plus the one batch that crossed it (see README). It also
+#: bounds how many large jobs can run at once: about this / the size of one job's arguments.
+MAP_WINDOW_BYTES = 256 << 20
 
 
 def cwredis_home() -> Path:

@@ -1,6 +1,7 @@
-"""Opening Redis connections and riding out Redis going away.
+"""Opening Redis connections, and telling a passing error from a lasting one.
 
-Only this layer (and the loops that call :func:`is_transient`) deals with
+Only this layer, :mod:`cwredis.reachability` (first contact, back-off, the
+words for a failure) and the loops that call :func:`is_transient` deal with
 ``redis.ConnectionError``. redis-py's own automatic retries are switched off:
 re-sending a script whose reply was lost could run it twice; every role
 instead retries on its own terms (fenced or idempotent steps, reconciliation
@@ -14,22 +15,20 @@ import logging
 import os
 import socket
 import threading
-import time
-from typing import Any, Callable, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
 from . import config
 from .config import mask_url
 from .errors import ConfigError
-from .errors import ConnectionError as CwConnectionError
 from .listener import is_loopback, listener_uids
+from .wire import PACKER
 
-T = TypeVar("T")
 log = logging.getLogger("cwredis")
 
 #: Seconds a connection attempt may take; also the read timeout of normal
@@ -78,7 +77,8 @@ def connect(url: str, role: str) -> redis.Redis:
     options: dict[str, Any] = {
         "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
         "socket_timeout": SOCKET_TIMEOUT_S, "socket_keepalive": True, "health_check_interval": 0,
-        "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": [],
+        "command_packer": PACKER}  # large arguments go out uncopied (cwredis.wire)
     if sentinel.is_sentinel_url(url):
         return sentinel.connect(url, role, options)
     scheme = url.partition("://")[0].lower()  # not urlsplit: it raises on some bad URLs
@@ -240,100 +240,10 @@ def _error_code(exc: redis.exceptions.ResponseError) -> str:
     return text.split(" ", 1)[0]
 
 
-def memory_limit(pinned: Pinned) -> str:
-    """The server's memory limit and use, as INFO reports them ("maxmemory 10.00M, 10.21M used").
-
-    Best effort, for an error message: "the server's maxmemory" if INFO cannot be read.
-    """
-    try:
-        reply = pinned.execute("INFO", "memory")
-    except Exception:
-        return "the server's maxmemory"
-    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    limit, used = fields.get("maxmemory_human", "").strip(), fields.get("used_memory_human", "").strip()
-    if not limit or fields.get("maxmemory", "").strip() == "0":
-        return "the server's maxmemory"
-    return f"maxmemory {limit}, {used} used" if used else f"maxmemory {limit}"
-
-
 def describe(exc: BaseException) -> str:
     """One line for the log: the error without redis-py's noise."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"{type(exc).__name__}: {text}"
-
-
-class Reconnector:
-    """Back-off with logging for one role's connection to one URL.
-
-    ``failed(exc)`` logs (once per outage at WARNING, with its cause, then
-    quietly) and sleeps with exponential back-off; ``succeeded()`` logs the
-    reconnect. Sleeping stops early when ``stop`` is set.
-
-    Why not redis-py's ``Retry(ExponentialBackoff(), n)`` on the connection:
-    it retries inside one command, where our stop signal cannot end the
-    sleep (every role must stop within 5 s, outage or not); it logs nothing,
-    so an outage and its cause would be silent; and it applies to every
-    command alike, while we decide per call what may be repeated (a submit's
-    script is idempotent, a claim's is reconciled afterwards). The delays
-    themselves are redis-py's ``EqualJitterBackoff``: doubling, capped, with
-    jitter so that many workers do not reconnect to a restarted server in
-    lockstep.
-    """
-
-    def __init__(self, url: str, role: str, stop: threading.Event | None = None) -> None:
-        self._raw_url = url  # for explain(): which host, whether a password was given
-        self.url = mask_url(url)
-        self.role = role
-        self.stop = stop or threading.Event()
-        # redis-py's back-off arithmetic; the loop stays ours (see the class docstring).
-        self._backoff = EqualJitterBackoff(cap=config.RECONNECT_MAX_S, base=config.RECONNECT_MIN_S)
-        self._failures = 0
-        self._down_since: float | None = None
-        self._lock = threading.Lock()
-
-    def failed(self, exc: BaseException, *, sleep: bool = True) -> float:
-        """Note a failed call and log it; sleep the back-off (unless ``sleep`` is False); return the back-off."""
-        with self._lock:
-            first = self._down_since is None
-            if first:
-                self._down_since = time.monotonic()
-            delay = self._backoff.compute(self._failures)
-            self._failures += 1
-        if first:
-            log.warning("%s: cannot reach Redis at %s: %s (retrying with back-off)",
-                        self.role, self.url, explain(exc, self._raw_url))
-        else:
-            log.debug("%s: still cannot reach %s (%s)", self.role, self.url, describe(exc))
-        if sleep:
-            self.stop.wait(delay)
-        return delay
-
-    def succeeded(self) -> bool:
-        """Record a working call; True if this ends an outage."""
-        if self._down_since is None:
-            return False
-        with self._lock:
-            if self._down_since is None:
-                return False
-            seconds = time.monotonic() - self._down_since
-            self._down_since = None
-            self._failures = 0
-        log.warning("%s: reconnected to %s after %.1fs", self.role, self.url, seconds)
-        return True
-
-    def call(self, fn: Callable[[], T], retry_if: Callable[[BaseException], bool] | None = None) -> T:
-        """Run ``fn`` until it works, riding out transient errors (those ``retry_if`` also accepts)."""
-        while True:
-            try:
-                result = fn()
-            except Exception as exc:
-                if not is_transient(exc) or self.stop.is_set() or (retry_if is not None and not retry_if(exc)):
-                    raise
-                self.failed(exc)
-                continue
-            self.succeeded()
-            return result
 
 
 def unpooled_connection(client: redis.Redis) -> Any:
@@ -461,33 +371,6 @@ class Subscription:
         self._conn.disconnect()
 
 
-def explain(exc: BaseException, url: str) -> str:
-    """Why connecting to ``url`` failed, in a user's words, with the likely fix.
-
-    Decided by exception class (redis-py's, and the socket error it wraps as
-    its ``__context__``), never by message text, which redis-py versions word
-    differently.
-    """
-    where = _address(url)
-    if sentinel.is_sentinel_url(url) and (said := sentinel.explain(exc, url)) is not None:
-        return said
-    if isinstance(exc, redis.AuthenticationError):
-        if _has_password(url):
-            return "wrong password (check the password in the URL, $CWREDIS_URL or $CWREDIS_HOME/url)"
-        return "the server needs a password and the URL has none (redis://:PASSWORD@HOST:PORT/0)"
-    cause = exc.__context__ or exc.__cause__
-    if isinstance(cause, socket.gaierror):
-        return f"unknown host {urlsplit(url).hostname!r} (check the host name in the URL)"
-    if isinstance(cause, (ConnectionRefusedError, FileNotFoundError)):
-        return f"nothing listening on {where}: is cw-coordinator running?"
-    if isinstance(exc, redis.TimeoutError):
-        return f"no answer from {where} within {SOCKET_TIMEOUT_S:g}s (wrong port, or a firewall in the way?)"
-    if isinstance(exc, redis.exceptions.AskError):  # MOVED/ASK: cwredis.cluster's connections follow it
-        return (f"the Valkey/Redis Cluster moved slot {exc.slot_id} to {exc.host}:{exc.port} (a failover or "
-                "resharding); following it")
-    return describe(exc)
-
-
 def _host_port(url: str) -> tuple[str, int]:
     try:
         parts = urlsplit(url)
@@ -497,93 +380,6 @@ def _host_port(url: str) -> tuple[str, int]:
         return parts.hostname or "localhost", parts.port or 6379
     except ValueError:  # a bad port: from_url says so, naming the URL
         return parts.hostname or "localhost", 6379
-
-
-def _address(url: str) -> str:
-    """``HOST:PORT`` (or the socket path) a URL points at, for messages."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    if sentinel.is_sentinel_url(url):
-        return sentinel.describe_set(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def _has_password(url: str) -> bool:
-    try:
-        return bool(parse_url(url).get("password"))
-    except ValueError:  # a form parse_url does not take (sentinel, cluster): assume one was given
-        return True
-
-
-def check_can_start(client: redis.Redis, url: str) -> None:
-    """A client's first contact: cwredis.ConnectionError within about CLIENT_START_TIMEOUT_S unless the
-    server answers. The answer (INFO clients) also tells whether it is near its connection limit.
-
-    A refused connection is tried again until then (a server may be coming
-    up); a refused password or an unknown host is not.
-    """
-    deadline = time.monotonic() + config.CLIENT_START_TIMEOUT_S
-    # A black-holed host, or a listener that never answers, must not hold us for a full socket
-    # timeout: the first contact gets CLIENT_START_TIMEOUT_S (later connections keep SOCKET_TIMEOUT_S).
-    kwargs = client.connection_pool.connection_kwargs
-    saved = {name: kwargs.get(name) for name in ("socket_connect_timeout", "socket_timeout")}
-    for name, value in saved.items():
-        kwargs[name] = min(value or SOCKET_TIMEOUT_S, config.CLIENT_START_TIMEOUT_S)
-    try:
-        info = _first_contact(client, url, deadline)
-    finally:
-        kwargs.update(saved)
-        client.connection_pool.disconnect()  # its connection took the short timeouts: make a new one
-    warn_if_near_connection_limit(info, "client")
-
-
-def _first_contact(client: redis.Redis, url: str, deadline: float) -> dict[str, Any]:
-    while True:
-        try:
-            return client.info("clients")  # type: ignore[no-any-return]
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            permanent = isinstance(exc, redis.AuthenticationError) or isinstance(exc.__context__, socket.gaierror)
-            if permanent or time.monotonic() + 0.2 >= deadline:
-                raise CwConnectionError(f"cannot connect to Redis at {mask_url(url)}: {explain(exc, url)}") from None
-            time.sleep(0.2)
-
-
-#: A role warns when the server has this share of its maxclients connections in use.
-CONNECTION_BUDGET_WARN = 0.8
-
-
-def check_connection_budget(client: redis.Redis, role: str) -> None:
-    """At a role's start: read the server's connections in use and its ``maxclients`` (INFO clients)
-    and warn when the cluster is near the limit (best effort: an INFO that fails is not an error here)."""
-    try:
-        warn_if_near_connection_limit(client.info("clients"), role)
-    except redis.RedisError:
-        pass
-
-
-def warn_if_near_connection_limit(info: dict[str, Any], role: str) -> None:
-    """Warn when INFO clients shows the server near ``maxclients``: past it, new workers and clients are
-    refused. Fields missing or garbage: no warning."""
-    try:
-        used, limit = int(info["connected_clients"]), int(info["maxclients"])
-    except (KeyError, ValueError, TypeError):
-        return
-    if limit and used >= CONNECTION_BUDGET_WARN * limit:
-        log.warning("%s: the Redis server has %d of its %d connections in use; past that it refuses new "
-                    "workers and clients (each worker takes 2 plus 1 per job process, each client 3): raise "
-                    "the server's maxclients and its open-files limit (ulimit -n), or use fewer, larger "
-                    "workers", role, used, limit)
-
-
-def check_reachable(client: redis.Redis, url: str) -> None:
-    """PING once; ConfigError with a one-line message naming the (masked) URL otherwise."""
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConfigError(f"cannot connect to Redis at {mask_url(url)}: {explain(exc, url)}") from None
-    except redis.ResponseError as exc:
-        raise ConfigError(f"Redis at {mask_url(url)} answered with an error: {describe(exc)}") from None
 
 
 def setup_logging(level: str | None = None) -> None:

@@ -27,8 +27,8 @@ import redis
 
 from .cli import version_line
 from . import config
-from .connection import (Reconnector, check_connection_budget, connect, describe, is_server_full, is_transient,
-                         setup_logging)
+from .connection import connect, describe, is_server_full, is_transient, setup_logging
+from .reachability import Reconnector, check_connection_budget
 from .errors import LOST_ERROR, LOST_TRACEBACK, ConfigError
 from .keys import DEFAULT_KEYS, Keys
 from .scripts import Scripts

@@ -61,6 +61,33 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     return [fn(*args) for args in chunk]
 
 
+Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _map_batches(pickle_args: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], bytes],
+                 fn: Callable[..., Any], items: Iterator[tuple[Any, ...]],
+                 chunksize: int) -> Iterator[tuple[Callable[..., Any], Calls, list[bytes], int]]:
+    """Map's submits: (function, calls, their pickled arguments, 1 if chunks else 0), pickled as they are
+    drawn from ``items``; a batch ends at SUBMIT_BATCH jobs or once its arguments reach
+    SUBMIT_BATCH_BYTES, so large arguments are never all pickled before the first is submitted."""
+    func, is_chunk = (fn, 0) if chunksize == 1 else (_run_chunk, 1)
+    limit = config.SUBMIT_BATCH if chunksize == 1 else max(1, config.SUBMIT_BATCH // chunksize)
+    calls: Calls = []
+    pickled: list[bytes] = []
+    size = 0
+    source: Iterable[Any] = items if chunksize == 1 else chunked(items, chunksize)
+    for item in source:
+        call: tuple[tuple[Any, ...], dict[str, Any]] = (item, {}) if chunksize == 1 else ((fn, item), {})
+        calls.append(call)
+        pickled.append(pickle_args(func, *call))
+        size += len(pickled[-1])
+        if len(calls) == limit or size >= config.SUBMIT_BATCH_BYTES:
+            yield func, calls, pickled, is_chunk
+            calls, pickled, size = [], [], 0
+    if calls:
+        yield func, calls, pickled, is_chunk
+
+
 class Executor(concurrent.futures.Executor):
     """Runs calls on cwredis workers; futures resolve from a ClientThread's callbacks."""
 
@@ -112,14 +139,17 @@ class Executor(concurrent.futures.Executor):
                 future.set_exception(error)
 
     def _submit_many(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                     key: str | None = None, *, resuming: bool = False) -> list[Any]:
+                     key: str | None = None, *, resuming: bool = False,
+                     pickled: list[bytes] | None = None) -> list[Any]:
         """A future per call; with ``resuming`` (map), a call whose job a session already finished gets
-        its decoded outcome instead (no future: what makes resuming a sweep fast)."""
+        its decoded outcome instead (no future: what makes resuming a sweep fast). ``pickled``: the
+        calls' arguments, already pickled (map measures their size before it submits)."""
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         submitter = self._client.submitter
         prepared = submitter.prepare_function(fn)
-        pickled = [submitter.pickle_args(fn, args, kwargs) for args, kwargs in calls]
+        if pickled is None:
+            pickled = [submitter.pickle_args(fn, args, kwargs) for args, kwargs in calls]
         # The futures must exist before an outcome can arrive: hold the lock
         # across the submit so the callbacks wait for _track.
         session = self._client.session
@@ -162,18 +192,14 @@ class Executor(concurrent.futures.Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        calls = zip(*iterables)
-        if chunksize == 1:
-            batches: Iterator[tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]], int]] = (
-                (fn, [(args, {}) for args in batch], 0) for batch in chunked(calls, config.SUBMIT_BATCH))
-        else:
-            batches = (
-                (_run_chunk, [((fn, chunk), {}) for chunk in group], 1)
-                for group in chunked(chunked(calls, chunksize), max(1, config.SUBMIT_BATCH // chunksize)))
+        batches = _map_batches(self._client.submitter.pickle_args, fn, zip(*iterables), chunksize)
         window = max(1, config.MAP_WINDOW // chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
-        # (JobFuture, or Decoded for a session's job finished earlier; its item count if a chunk else 0)
-        queued: collections.deque[tuple[Any, int]] = collections.deque()
+        # (JobFuture, or Decoded for a session's job finished earlier; its item count if a chunk else 0;
+        # the size of its pickled arguments)
+        queued: collections.deque[tuple[Any, int, int]] = collections.deque()
+        queued_bytes = [0]  # of the jobs in `queued`: at most MAP_WINDOW_BYTES + one batch
+        by_bytes = [False]  # the last refill stopped at the byte window (else at the job window)
 
         counts = [0, 0]  # items done, failed (chunks count their items)
         bar = None
@@ -188,18 +214,21 @@ class Executor(concurrent.futures.Executor):
             return done
 
         def refill() -> None:
-            while len(queued) < window:
+            while len(queued) < window and queued_bytes[0] < config.MAP_WINDOW_BYTES:
                 batch = next(batches, None)
                 if batch is None:
                     return
-                func, batch_calls, is_chunk = batch
-                for future, (call_args, _) in zip(self._submit_many(func, batch_calls, resuming=True), batch_calls):
+                func, batch_calls, pickled, is_chunk = batch
+                futures = self._submit_many(func, batch_calls, resuming=True, pickled=pickled)
+                for future, (call_args, _), args in zip(futures, batch_calls, pickled):
                     chunk_items = len(call_args[1]) if is_chunk else 0
                     if isinstance(future, Decoded):  # a session's job finished in an earlier run
                         counts[0 if future.ok else 1] += chunk_items or 1
                     elif bar is not None:
                         future.add_done_callback(count(chunk_items or 1))
-                    queued.append((future, chunk_items))
+                    queued.append((future, chunk_items, len(args)))
+                    queued_bytes[0] += len(args)
+            by_bytes[0] = queued_bytes[0] >= config.MAP_WINDOW_BYTES
 
         def result_of(future: Any) -> Any:
             if isinstance(future, Decoded):
@@ -219,7 +248,8 @@ class Executor(concurrent.futures.Executor):
         def results() -> Iterator[Any]:
             try:
                 while queued:
-                    future, chunk_items = queued.popleft()
+                    future, chunk_items, size = queued.popleft()
+                    queued_bytes[0] -= size
                     try:
                         value = result_of(future)
                     except RemoteError as error:
@@ -228,7 +258,10 @@ class Executor(concurrent.futures.Executor):
                         value = [error] * chunk_items if chunk_items else error
                     if bar is not None:
                         bar.update(*counts)
-                    if len(queued) < window // 2:
+                    # Refill once the window that stopped the last refill is half empty: submits go in
+                    # large batches, not one per item consumed.
+                    if (queued_bytes[0] < config.MAP_WINDOW_BYTES // 2 if by_bytes[0]
+                            else len(queued) < window // 2):
                         refill()
                     if chunk_items:
                         yield from value

@@ -44,7 +44,7 @@ class OutcomeEntry(NamedTuple):
     job_id: str | None  # None: undecodable
     generation: int
     kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
-    body: bytes
+    body: bytes | memoryview  # a view into the entry: a large result is not copied
 
 
 class OutcomeList:
@@ -64,9 +64,11 @@ class OutcomeList:
     def parse(self, raw: bytes) -> OutcomeEntry:
         """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
         try:
-            raw_seq, raw_id, raw_gen, kind, body = raw.split(b"\n", 4)
-            header = raw[:len(raw_seq) + len(raw_id) + len(raw_gen) + 3]
-            return OutcomeEntry(int(raw_seq), header, raw_id.decode(), int(raw_gen), kind, body)
+            head_end = raw.index(b"\n", raw.index(b"\n", raw.index(b"\n") + 1) + 1) + 1
+            kind_end = raw.index(b"\n", head_end)
+            raw_seq, raw_id, raw_gen = raw[:head_end - 1].split(b"\n")
+            return OutcomeEntry(int(raw_seq), raw[:head_end], raw_id.decode(), int(raw_gen), raw[head_end:kind_end],
+                                memoryview(raw)[kind_end + 1:])
         except ValueError:
             log.warning("client %s: dropping an undecodable outcome entry %r", self._client_id, raw[:80])
             return OutcomeEntry(0, raw[:UNDECODABLE_HEADER_BYTES], None, 0, b"", b"")

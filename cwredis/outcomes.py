@@ -25,7 +25,7 @@ class Decoded(NamedTuple):
     output: str
 
 
-def decode(signer: Signer, job_id: str, generation: int, kind: bytes, body: bytes) -> Decoded:
+def decode(signer: Signer, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> Decoded:
     """Verify and decode one outcome; never raises (a bad one becomes a RemoteError saying why).
 
     Nothing is unpickled unless the outcome's signature (job id, generation,

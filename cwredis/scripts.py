@@ -218,7 +218,7 @@ class Scripts:
     NAMES = (
         "submit", "claim", "park", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
-        "trim_results", "cancel",
+        "trim_results", "cancel", "put_blobs",
     )
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -323,6 +323,13 @@ class Scripts:
         for job_id, blob in jobs:
             args += [job_id, blob]
         return self._run("submit", client, keys, args)
+
+    def put_blobs(self, client: Any, *, blobs: Sequence[tuple[str, bytes | None]], ttl_ms: int) -> list[int]:
+        """Store argument blobs (digest, data; None: believed stored, renew it); the 0-based indexes
+        of those sent without data that are missing (send them again with it)."""
+        reply = self._run("put_blobs", client, [self.keys.blob(digest) for digest, _ in blobs],
+                          [ttl_ms, *(data or b"" for _, data in blobs)])
+        return [int(i) - 1 for i in reply]
 
     def trim_results(self, client: Any, *, client_id: str, headers: Sequence[bytes], drop_if_empty: bool) -> int:
         """Remove the head of a client's outcome list as far as its entries start with ``headers``; how many.

@@ -169,7 +169,7 @@ _PROTO_LEN = 2
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """The call's arguments as a pickle (:func:`loads_call` reads it); on failure, name the argument that
+    """The call's arguments as a pickle (:func:`loads_inline_call` reads it); on failure, name the argument that
     cannot be pickled.
 
     A call with keyword arguments is the pickle of ``(args, kwargs)``. Most
@@ -197,8 +197,9 @@ def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
         raise _pickle_error(f"arguments of {function_name(fn)}:", (args, kwargs), exc) from exc
 
 
-def loads_call(data: bytes) -> tuple[Any, Any]:
-    """Inverse of :func:`dumps_call`: ``(args, kwargs)`` as unpickled (the caller checks their types)."""
+def loads_inline_call(data: bytes | bytearray | memoryview) -> tuple[Any, Any]:
+    """Inverse of :func:`dumps_call`: ``(args, kwargs)`` as unpickled (the caller checks their types).
+    (:func:`cwredis.argblobs.loads_call` reads a job's arguments, with this for those without blobs.)"""
     if data[:1] == pickle.PROTO:
         return pickle.loads(data)
     # No PROTO: the unpickler would take the pickle for protocol 0 and map Python 2 module names
@@ -230,20 +231,28 @@ def error_line(exc: BaseException) -> str:
 
 def frame_outcome(output: str, payload: bytes) -> bytes:
     """An outcome body: the job's captured output, then the result or error payload."""
+    return b"".join(frame_parts(output, payload))
+
+
+def frame_parts(output: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """:func:`frame_outcome` in pieces, for :meth:`cwredis.signing.Signer.seal_outcome` to join once."""
     raw = output.encode("utf-8", "replace")
-    return b"%d\n" % len(raw) + raw + payload
+    return b"%d\n" % len(raw), raw, payload
 
 
-def unframe_outcome(body: bytes) -> tuple[str, bytes]:
-    """Inverse of frame_outcome; Corrupt if the framing is broken."""
-    size, sep, rest = body.partition(b"\n")
+def unframe_outcome(body: bytes | memoryview) -> tuple[str, memoryview]:
+    """Inverse of frame_outcome (the payload a view into ``body``, not a copy); Corrupt if the framing is broken."""
+    view = memoryview(body)
+    head = bytes(view[:24])
+    end = head.find(b"\n")
     try:
-        n = int(size)
+        n = int(head[:end]) if end >= 0 else -1
     except ValueError:
         raise Corrupt("outcome framing is broken") from None
-    if not sep or n < 0 or n > len(rest):
+    rest = view[end + 1:]
+    if n < 0 or n > len(rest):
         raise Corrupt("outcome framing is broken")
-    return rest[:n].decode("utf-8", "replace"), rest[n:]
+    return bytes(rest[:n]).decode("utf-8", "replace"), rest[n:]
 
 
 class ErrorRecord(NamedTuple):
@@ -281,8 +290,9 @@ def encode_error(record: ErrorRecord) -> bytes:
     return json.dumps(fields).encode()
 
 
-def decode_error(body: bytes) -> ErrorRecord:
+def decode_error(body: bytes | memoryview) -> ErrorRecord:
     """Inverse of encode_error; a garbage body still yields a usable error."""
+    body = bytes(body)
     try:
         fields = json.loads(body)
         blobs = [base64.b64decode(fields[name]) if fields.get(name) else None for name in ("exc_type", "exception")]

@@ -41,7 +41,8 @@ import redis
 from cwredis import config
 from cwredis.cli import version_line
 from cwredis.admin import Inspector
-from cwredis.connection import check_reachable, connect
+from cwredis.connection import connect
+from cwredis.reachability import check_reachable
 from cwredis.errors import ConfigError
 from cwredis.safefiles import read_private, write_private
 from cwredis.server import discard_password

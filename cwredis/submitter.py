@@ -23,11 +23,13 @@ import redis
 
 from . import config, job
 from . import sentinel
-from .connection import Batch, Pinned, Reconnector, describe, is_server_full, memory_limit
+from .connection import Batch, Pinned, describe, is_server_full
+from .reachability import Reconnector, memory_limit
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
 from .scripts import Scripts
-from .serialization import ENV, FUNCTION, capture_env, dumps_call, dumps_function, function_name
+from .argblobs import ArgPickler, Pickled
+from .serialization import ENV, FUNCTION, capture_env, dumps_function, function_name
 from .signing import Signer
 
 
@@ -116,6 +118,10 @@ class Submitter:
         # names the function, so it is made with them: none outlives the jobs that use it.)
         self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        # Repeated large arguments become blobs, stored once -- not in a session, whose job ids
+        # come from the pickled arguments (see cwredis.argblobs).
+        self._arg_pickler = ArgPickler(signer, dedup=not session)
+        self._stored_args: set[str] = set()  # argument blobs this submitter stored (they may expire)
 
     def _env(self) -> tuple[bytes, str]:
         """The sealed environment and its digest, recomputed only when cwd or sys.path changed."""
@@ -149,10 +155,10 @@ class Submitter:
                 self._by_reference[fn] = cached
         return cached
 
-    @staticmethod
-    def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`)."""
-        return dumps_call(fn, args, kwargs)
+    def pickle_args(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call's arguments as a pickle (sealed later, with the job's id: :meth:`seal_jobs`); a repeated
+        large argument is left out, named by the digest of its blob (:mod:`cwredis.argblobs`)."""
+        return self._arg_pickler.pickle_call(fn, args, kwargs)
 
     def seal_jobs(self, shared: SharedRecords, pickled_args: Sequence[bytes],
                   ids: Sequence[str] | None = None) -> list[tuple[str, bytes]]:
@@ -164,7 +170,8 @@ class Submitter:
         spec_digest, fn_digest = shared.spec_digest, shared.fn_digest
         if ids is None:
             ids = [new_job_id() for _ in pickled_args]
-        return [(job_id, seal(job_id, spec_digest, fn_digest, args)) for job_id, args in zip(ids, pickled_args)]
+        return [(job_id, _with_blobs(seal(job_id, spec_digest, fn_digest, args), args))
+                for job_id, args in zip(ids, pickled_args)]
 
     def shared_records(self, prepared: tuple[bytes, str, str]) -> SharedRecords:
         """The records jobs of ``prepared`` (from :meth:`prepare_function`) share in the current environment."""
@@ -185,8 +192,8 @@ class Submitter:
         Idempotent: a job id the server already holds is skipped, so jobs can be sent again.
         """
         attached: list[Attached] = []
-        for start in range(0, len(jobs), config.SUBMIT_BATCH):
-            batch = jobs[start:start + config.SUBMIT_BATCH]
+        start = 0
+        for batch in job_batches(jobs):
             try:
                 attached += self._reconnector.call(lambda: self._submit_batch(shared, batch),
                                                    retry_if=lambda exc: not is_server_full(exc))
@@ -198,10 +205,27 @@ class Submitter:
                         f"{len(jobs) - start} job(s) not queued{queued}; wait for the workers to drain "
                         "the queues, or raise the server's maxmemory") from None
                 raise CwredisError(f"Redis refused the job(s): {describe(exc)} -- nothing more was queued") from None
+            start += len(batch)
         return attached
+
+    def _put_blobs(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """Store (or renew) the argument blobs the batch's jobs name, before the jobs exist: a worker
+        never sees a job whose blob is not there yet. Data goes along only when the server may lack it."""
+        blobs = {b.digest: b for _, envelope in batch for b in getattr(envelope, "blobs", ())}
+        if not blobs:
+            return
+        ttl_ms = int(config.RESULT_TTL_S * 1000)
+        listed = [(d, None if d in self._stored_args else b.data) for d, b in blobs.items()]
+        missing = self._scripts.put_blobs(self._pinned, blobs=listed, ttl_ms=ttl_ms)
+        if missing:  # expired, or lost by the server: send their data
+            self._scripts.put_blobs(self._pinned, blobs=[(listed[i][0], blobs[listed[i][0]].data) for i in missing],
+                                    ttl_ms=ttl_ms)
+        with self._lock:
+            self._stored_args.update(blobs)
 
     def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> list[Attached]:
         """One submit.lua call; the shared records go along only when the server may lack them."""
+        self._put_blobs(batch)
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
             target = self._pinned.batch() if self._replica_ack else self._pinned
@@ -233,6 +257,15 @@ class Submitter:
         self._pinned.close()
 
 
+def _with_blobs(envelope: bytes, args: bytes) -> bytes:
+    """A job's envelope that carries the argument blobs its arguments name (for :meth:`Submitter._put_blobs`)."""
+    if not isinstance(args, Pickled):
+        return envelope
+    carrier = Pickled(envelope)
+    carrier.blobs = args.blobs
+    return carrier
+
+
 def _importable(fn: Any) -> bool:
     """True if ``fn`` is reachable as ``module.qualname`` (outside ``__main__``): pickled by reference."""
     module_name = getattr(fn, "__module__", None)
@@ -244,6 +277,19 @@ def _importable(fn: Any) -> bool:
     for part in qualname.split("."):
         target = getattr(target, part, None)
     return target is fn
+
+
+def job_batches(jobs: Sequence[tuple[str, bytes]]) -> Iterable[Sequence[tuple[str, bytes]]]:
+    """``jobs`` (id, envelope) in consecutive batches of at most SUBMIT_BATCH jobs, each ending
+    after the job that brings it to SUBMIT_BATCH_BYTES of envelopes (a larger job goes alone)."""
+    start, size = 0, 0
+    for end, (_, envelope) in enumerate(jobs, 1):
+        size += len(envelope)
+        if end - start == config.SUBMIT_BATCH or size >= config.SUBMIT_BATCH_BYTES:
+            yield jobs[start:end]
+            start, size = end, 0
+    if start < len(jobs):
+        yield jobs[start:]
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -49,12 +49,14 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 
 from .. import config, jobcontext
-from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_call,
-                             loads_function, parse_env)
+from ..argblobs import loads_call
+from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
+                             parse_env)
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
-from .protocol import ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import (ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
+                       read_exactly)
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -235,7 +237,7 @@ class JobRunner:
             why = f"function could not be unpickled: {error_line(exc)}"
             return Failed(ErrorRecord("corrupt", why, traceback.format_exc()))
         try:
-            args, kwargs = loads_call(job.args)
+            args, kwargs = loads_call(job.args, job.blobs)
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("arguments record has the wrong shape")
         except (ImportError, AttributeError) as exc:
@@ -287,7 +289,11 @@ class Mailbox:
         """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
         while self._peeker.poll(0):
             try:
-                self._jobs.append(self._inbox.recv())
+                message = self._inbox.recv()
+                if isinstance(message, Run) and message.args_follow:  # the worker writes them right after
+                    message = message._replace(args=read_exactly(self._inbox.fileno(), message.args_follow),
+                                               args_follow=0)
+                self._jobs.append(message)
             except (EOFError, OSError):
                 self._jobs.append(None)  # the worker is gone or closed us
                 return
@@ -360,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         direct = message.direct
         # A retryable failure is the worker's to requeue (attempts.py), never recorded from here.
         if (direct is not None and recorder is not None and not isinstance(reply, Resend)
-                and not (isinstance(reply, Err) and reply.retryable)):
+                and not (isinstance(reply, Err) and reply.retryable)
+                and (not direct.only_large or (isinstance(reply, Ok)
+                                               and len(reply.result) >= config.DIRECT_RECORD_BYTES))):
             recorded: Recorded | None = recorder.record(reply, direct)
             if recorded is not None:
                 send(recorded)

@@ -22,7 +22,7 @@ from .. import config
 from ..connection import Pinned, connect
 from ..keys import Keys
 from ..scripts import Completion, Scripts
-from ..serialization import ErrorRecord, encode_error, frame_outcome
+from ..serialization import ErrorRecord, encode_error, frame_outcome, frame_parts
 from ..signing import Signer
 from .protocol import Direct, Ok, Recorded, Reply, Setup
 
@@ -33,7 +33,7 @@ def completion(token: str, generation: int, client: str, reply: Reply, signer: S
     """A child's reply (Ok or Err) as the outcome complete.lua records, signed with its job id and attempt."""
     if isinstance(reply, Ok):
         return Completion(reply.job_id, token, client, "ok", signer.seal_outcome(
-            reply.job_id, generation, token, "ok", frame_outcome(reply.output, reply.result)))
+            reply.job_id, generation, token, "ok", frame_parts(reply.output, reply.result)))
     framed = frame_outcome(reply.output, encode_error(ErrorRecord(
         reply.reason, reply.error, reply.traceback, reply.exc_type, reply.exception)))
     return Completion(reply.job_id, token, client, "err",

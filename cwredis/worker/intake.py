@@ -31,6 +31,7 @@ import time
 from typing import Callable, Protocol
 
 from .. import config
+from ..argblobs import BlobCache, envelope_blobs, named_blobs
 from ..job import Spec
 from ..scripts import ClaimReply, Claimed, Completion, Requeue
 from ..serialization import ErrorRecord, encode_error, frame_outcome
@@ -92,6 +93,7 @@ class Intake:
         self._secret_source = secret_source or "no secret (--insecure)"
         self._rejected_in_a_row = 0
         self.quarantined = False  # too many rejections in a row: we take no more jobs
+        self._arg_blobs = BlobCache()  # repeated large arguments, fetched once (cwredis.argblobs)
 
     # -- the fetcher thread -------------------------------------------------------------
 
@@ -241,6 +243,11 @@ class Intake:
         """
         try:
             self._link.load_records(claimed)
+            wanted = self._arg_blobs.missing([d for c in claimed for d in envelope_blobs(c.args)])
+            if wanted:
+                for digest, data in zip(wanted, self._link.load_arg_blobs(wanted)):
+                    if data is not None:
+                        self._arg_blobs.put(digest, data)
         except LinkDown:
             self.needs_reconcile = True
             raise
@@ -260,7 +267,7 @@ class Intake:
             self._ledger.add_outcome(Completion(claimed.id, claimed.token, "", "err", b"", "corrupt",
                                                 "job spec is missing", error))
             return None
-        running = Running(claimed, spec)
+        running = Running(claimed, spec, record_large=not self._link.replica_ack)
         try:
             running.args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
         except Rejected as exc:  # our secret may be the wrong one: back to the queue for another worker
@@ -275,6 +282,7 @@ class Intake:
             catalog.spec(claimed.spec)
             running.function = catalog.function(claimed.function)
             running.env = catalog.env(spec.env)
+            running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
         except Rejected as exc:  # a record swapped under a job our secret verified: no worker may run it
             self._reject(running, exc, limit=1)
             return None

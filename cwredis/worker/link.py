@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .. import config, job, sentinel
 from ..catalog import Catalog
-from ..connection import Pinned, Reconnector, check_connection_budget, connect, describe, is_transient
+from ..connection import Pinned, connect, describe, is_transient
+from ..reachability import Reconnector, check_connection_budget
 from ..keys import Keys
 from ..scripts import ClaimReply, Claimed, Scripts, parse_handed
 from ..signing import Signer
@@ -204,6 +205,15 @@ class Link:
             self.catalog.fetch([c.spec for c in claimed], [c.function for c in claimed])
             self.catalog.fetch([], self.catalog.env_digests(c.spec for c in claimed))
         self._call(round_trip)
+
+    def load_arg_blobs(self, digests: Sequence[str]) -> list[bytes | None]:
+        """The argument blobs ``digests`` name (None: missing), in one round trip."""
+        def round_trip() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for digest in digests:
+                pipe.hget(self.keys.blob(digest), job.BLOB_DATA)
+            return pipe.execute()
+        return self._call(round_trip)
 
     # -- recording --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ supervisor. Its state is guarded by the supervisor's lock (``Pool.lock``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -41,7 +42,8 @@ from typing import Iterator, Union
 from .. import config
 from ..job import Spec
 from ..scripts import Claimed
-from .protocol import Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent
+from .protocol import (Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
+                       write_all)
 
 @dataclass
 class Running:
@@ -49,21 +51,48 @@ class Running:
 
     claimed: Claimed
     spec: Spec
-    args: bytes = b""
+    args: bytes | memoryview = b""  # verified (a view into the claimed envelope)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # the argument blobs ``args`` names
     function: bytes = b""
     env: bytes = b""
     started: float = field(default_factory=time.monotonic)
     prefetched: bool = False  # claimed ahead: its start must be recorded (start.lua)
     direct: bool = False  # the child records the outcome itself (cwredis.worker.direct)
     repark: bool = False  # ...and gives the worker's parking its room back
+    #: A large result may be recorded by the child even when not ``direct`` (protocol.Direct.only_large);
+    #: never where outcomes must wait for a replica (a Sentinel URL: only the worker's recording WAITs).
+    record_large: bool = True
 
     @property
     def id(self) -> str:
         return self.claimed.id
 
     @property
+    def payload_bytes(self) -> int:
+        """What writing the job to a child sends: its arguments and the argument blobs they name."""
+        return len(self.args) + sum(map(len, self.blobs.values()))
+
+    @property
     def deadline(self) -> float | None:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
+
+
+#: Arguments at least this large are written to a child as raw bytes after their Run (Run.args_follow).
+SEPARATE_ARGS_BYTES = 64 * 1024
+
+#: The capacity asked for the pipes that carry jobs and results (Linux's default is 64 KiB): a 1 MiB
+#: argument or result then crosses in one write and one read, instead of 16 of each with a switch
+#: between the processes after every one.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Ask for a PIPE_BYTES pipe; where the system refuses (a lower ``/proc/sys/fs/pipe-max-size``,
+    not Linux) the pipe keeps its size, which only costs speed."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except OSError:
+        pass
 
 
 class Slot:
@@ -88,6 +117,8 @@ class Slot:
         job_r, job_w = os.pipe()
         out_r, out_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
+        for fd in (job_w, out_w):
+            _widen(fd)
         try:
             self.proc = subprocess.Popen(
                 # -P: the child's own imports (cloudpickle...) never come from the worker's working
@@ -127,11 +158,17 @@ class Slot:
     def resend(self, running: Running) -> None:
         """(Re)write a job, leaving out the function and environment the child already holds."""
         fn_digest, env_digest = running.claimed.function, running.spec.env
-        direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark)
-                  if running.direct else None)
+        # Not asked to record it: still, a large outcome the child records itself (protocol.Direct).
+        direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
+                         only_large=not running.direct) if running.direct or running.record_large else None)
+        # Large arguments go as they are, after the message: never copied into a pickle (Run.args_follow).
+        large = len(running.args) >= SEPARATE_ARGS_BYTES
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
-                       running.args, env_digest, None if self.env == env_digest else running.env,
-                       running.spec.forward_output, direct, running.spec.retry_on))
+                       b"" if large else bytes(running.args), env_digest,
+                       None if self.env == env_digest else running.env, running.spec.forward_output, direct,
+                       running.spec.retry_on, running.blobs or None, len(running.args) if large else 0))
+        if large:
+            self._write(running.args)
         self.functions.add(fn_digest)
         self.env = env_digest
 
@@ -152,6 +189,13 @@ class Slot:
         """The child lacks something we thought it held: send everything next time."""
         self.functions = set()
         self.env = None
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            if self.jobs is not None:
+                write_all(self.jobs.fileno(), data)
+        except (OSError, ValueError):
+            pass  # the child died: its pidfd tells the worker's loop, which handles its jobs
 
     def _send(self, message: Setup | Run) -> None:
         try:

@@ -14,6 +14,7 @@ fields). The field names below are the protocol; change both ends together.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Union
 
 
@@ -29,12 +30,14 @@ class Setup(NamedTuple):
 
 class Direct(NamedTuple):
     """Asks the child to record a job's outcome itself: the attempt's token and the job's generation (both
-    signed into the outcome), the client, and whether to re-park."""
+    signed into the outcome), the client, and whether to re-park. With ``only_large``, only an outcome
+    of at least ``config.DIRECT_RECORD_BYTES`` (a large result never crosses the pipe to the worker)."""
 
     token: str
     generation: int
     client: str
     repark: bool
+    only_large: bool = False
 
 
 class Run(NamedTuple):
@@ -43,12 +46,14 @@ class Run(NamedTuple):
     job_id: str
     function_digest: str
     function: bytes | None
-    args: bytes
+    args: bytes | bytearray | memoryview
     env_digest: str
     env: bytes | None
     capture: bool
     direct: Direct | None
     retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
+    blobs: dict[str, bytes] | None = None  # the argument blobs ``args`` names (cwredis.argblobs)
+    args_follow: int = 0  # if > 0, ``args`` is empty: that many bytes of them follow on the pipe, raw
 
 
 class Unsend(NamedTuple):
@@ -128,3 +133,22 @@ class Recorded(NamedTuple):
 Reply = Union[Ok, Err]
 #: Everything a child sends.
 ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded]
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to a pipe (blocking), with no copy of it."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_exactly(fd: int, size: int) -> bytearray:
+    """Read ``size`` bytes from a pipe straight into one buffer (no copy of it); EOFError if it closes first."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("the pipe closed in the middle of a job's arguments")
+        got += n
+    return buffer

@@ -99,7 +99,7 @@ def test_a_cluster_node_that_does_not_answer_is_named_with_a_cluster_hint(server
 
 
 def test_a_moved_reply_is_explained_as_the_cluster_moving_the_slot():
-    from cwredis.connection import explain
+    from cwredis.reachability import explain
 
     exc = redis.exceptions.MovedError("4105 127.0.0.1:7002")
     assert explain(exc, "redis://127.0.0.1:7000") == ("the Valkey/Redis Cluster moved slot 4105 to 127.0.0.1:7002 "

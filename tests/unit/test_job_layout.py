@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from cwredis.serialization import dumps_call, loads_call, unframed
+from cwredis.serialization import dumps_call, loads_inline_call, unframed
 from cwredis.signing import Signer
 from cwredis.submitter import new_job_id
 
@@ -34,7 +34,7 @@ def test_a_call_is_pickled_without_its_frame_header_and_loads_the_same():
         framed = pickle.dumps((args, kwargs), protocol=5)
         stored = dumps_call(print, args, kwargs)
         assert len(stored) == len(framed) - 9
-        assert pickle.loads(stored) == (args, kwargs) == loads_call(stored)
+        assert pickle.loads(stored) == (args, kwargs) == loads_inline_call(stored)
     assert dumps_call(print, (5,), {}) == b"K\x05\x85\x94."  # BININT1 5, TUPLE1, MEMOIZE, STOP: all there is
     # A pickle of several frames, or of another protocol, is left as it is.
     big = pickle.dumps(list(range(50_000)), protocol=5)
@@ -47,7 +47,7 @@ def test_a_call_is_pickled_without_its_frame_header_and_loads_the_same():
 def test_a_call_without_keyword_arguments_is_its_arguments_alone_without_proto(args):
     stored = dumps_call(print, args, {})
     assert stored[:1] != pickle.PROTO
-    assert loads_call(stored) == (args, {})
+    assert loads_inline_call(stored) == (args, {})
     if len(stored) < 1000:  # one frame: 9 + 2 + 4 bytes less than the pickle of (args, {}) ('}', memo, pair, memo)
         assert len(stored) == len(pickle.dumps((args, {}), protocol=5)) - 15
 
@@ -58,4 +58,4 @@ def test_a_module_named_like_python_2s_is_not_renamed_when_read():
     stored = b"\x8c\x05Queue\x94\x8c\x05Queue\x94\x93\x94\x85\x94."
     assert pickle.loads(stored)[0].__module__ == "queue"  # what plain pickle.loads would run
     with pytest.raises(ModuleNotFoundError, match="'Queue'"):
-        loads_call(stored)  # looked up as written, not as the stdlib's queue
+        loads_inline_call(stored)  # looked up as written, not as the stdlib's queue

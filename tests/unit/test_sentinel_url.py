@@ -19,7 +19,8 @@ import redis
 
 import cwredis
 from cwredis import admin, config, coordinator, sentinel
-from cwredis.connection import Reconnector, connect, is_transient
+from cwredis.connection import connect, is_transient
+from cwredis.reachability import Reconnector
 from cwredis.errors import ConfigError
 from cwredis.worker import cli as worker_cli
 from harness import free_port

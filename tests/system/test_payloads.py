@@ -1,0 +1,130 @@
+"""Large arguments and results (issue 13): intact both ways, repeated ones stored once, a map's memory bounded.
+
+Real server, coordinator and workers; Redis memory is read with ``INFO memory``.
+No timings: speed is measured by ``benchmarks/run.py --only large_args large_results``.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import threading
+
+import pytest
+
+import cwredis
+import jobs_payloads
+from cwredis import config
+from cwredis.errors import RemoteError
+from cwredis.keys import DEFAULT_KEYS
+from helpers import wait_for
+from sysutil import unique
+
+pytestmark = pytest.mark.system
+
+MIB = 1 << 20
+JOB_TIMEOUT_S = 60
+
+
+def used_memory(r) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def large_blobs(r) -> set[bytes]:
+    """The blob records of a megabyte or more (argument blobs: function blobs are small)."""
+    return {k for k in r.scan_iter(match=DEFAULT_KEYS.blob("*")) if (r.hstrlen(k, "b") or 0) >= MIB}
+
+
+def expected(payload) -> tuple:
+    data = payload.encode() if isinstance(payload, str) else bytes(payload)
+    return type(payload).__name__, len(data), hashlib.sha256(data).hexdigest()
+
+
+def test_large_arguments_and_results_cross_intact(cluster):
+    """bytes, bytearray, array.array and str of 1 MiB each way, each distinct: what the job got, and what
+    came back, is exactly what was sent."""
+    payloads = [bytes(range(256)) * 4096, bytearray(b"\x01\x02\x03\x04") * (MIB // 4),
+                array.array("d", range(MIB // 8)), "x\u00e9" * (MIB // 3)]
+    with cwredis.Executor(url=cluster.url) as ex:
+        got = list(ex.map(jobs_payloads.fingerprint, payloads, range(len(payloads)), timeout=JOB_TIMEOUT_S))
+        back = list(ex.map(jobs_payloads.echo, payloads, timeout=JOB_TIMEOUT_S))
+    assert [g[:3] for g in got] == [expected(p) for p in payloads]
+    assert [g[3] for g in got] == list(range(len(payloads)))
+    assert back == payloads and [type(b) for b in back] == [type(p) for p in payloads]
+
+
+def test_a_repeated_large_argument_is_stored_once(cluster, procs):
+    """50 queued jobs with the same 1 MiB argument take about 2 MiB of Redis (the first job carries it,
+    one blob serves the other 49), not 50; each job still gets it intact."""
+    queue = unique("dedup")
+    big = hashlib.sha256(queue.encode()).digest() * (MIB // 32)  # content of this test's own
+    r = cluster.redis
+    before, blobs_before = used_memory(r), large_blobs(r)
+    with cwredis.Executor(url=cluster.url, queue=queue) as ex:
+        futures = [ex.submit(jobs_payloads.fingerprint, big, i) for i in range(50)]
+        grown = used_memory(r) - before
+        assert grown < 4 * MIB, f"50 jobs of one 1 MiB argument took {grown / MIB:.1f} MiB of Redis"
+        blobs = large_blobs(r) - blobs_before
+        assert len(blobs) == 1 and r.pttl(blobs.pop()) > 0  # one blob, which expires
+        procs.worker(cluster.url, "--queue", queue)
+        results = [f.result(JOB_TIMEOUT_S) for f in futures]
+    assert [res[:3] for res in results] == [expected(big)] * 50
+    assert [res[3] for res in results] == list(range(50))
+
+
+def test_a_missing_argument_blob_fails_its_job_corrupt_at_once(cluster, procs):
+    """The blob expired (or the server lost it) before the job ran: the job fails ``corrupt`` at once,
+    it never waits; the first job, which carried the argument itself, is unaffected."""
+    queue = unique("lostblob")
+    big = hashlib.sha256(queue.encode()).digest() * (MIB // 32)
+    r = cluster.redis
+    blobs_before = large_blobs(r)
+    with cwredis.Executor(url=cluster.url, queue=queue) as ex:
+        first = ex.submit(jobs_payloads.fingerprint, big, 1)
+        second = ex.submit(jobs_payloads.fingerprint, big, 2)
+        blobs = large_blobs(r) - blobs_before
+        assert len(blobs) == 1
+        r.delete(blobs.pop())
+        procs.worker(cluster.url, "--queue", queue)
+        assert first.result(JOB_TIMEOUT_S)[:3] == expected(big)
+        with pytest.raises(RemoteError) as raised:
+            second.result(JOB_TIMEOUT_S)
+    assert raised.value.reason == "corrupt"
+    assert "argument blob" in str(raised.value)
+
+
+def test_redis_memory_of_a_map_stays_within_its_byte_window(cluster, procs, monkeypatch):
+    """A map of 40 distinct 1 MiB arguments with an 8 MiB window: with no worker, only the window is
+    queued; while a worker drains it, Redis never holds more than window + one batch + slack."""
+    monkeypatch.setattr(config, "MAP_WINDOW_BYTES", 8 * MIB)
+    monkeypatch.setattr(config, "SUBMIT_BATCH_BYTES", 2 * MIB)
+    # window, one batch, slack: outcomes, the allocator, and a claim's reply (a few 1 MiB jobs) in
+    # the server's output buffer -- far below the 40 MiB the map would queue without its byte window
+    bound = (8 + 2 + 8) * MIB
+    queue = unique("window")
+    r = cluster.redis
+    before = used_memory(r)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], used_memory(r) - before)
+            stop.wait(0.02)
+
+    payloads = (i.to_bytes(4, "little") * (MIB // 4) for i in range(40))
+    with cwredis.Executor(url=cluster.url, queue=queue) as ex:
+        results = ex.map(jobs_payloads.fingerprint, payloads, range(40), timeout=JOB_TIMEOUT_S)
+        queued = used_memory(r) - before
+        assert 7 * MIB < queued < bound, f"{queued / MIB:.1f} MiB queued before any worker"
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            procs.worker(cluster.url, "--queue", queue)
+            got = list(results)
+        finally:
+            stop.set()
+            sampler.join()
+    assert [g[3] for g in got] == list(range(40))
+    assert [g[:3] for g in got] == [expected(i.to_bytes(4, "little") * (MIB // 4)) for i in range(40)]
+    assert peak[0] < bound, f"Redis grew by {peak[0] / MIB:.1f} MiB during the map"
