@@ -143,7 +143,7 @@ def test_a_claim_that_reached_the_server_behind_the_workers_back_is_given_back(s
     slot = worker.pool.slots[0]
     assert slot.job is not None and slot.job.id == ids[0]
     assert _fields(r, ids[0])["n"] == "1"  # refunded once, charged once: not twice
-    assert all(_fields(r, j)["s"] == "pending" for j in ids[1:])
+    assert all(job.state_of(_fields(r, j).get("s"), _fields(r, j).get("p")) == "pending" for j in ids[1:])
     while slot.sent or r.llen(KEYS.queue("default")):
         if slot.sent:
             _finish(worker, slot.sent[0], ids.index(slot.sent[0].id) ** 2)
