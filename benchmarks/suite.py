@@ -10,6 +10,7 @@ beside each latency run as they are, so numbers compare across versions.
 from __future__ import annotations
 
 import copy
+import shutil
 import statistics
 import sys
 import threading
@@ -18,12 +19,13 @@ from pathlib import Path
 
 from cwredis import config
 from cwredis.keys import DEFAULT_KEYS
+import hops
 from stack import Stack
 
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
        "bounded_client_memory", "session_map", "session_memory", "resume", "ceiling", "idle_workers",
-       "mass_death", "sentinel"]
+       "mass_death", "sentinel", "latency_hops"]
 
 #: ceiling: driver processes, and connections (threads) in each.
 CEILING_DRIVERS, CEILING_CONNECTIONS_EACH = 4, 25
@@ -118,6 +120,25 @@ class Suite:
                            p50_over_bare=res["p50_ms"] / bare["p50_ms"])
                 log(f"latency run {i + 1}: {fmt_run(res)}")
                 runs.append(res)
+        return dict(summarize(runs), n=n)
+
+    def latency_hops(self) -> dict:
+        """The latency role traced hop by hop (hops.py), beside the bare loop; each run its own trace files."""
+        n = 300 if self.q else 1_000
+        runs = []
+        st = Stack(self.o, workers=self.layout)
+        st.procs.env.update(hops.trace_env(st.dir / "hops"))  # before the workers start
+        with st:
+            for i in range(self.R):
+                trace_dir = st.dir / "hops"
+                shutil.rmtree(trace_dir, ignore_errors=True)
+                trace_dir.mkdir()
+                bare = st.client("bare_latency", {"n": n, "warmup": 20}, timeout=600)
+                st.client("latency_hops", {"n": n, "warmup": 20}, timeout=600)
+                res = dict(hops.hop_table(trace_dir), bare_p50_ms=bare["p50_ms"])
+                log(f"latency_hops run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        log("hops:\n" + hops.describe())
         return dict(summarize(runs), n=n)
 
     def fanout(self) -> dict:
