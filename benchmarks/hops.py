@@ -84,8 +84,9 @@ def role_latency_hops(url, n, warmup, timeout, **_):
     return {"jobs": n}
 
 
-def hop_table(trace_dir: Path) -> dict:
-    """Each hop's median and 90th percentile (µs) over the jobs every mark of the path saw."""
+def hop_table(trace_dir: Path, since_ns: int = 0) -> dict:
+    """Each hop's median and 90th percentile (µs) over the jobs every mark of the path saw, of those the
+    client started at ``since_ns`` or later (earlier runs wrote to the same files)."""
     marks: dict[str, dict[str, int]] = defaultdict(dict)
     missing: set[str] = set()
     for path in Path(trace_dir).glob("*.hops"):
@@ -96,7 +97,7 @@ def hop_table(trace_dir: Path) -> dict:
             else:
                 marks[job_id].setdefault(hop, int(ns))
     needed = {m for a, b, _ in PATH + ASIDE for m in (a, b)}
-    jobs = [m for m in marks.values() if needed <= m.keys()]
+    jobs = [m for m in marks.values() if needed <= m.keys() and m["c_start"] >= since_ns]
     out: dict = {"jobs_traced": len(jobs)}
     if missing:
         out["missing_hooks"] = ",".join(sorted(missing))

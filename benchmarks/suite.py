@@ -10,7 +10,6 @@ beside each latency run as they are, so numbers compare across versions.
 from __future__ import annotations
 
 import copy
-import shutil
 import statistics
 import sys
 import threading
@@ -127,15 +126,17 @@ class Suite:
         n = 300 if self.q else 1_000
         runs = []
         st = Stack(self.o, workers=self.layout)
-        st.procs.env.update(hops.trace_env(st.dir / "hops"))  # before the workers start
+        trace_dir = st.dir / "hops"  # the workers keep their files open: one directory for every run
+        trace_dir.mkdir()
+        st.procs.env.update(hops.trace_env(trace_dir))  # before the workers start
         with st:
             for i in range(self.R):
-                trace_dir = st.dir / "hops"
-                shutil.rmtree(trace_dir, ignore_errors=True)
-                trace_dir.mkdir()
+                since_ns = time.perf_counter_ns()  # the machine's monotonic clock, as the marks'
                 bare = st.client("bare_latency", {"n": n, "warmup": 20}, timeout=600)
                 st.client("latency_hops", {"n": n, "warmup": 20}, timeout=600)
-                res = dict(hops.hop_table(trace_dir), bare_p50_ms=bare["p50_ms"])
+                res = dict(hops.hop_table(trace_dir, since_ns=since_ns), bare_p50_ms=bare["p50_ms"])
+                if not res["jobs_traced"]:
+                    raise RuntimeError(f"latency_hops: no job traced ({res.get('missing_hooks', 'no hook missing')})")
                 log(f"latency_hops run {i + 1}: {fmt_run(res)}")
                 runs.append(res)
         log("hops:\n" + hops.describe())

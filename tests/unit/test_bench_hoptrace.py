@@ -58,3 +58,9 @@ def test_hop_table_joins_processes_by_job_id(tmp_path: Path) -> None:
     assert table["c_submit>w_handed_p90_us"] == 3.0 * step
     total = order.index("c_woke") - order.index("c_start")
     assert table["c_start>c_woke_p50_us"] == 2.0 * total
+    # A later run: only the jobs its client started since then count.
+    assert hops.hop_table(tmp_path, since_ns=1)["jobs_traced"] == 0  # both started at 0
+    (tmp_path / "3.hops").write_text("\n".join(f"{m} d {10**6 + i * 5000}" for i, m in enumerate(order)) + "\n")
+    later = hops.hop_table(tmp_path, since_ns=10**6)
+    assert later["jobs_traced"] == 1
+    assert later["c_submit>w_handed_p50_us"] == 5.0 * step
