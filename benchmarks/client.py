@@ -19,6 +19,7 @@ import traceback
 from typing import Any, Callable
 
 import protocol
+from hops import role_latency_hops
 from latency import role_bare_latency, role_latency
 from measuring import Counter
 from memory import role_bounded, role_memory
@@ -54,7 +55,7 @@ ROLES: dict[str, Callable[..., dict[str, Any]]] = {
     "memory": role_memory, "scale": role_scale, "bounded": role_bounded,
     "session_fill": role_session_fill, "resume": role_resume, "ceiling": role_ceiling,
     "mass_death": role_mass_death, "wait_cost": role_wait_cost, "large_args": role_large_args,
-    "large_results": role_large_results, "bare_payload": role_bare_payload}
+    "large_results": role_large_results, "bare_payload": role_bare_payload, "latency_hops": role_latency_hops}
 
 
 def main(role: str, params: dict) -> None:

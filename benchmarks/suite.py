@@ -18,12 +18,13 @@ from pathlib import Path
 
 from cwredis import config
 from cwredis.keys import DEFAULT_KEYS
+import hops
 from stack import Stack
 
 #: The benchmark names, in the order a full run takes them.
 ALL = ["executor_map", "client_submit", "latency", "fanout", "memory", "scale", "aof",
        "bounded_client_memory", "session_map", "session_memory", "resume", "ceiling", "idle_workers",
-       "mass_death", "sentinel", "large_args", "large_results"]
+       "mass_death", "sentinel", "large_args", "large_results", "latency_hops"]
 
 #: ceiling: driver processes, and connections (threads) in each.
 CEILING_DRIVERS, CEILING_CONNECTIONS_EACH = 4, 25
@@ -118,6 +119,27 @@ class Suite:
                            p50_over_bare=res["p50_ms"] / bare["p50_ms"])
                 log(f"latency run {i + 1}: {fmt_run(res)}")
                 runs.append(res)
+        return dict(summarize(runs), n=n)
+
+    def latency_hops(self) -> dict:
+        """The latency role traced hop by hop (hops.py), beside the bare loop; each run its own trace files."""
+        n = 300 if self.q else 1_000
+        runs = []
+        st = Stack(self.o, workers=self.layout)
+        trace_dir = st.dir / "hops"  # the workers keep their files open: one directory for every run
+        trace_dir.mkdir()
+        st.procs.env.update(hops.trace_env(trace_dir))  # before the workers start
+        with st:
+            for i in range(self.R):
+                since_ns = time.perf_counter_ns()  # the machine's monotonic clock, as the marks'
+                bare = st.client("bare_latency", {"n": n, "warmup": 20}, timeout=600)
+                st.client("latency_hops", {"n": n, "warmup": 20}, timeout=600)
+                res = dict(hops.hop_table(trace_dir, since_ns=since_ns), bare_p50_ms=bare["p50_ms"])
+                if not res["jobs_traced"]:
+                    raise RuntimeError(f"latency_hops: no job traced ({res.get('missing_hooks', 'no hook missing')})")
+                log(f"latency_hops run {i + 1}: {fmt_run(res)}")
+                runs.append(res)
+        log("hops:\n" + hops.describe())
         return dict(summarize(runs), n=n)
 
     def fanout(self) -> dict:

@@ -35,7 +35,8 @@ class Reconnector:
     """Back-off with logging for one role's connection to one URL.
 
     ``failed(exc)`` logs (once per outage at WARNING, with its cause, then
-    quietly) and sleeps with exponential back-off; ``succeeded()`` logs the
+    quietly) and sleeps with exponential back-off (not before the first
+    retry); ``succeeded()`` logs the
     reconnect. Sleeping stops early when ``stop`` is set.
 
     Why not redis-py's ``Retry(ExponentialBackoff(), n)`` on the connection:
@@ -66,7 +67,9 @@ class Reconnector:
             first = self._down_since is None
             if first:
                 self._down_since = time.monotonic()
-            delay = self._backoff.compute(self._failures)
+            # The first retry goes at once: a killed or timed-out connection is usually replaced by the
+            # next one (a server that is really away refuses it as fast); back-off starts with the second.
+            delay = self._backoff.compute(self._failures - 1) if self._failures else 0.0
             self._failures += 1
         if first:
             log.warning("%s: cannot reach Redis at %s: %s (retrying with back-off)",

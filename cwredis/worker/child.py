@@ -268,7 +268,9 @@ class Mailbox:
     which a watcher thread reads -- it wakes only for those, never per job --
     and answers, while the main thread runs a job: it reads whatever jobs are
     waiting (under ``_lock``) and takes the one asked for out of the queue.
-    Neither thread holds ``_lock`` while it blocks.
+    Neither thread holds ``_lock`` while it blocks; when the watcher has read
+    jobs out of the pipe, it wakes the main thread's wait through a pipe of
+    its own, so a job it queued is never left behind an empty job pipe.
     """
 
     def __init__(self, inbox: Connection, control: Connection, send: Callable[[ChildMessage], None]) -> None:
@@ -283,6 +285,11 @@ class Mailbox:
         self._peeker = select.poll()  # zero-timeout peeks, under _lock, from either thread
         for poller in (self._waiter, self._peeker):
             poller.register(inbox.fileno(), select.POLLIN)
+        # The watcher may read jobs out of the pipe after the main thread found none queued and
+        # before it waits on that pipe (at start-up, an Unsend can come before the first wait):
+        # it then wakes the main thread through this pipe, or the job would wait there unseen.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waiter.register(self._wake_r, select.POLLIN)
         threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
 
     def _read_waiting(self) -> None:
@@ -311,6 +318,10 @@ class Mailbox:
                 waiting = next((m for m in self._jobs if isinstance(m, Run) and m.job_id == request.job_id), None)
                 if waiting is not None:
                     self._jobs.remove(waiting)
+            try:
+                os.write(self._wake_w, b"w")
+            except BlockingIOError:  # the pipe is full of wakes: the main thread wakes anyway
+                pass
             self._send(Unsent(request.job_id, waiting is not None))
 
     def next(self) -> Run | Setup | None:
@@ -320,6 +331,10 @@ class Mailbox:
                 if self._jobs:
                     return self._jobs.popleft()
             self._waiter.poll()
+            try:
+                os.read(self._wake_r, 4096)  # before looking at _jobs again: a later wake wakes the next wait
+            except BlockingIOError:
+                pass
             with self._lock:
                 self._read_waiting()
 
