@@ -21,6 +21,9 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
+            # Two test processes (pytest.ini): the system tests mostly wait on leases and processes,
+            # so one process left a core idle most of the time; files stay whole on one process.
+            "pytest-xdist>=3.5",
             "fakeredis[lua]>=2.20",
             "mypy>=1.5",
             # The two-user tests run the venv as another uid, which cannot enter /root/.pyenv, so
