@@ -110,6 +110,9 @@ class Slot:
         self.control: Connection | None = None  # we ask for jobs back here
         self.functions: set[str] = set()
         self.env: str | None = None
+        #: Functions whose result came back through this slot's pipe at DIRECT_RECORD_BYTES or more: from
+        #: then on the child records their large results itself (a small job's Run carries no Direct).
+        self.large_results: set[str] = set()
         self.spawn()
 
     def spawn(self) -> None:
@@ -158,9 +161,11 @@ class Slot:
     def resend(self, running: Running) -> None:
         """(Re)write a job, leaving out the function and environment the child already holds."""
         fn_digest, env_digest = running.claimed.function, running.spec.env
-        # Not asked to record it: still, a large outcome the child records itself (protocol.Direct).
+        # Not asked to record it: still, a large outcome of a function known to return them is recorded by the
+        # child itself (protocol.Direct); the first one crosses the pipe and teaches us (Pool.read).
+        returns_large = running.record_large and fn_digest in self.large_results
         direct = (Direct(running.claimed.token, running.claimed.generation, running.spec.client, running.repark,
-                         only_large=not running.direct) if running.direct or running.record_large else None)
+                         only_large=not running.direct) if running.direct or returns_large else None)
         # Large arguments go as they are, after the message: never copied into a pickle (Run.args_follow).
         large = len(running.args) >= SEPARATE_ARGS_BYTES
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
@@ -359,6 +364,8 @@ class Pool:
                         slot.forget_cache()
                         slot.resend(running)
                 elif (running := slot.take(message.job_id)) is not None:
+                    if isinstance(message, Ok) and len(message.result) >= config.DIRECT_RECORD_BYTES:
+                        slot.large_results.add(running.claimed.function)
                     events.append(Ended(slot, running, message))
             if not slot.out.poll():
                 break

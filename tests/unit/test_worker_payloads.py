@@ -10,8 +10,11 @@ import pytest
 
 from cwredis.job import Spec
 from cwredis.scripts import Claimed
-from cwredis.worker.pool import SEPARATE_ARGS_BYTES, Running, Slot
-from cwredis.worker.protocol import Run, Setup, read_exactly, write_all
+from multiprocessing.connection import Pipe
+
+from cwredis import config
+from cwredis.worker.pool import SEPARATE_ARGS_BYTES, Pool, Running, Slot
+from cwredis.worker.protocol import Ok, Run, Setup, read_exactly, write_all
 
 SETUP = Setup("redis://127.0.0.1:1/0", None, "cwtest", "w1", ["default"])
 SPEC = Spec("c1", "default", "env1", None, 3)
@@ -50,6 +53,9 @@ def test_large_arguments_follow_their_run_raw_and_small_ones_travel_inside_it():
 
 def test_a_large_result_is_recorded_by_the_child_unless_outcomes_wait_for_a_replica():
     slot = RecordingSlot(0, SETUP)
+    slot.start(running(b"a"))  # fn1 never returned a large result here: a small job's Run carries no Direct
+    assert slot.sent_messages.pop().direct is None
+    slot.large_results.add("fn1")  # what Pool.read notes once fn1's result came back large through the pipe
     slot.start(running(b"a", direct=True))
     slot.start(running(b"a"))
     slot.start(running(b"a", record_large=False))  # a Sentinel URL: the worker records (and WAITs)
@@ -77,3 +83,21 @@ def test_write_all_and_read_exactly_carry_a_megabyte_through_a_pipe():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_a_large_result_through_the_pipe_teaches_the_slot_its_function():
+    pool = Pool(1, SETUP, threading.Condition(), slot=RecordingSlot)
+    slot = pool.slots[0]
+    reader, writer = Pipe(duplex=False)
+    slot.out = reader
+    replies = [Ok("small", b"r" * 10, ""), Ok("big", b"r" * config.DIRECT_RECORD_BYTES, "")]
+    for reply in replies:
+        slot.sent.append(Running(Claimed(reply.job_id, "7", "spec1", f"fn-{reply.job_id}", b"", 1, 0), SPEC))
+    child = threading.Thread(target=lambda: [writer.send(reply) for reply in replies])  # the big one fills the pipe
+    child.start()
+    events: list = []
+    while len(events) < 2 and reader.poll(10):
+        events += pool.read(slot)
+    child.join(10)
+    assert [e.running.id for e in events] == ["small", "big"]
+    assert slot.large_results == {"fn-big"}
