@@ -122,7 +122,8 @@ MAX_SEND_AHEAD_BYTES = 4096
 
 #: A result at least this large is recorded by its job process itself, straight to Redis, even when
 #: the worker would batch it: it never crosses the pipe to the worker (two copies and a pickle fewer,
-#: and the worker's one thread is not the bottleneck for every child's large results).
+#: and the worker's one thread is not the bottleneck for every child's large results); from the second
+#: such result of a function on a slot (worker.pool.Slot.large_results).
 DIRECT_RECORD_BYTES = 64 * 1024
 
 #: How long a stopping child may take to exit between jobs before it is killed.
