@@ -92,10 +92,13 @@ def test_soak_random_worker_kills_and_a_coordinator_restart(server, home, procs,
     session_thread = threading.Thread(target=session_client, name="session-client", daemon=True)
     session_thread.start()
     try:
-        with cwredis.ClientThread(outcomes.on_result, url=server.url,
+        with cwredis.ClientThread(outcomes.on_result, url=server.url, max_attempts=6,
                                   error_callback=outcomes.on_error) as t:
             # 5 ms each: short, yet the run lasts long enough for several kills.
-            # Default max_attempts (3): a job caught in three kills would fail 'lost'.
+            # max_attempts 6, not the default 3: a requeued job goes to the front of its queue, so the
+            # next worker to be killed often holds the same early job; with ~17 kills in a run on a
+            # loaded CI, one job was caught in three (failed 'lost', seen once). Exactly-once delivery
+            # is what this test is about; the session client below keeps the default and checks <= 3 runs.
             expected = {t.submit(helpers.square_after, i, JOB_S): i * i for i in range(JOBS)}
             remaining = DEADLINE_S - (time.monotonic() - started)
             try:
