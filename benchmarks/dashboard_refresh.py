@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import Server  # noqa: E402
 
 from cwredis import job  # noqa: E402
-from cwredis.admin import Inspector  # noqa: E402
+from cwredis.inspector import Inspector  # noqa: E402
 from cwredis.dashboard.sampler import Sampler  # noqa: E402
 from cwredis.dashboard.sessions import SessionTallies  # noqa: E402
 from cwredis.dashboard.views import Views  # noqa: E402

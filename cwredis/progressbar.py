@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from tqdm.auto import tqdm
 
-from .admin import Inspector
+from .inspector import Inspector
 from .keys import Keys
 
 #: Seconds between reads of the cluster's running count.

@@ -40,7 +40,7 @@ import redis
 
 from cwredis import config
 from cwredis.cli import version_line
-from cwredis.admin import Inspector
+from cwredis.inspector import Inspector
 from cwredis.connection import connect
 from cwredis.reachability import check_reachable
 from cwredis.errors import ConfigError

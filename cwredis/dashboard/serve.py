@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from .. import config
-from ..admin import Inspector
+from ..inspector import Inspector
 from .app import build_app
 from .auth import Guard, load_token
 from .sampler import Sampler

@@ -1,4 +1,4 @@
-"""What each dashboard page shows, read from Redis through :class:`~cwredis.admin.Inspector`.
+"""What each dashboard page shows, read from Redis through :class:`~cwredis.inspector.Inspector`.
 
 Every read here costs a bounded number of commands, pipelined into a few
 round trips, whatever the number of jobs: LLEN and ZCARD for the queues and
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config, job
-from ..admin import Inspector, change_failed, progress_of, start_times, worker_row
+from ..admin import change_failed
+from ..inspector import Inspector, progress_of, start_times, worker_row
 from ..admin_sessions import UserError, cancel_named
 
 #: Most jobs one page of the running or failed list shows.

@@ -28,7 +28,7 @@ import pytest
 
 import cwredis
 import helpers
-from cwredis.admin import Inspector
+from cwredis.inspector import Inspector
 from helpers import (
     TEST_LEASE_S,
     Outcomes,
