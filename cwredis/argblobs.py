@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 
 import cloudpickle
 
-from . import config
+from . import config, heap
 from .serialization import dumps_call, loads_inline_call
 from .signing import Corrupt, Signer
 
@@ -113,6 +113,8 @@ class ArgPickler:
         """
         pickled = dumps_call(fn, args, kwargs)
         repeated: dict[int, ArgBlob] = {}
+        if len(pickled) >= config.LARGE_ARG_BYTES:
+            heap.keep_freed_memory()  # this client moves large payloads
         if self._dedup and len(pickled) >= config.LARGE_ARG_BYTES:
             for value in (*args, *kwargs.values()):
                 size = _size(value)

@@ -20,10 +20,10 @@ from typing import Any, Callable, NamedTuple
 
 import redis
 
-from . import config
+from . import config, heap
 from .keys import Keys
 from .scripts import Scripts
-from .signing import sliced
+from .signing import VIEW_BYTES, sliced
 
 log = logging.getLogger("cwredis.client")
 
@@ -67,6 +67,8 @@ class OutcomeList:
     def parse(self, raw: bytes) -> OutcomeEntry:
         """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
         try:
+            if len(raw) >= VIEW_BYTES:
+                heap.keep_freed_memory()  # this client receives large results
             raw_seq, raw_id, raw_gen, kind, _ = raw[:_HEAD_MAX].split(b"\n", 4)
             head_end = len(raw_seq) + len(raw_id) + len(raw_gen) + 3
             return OutcomeEntry(int(raw_seq), raw[:head_end], raw_id.decode(), int(raw_gen), kind,

@@ -47,7 +47,7 @@ from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
-from .. import config, jobcontext
+from .. import config, heap, jobcontext
 from ..argblobs import loads_call
 from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
                              parse_env)
@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    heap.keep_freed_memory()  # large arguments and results pass through here
     logging.basicConfig(level=os.environ.get("CWREDIS_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     inbox = MessagePipe(int(argv[0]), writable=False)

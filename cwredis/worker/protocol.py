@@ -17,6 +17,7 @@ protocol; change both ends together.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from multiprocessing.connection import Connection
@@ -145,6 +146,9 @@ ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded]
 #: Everything either side sends.
 Message = Union[Setup, Run, Unsend, ChildMessage]
 
+#: A reply with a result this large is pickled through a file (see MessagePipe.send).
+LARGE_MESSAGE_BYTES = 64 * 1024
+
 #: The message types by their number on the wire.
 _TYPES: tuple[type[Any], ...] = (Setup, Run, Unsend, Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded)
 _NUMBERS = {kind: number for number, kind in enumerate(_TYPES)}
@@ -154,7 +158,15 @@ class MessagePipe(Connection):
     """One end of a worker/child pipe: ``send``/``recv`` carry messages as ``(type number, fields)``."""
 
     def send(self, obj: Message) -> None:
-        self.send_bytes(pickle.dumps((_NUMBERS[type(obj)], tuple(obj)), pickle.HIGHEST_PROTOCOL))
+        message = (_NUMBERS[type(obj)], tuple(obj))
+        if (isinstance(obj, Ok) and len(obj.result) >= LARGE_MESSAGE_BYTES) or (isinstance(obj, Run) and obj.blobs):
+            # A pickler writing to a file writes a large bytes object straight through; pickle.dumps
+            # copies it into a buffer it grows (a fresh allocation each time it doubles).
+            buffer = io.BytesIO()
+            pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(message)
+            self.send_bytes(buffer.getbuffer())
+        else:
+            self.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def recv(self) -> Any:
         """The next message (a :data:`Message`: the reader knows which kinds its pipe carries)."""
