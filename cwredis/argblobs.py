@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 
 import cloudpickle
 
-from . import config
+from . import config, heap
 from .serialization import dumps_call, loads_inline_call
 from .signing import Corrupt, Signer
 
@@ -113,6 +113,8 @@ class ArgPickler:
         """
         pickled = dumps_call(fn, args, kwargs)
         repeated: dict[int, ArgBlob] = {}
+        if len(pickled) >= config.LARGE_ARG_BYTES:
+            heap.keep_freed_memory()  # this client moves large payloads
         if self._dedup and len(pickled) >= config.LARGE_ARG_BYTES:
             for value in (*args, *kwargs.values()):
                 size = _size(value)
@@ -159,7 +161,7 @@ class _BlobPickler(cloudpickle.Pickler):
 
 def named_blobs(args: bytes | memoryview) -> list[str]:
     """The digests of the argument blobs a job's (verified) arguments name; [] for plain arguments."""
-    if bytes(args[:len(_MARK)]) != _MARK:
+    if args[:len(_MARK)] != _MARK:  # (a memoryview's slice compares by content)
         return []
     start = bytes(args[:_HEAD_MAX])
     head, sep, _ = start[len(_MARK):].partition(b"\n")
@@ -170,11 +172,10 @@ def named_blobs(args: bytes | memoryview) -> list[str]:
 
 def loads_call(args: bytes | bytearray | memoryview, blobs: Mapping[str, bytes] | None) -> Any:
     """Unpickle a job's ``(args, kwargs)`` in the job process, putting its argument blobs in place."""
-    view = memoryview(args)
-    if bytes(view[:len(_MARK)]) != _MARK:  # (a pickle without PROTO never starts with b"c": no GLOBAL in protocol 5)
-        return loads_inline_call(view)
-    start = bytes(view[:_HEAD_MAX]).index(b"\n") + 1
-    unpickler = _BlobUnpickler(io.BytesIO(view[start:]), blobs or {})
+    if args[:len(_MARK)] != _MARK:  # (a pickle without PROTO never starts with b"c": no GLOBAL in protocol 5)
+        return loads_inline_call(args)
+    start = bytes(args[:_HEAD_MAX]).index(b"\n") + 1
+    unpickler = _BlobUnpickler(io.BytesIO(memoryview(args)[start:]), blobs or {})
     return unpickler.load()
 
 

@@ -20,9 +20,10 @@ from typing import Any, Callable, NamedTuple
 
 import redis
 
-from . import config
+from . import config, heap
 from .keys import Keys
 from .scripts import Scripts
+from .signing import VIEW_BYTES, sliced
 
 log = logging.getLogger("cwredis.client")
 
@@ -34,6 +35,8 @@ TRIM_DELAY_S = 0.1
 
 #: An undecodable entry is recognised, when it is trimmed, by this many of its first bytes.
 UNDECODABLE_HEADER_BYTES = 64
+#: An entry's header (sequence number, job id, generation, kind) is within its first this many bytes.
+_HEAD_MAX = 256
 
 
 class OutcomeEntry(NamedTuple):
@@ -44,7 +47,7 @@ class OutcomeEntry(NamedTuple):
     job_id: str | None  # None: undecodable
     generation: int
     kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
-    body: bytes | memoryview  # a view into the entry: a large result is not copied
+    body: bytes | memoryview  # a large result's a view into the entry, not a copy (signing.sliced)
 
 
 class OutcomeList:
@@ -64,11 +67,12 @@ class OutcomeList:
     def parse(self, raw: bytes) -> OutcomeEntry:
         """An outcome entry, or one with job_id None (dropped with a warning) if undecodable."""
         try:
-            head_end = raw.index(b"\n", raw.index(b"\n", raw.index(b"\n") + 1) + 1) + 1
-            kind_end = raw.index(b"\n", head_end)
-            raw_seq, raw_id, raw_gen = raw[:head_end - 1].split(b"\n")
-            return OutcomeEntry(int(raw_seq), raw[:head_end], raw_id.decode(), int(raw_gen), raw[head_end:kind_end],
-                                memoryview(raw)[kind_end + 1:])
+            if len(raw) >= VIEW_BYTES:
+                heap.keep_freed_memory()  # this client receives large results
+            raw_seq, raw_id, raw_gen, kind, _ = raw[:_HEAD_MAX].split(b"\n", 4)
+            head_end = len(raw_seq) + len(raw_id) + len(raw_gen) + 3
+            return OutcomeEntry(int(raw_seq), raw[:head_end], raw_id.decode(), int(raw_gen), kind,
+                                sliced(raw, head_end + len(kind) + 1))
         except ValueError:
             log.warning("client %s: dropping an undecodable outcome entry %r", self._client_id, raw[:80])
             return OutcomeEntry(0, raw[:UNDECODABLE_HEADER_BYTES], None, 0, b"", b"")

@@ -84,6 +84,18 @@ def _hash_fields(fields: Mapping[str, str]) -> bytes:
     return b"".join(parts)
 
 
+#: A payload at least this long is hashed and handed on in place (a memoryview), never copied; a
+#: shorter one is cheaper to copy than to view (each view and slice of one costs about as much).
+VIEW_BYTES = 64 * 1024
+
+
+def sliced(data: bytes | memoryview, start: int) -> bytes | memoryview:
+    """``data[start:]``: a copy if short, a view into ``data`` if at least VIEW_BYTES (or already a view)."""
+    if isinstance(data, bytes) and len(data) < VIEW_BYTES:
+        return data[start:]
+    return memoryview(data)[start:]
+
+
 class Signer:
     """Seals and opens jobs, outcomes and shared blobs with a shared secret (None: ``--insecure``)."""
 
@@ -105,16 +117,21 @@ class Signer:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
-    def _tag(self, *parts: bytes | memoryview, tail: Sequence[bytes] = ()) -> bytes:
-        """HMAC of the parts joined by NUL bytes, the last of them continued by the ``tail`` pieces;
-        hashed piece by piece (a 1 MiB argument is never copied for it)."""
+    def _tag(self, *parts: bytes | memoryview, tail: Sequence[bytes | memoryview] = ()) -> bytes:
+        """HMAC of the parts joined by NUL bytes, the last of them continued by the ``tail`` pieces.
+
+        Small parts are joined and hashed at once (the per-job case); a large
+        last part and the tail are hashed where they are (a 1 MiB argument is
+        never copied for it).
+        """
         inner = self._inner.copy()
-        for index, part in enumerate(parts):
-            if index:
-                inner.update(b"\0")
-            inner.update(part)
-        for piece in tail:
-            inner.update(piece)
+        if tail or len(parts[-1]) >= VIEW_BYTES:
+            inner.update(b"\0".join((*parts[:-1], b"")))
+            inner.update(parts[-1])
+            for piece in tail:
+                inner.update(piece)
+        else:
+            inner.update(b"\0".join(parts))
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:_TAG_LEN]
@@ -187,16 +204,17 @@ class Signer:
             return _UNSIGNED + args
         return _SIGNED + self._tag(b"job", job_id.encode(), spec_digest.encode(), fn_digest.encode(), args) + args
 
-    def open_job(self, job_id: str, spec_digest: str, fn_digest: str, envelope: bytes | None) -> memoryview:
-        """The pickled arguments of a job whose envelope verifies (a view into ``envelope``: large arguments
-        are not copied); Rejected or Corrupt."""
+    def open_job(self, job_id: str, spec_digest: str, fn_digest: str,
+                 envelope: bytes | None) -> bytes | memoryview:
+        """The pickled arguments of a job whose envelope verifies (large ones a view into ``envelope``, not
+        copied: :func:`sliced`); Rejected or Corrupt."""
         if not envelope:
             raise Corrupt("job arguments are missing")
         marker = envelope[:1]
         if marker == _SIGNED:
             if len(envelope) < 1 + _TAG_LEN:
                 raise Corrupt("job arguments are truncated")
-            tag, args = envelope[1:1 + _TAG_LEN], memoryview(envelope)[1 + _TAG_LEN:]
+            tag, args = envelope[1:1 + _TAG_LEN], sliced(envelope, 1 + _TAG_LEN)
             if self.secret is not None and not hmac.compare_digest(
                     tag, self._tag(b"job", job_id.encode(), spec_digest.encode(), fn_digest.encode(), args)):
                 raise Rejected("job signature does not verify with this side's secret (a different secret, "
@@ -205,7 +223,7 @@ class Signer:
         if marker == _UNSIGNED:
             if self.secret is not None:
                 raise Rejected("job is unsigned (its client ran --insecure) but this side has a secret")
-            return memoryview(envelope)[1:]
+            return sliced(envelope, 1)
         raise Corrupt("job arguments have an unknown format")
 
     # -- outcomes --------------------------------------------------------------------------
@@ -214,28 +232,35 @@ class Signer:
                      framed: bytes | Sequence[bytes]) -> bytes:
         """An outcome body for complete.lua: tagged with the job id, generation, attempt token and kind.
 
-        ``framed`` may come in pieces (:func:`cwredis.serialization.frame_parts`): the body is then
-        joined in one copy of a large result, not one per step.
+        ``framed`` may come in pieces (:func:`cwredis.serialization.frame_parts`): the body of a large
+        result is then joined in one copy, not one per step.
         """
-        pieces = (framed,) if isinstance(framed, bytes) else tuple(framed)
         head = token.encode() + b"\n"
+        if not isinstance(framed, bytes):
+            pieces = tuple(framed)
+            if len(pieces) > 1:
+                if self.secret is None:
+                    return b"".join((_UNSIGNED, head, *pieces))
+                tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(),
+                                b"", tail=pieces)
+                return b"".join((_SIGNED, tag, head, *pieces))
+            framed = pieces[0]
         if self.secret is None:
-            return b"".join((_UNSIGNED, head, *pieces))
-        tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(), b"",
-                        tail=pieces)
-        return b"".join((_SIGNED, tag, head, *pieces))
+            return _UNSIGNED + head + framed
+        tag = self._tag(b"outcome", job_id.encode(), b"%d" % generation, token.encode(), kind.encode(), framed)
+        return _SIGNED + tag + head + framed
 
-    def open_outcome(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> memoryview:
-        """The framed output and payload of an outcome that verifies (a view into ``body``: a large
-        result is not copied); Rejected, Corrupt, Lost or Cancelled."""
-        body = memoryview(body)
-        marker = bytes(body[:1])
+    def open_outcome(self, job_id: str, generation: int, kind: bytes,
+                     body: bytes | memoryview) -> bytes | memoryview:
+        """The framed output and payload of an outcome that verifies (of a large result, a view into
+        ``body``, not a copy: :func:`sliced`); Rejected, Corrupt, Lost or Cancelled."""
+        marker = body[:1]  # (a memoryview's slice compares by content)
         if marker == _LOST:
             raise Lost()
         if marker == b"C":
             raise Cancelled()
         if marker == _SIGNED:
-            tag, start = bytes(body[1:1 + _TAG_LEN]), 1 + _TAG_LEN
+            tag, start = body[1:1 + _TAG_LEN], 1 + _TAG_LEN
         elif marker == _UNSIGNED:
             if self.secret is not None:
                 raise Rejected("the outcome is unsigned (its worker ran --insecure) but this client has a secret")
@@ -246,7 +271,7 @@ class Signer:
         token, sep, _ = head.partition(b"\n")
         if not sep or not token.isdigit():
             raise Corrupt("the outcome's framing is broken")
-        framed = body[start + len(token) + 1:]
+        framed = sliced(body, start + len(token) + 1)
         if marker == _SIGNED and self.secret is not None and not hmac.compare_digest(
                 tag, self._tag(b"outcome", job_id.encode(), b"%d" % generation, token, kind, framed)):
             raise Rejected("the outcome's signature does not verify with this client's secret (a worker with "

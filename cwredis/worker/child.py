@@ -43,20 +43,19 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
-from .. import config, jobcontext
+from .. import config, heap, jobcontext
 from ..argblobs import loads_call
 from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
                              parse_env)
 from ..signing import Corrupt
 from .direct import DirectRecorder
 from .freshness import CodeWatch
-from .protocol import (ChildMessage, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
-                       read_exactly)
+from .protocol import (ChildMessage, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale,
+                       Unsend, Unsent, read_exactly)
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -273,7 +272,7 @@ class Mailbox:
     its own, so a job it queued is never left behind an empty job pipe.
     """
 
-    def __init__(self, inbox: Connection, control: Connection, send: Callable[[ChildMessage], None]) -> None:
+    def __init__(self, inbox: MessagePipe, control: MessagePipe, send: Callable[[ChildMessage], None]) -> None:
         self._inbox = inbox
         self._control = control
         self._send = send
@@ -330,11 +329,11 @@ class Mailbox:
             with self._lock:
                 if self._jobs:
                     return self._jobs.popleft()
-            self._waiter.poll()
-            try:
-                os.read(self._wake_r, 4096)  # before looking at _jobs again: a later wake wakes the next wait
-            except BlockingIOError:
-                pass
+            if any(fd == self._wake_r for fd, _ in self._waiter.poll()):
+                try:  # (read only when woken: a failed read costs an exception on every job)
+                    os.read(self._wake_r, 4096)  # before looking at _jobs again: a later wake wakes the next wait
+                except BlockingIOError:
+                    pass
             with self._lock:
                 self._read_waiting()
 
@@ -344,11 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    heap.keep_freed_memory()  # large arguments and results pass through here
     logging.basicConfig(level=os.environ.get("CWREDIS_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    inbox = Connection(int(argv[0]), writable=False)
-    outbox = Connection(int(argv[1]), readable=False)
-    control = Connection(int(argv[2]), writable=False)
+    inbox = MessagePipe(int(argv[0]), writable=False)
+    outbox = MessagePipe(int(argv[1]), readable=False)
+    control = MessagePipe(int(argv[2]), writable=False)
     send_lock = threading.Lock()
 
     def send(message: ChildMessage) -> None:

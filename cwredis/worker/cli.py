@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .. import config
+from .. import config, heap
 from ..cli import version_line
 from ..connection import setup_logging
 from ..errors import ConfigError
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     setup_logging(args.log_level)
+    heap.keep_freed_memory()  # a worker moves large payloads between Redis and its job processes
     try:
         url = config.resolve_url(args.url)
         secret = config.require_secret(args.insecure)

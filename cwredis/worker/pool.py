@@ -36,14 +36,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Iterator, Union
 
 from .. import config
 from ..job import Spec
 from ..scripts import Claimed
-from .protocol import (Direct, Err, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend, Unsent,
-                       write_all)
+from .protocol import (Direct, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend,
+                       Unsent, write_all)
 
 @dataclass
 class Running:
@@ -105,9 +104,9 @@ class Slot:
         self.asked_back: set[str] = set()  # ids of jobs ahead we asked the child to give back
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None  # readable once the child has exited
-        self.jobs: Connection | None = None  # we write jobs here
-        self.out: Connection | None = None  # we read the child's messages here
-        self.control: Connection | None = None  # we ask for jobs back here
+        self.jobs: MessagePipe | None = None  # we write jobs here
+        self.out: MessagePipe | None = None  # we read the child's messages here
+        self.control: MessagePipe | None = None  # we ask for jobs back here
         self.functions: set[str] = set()
         self.env: str | None = None
         #: Functions whose result came back through this slot's pipe at DIRECT_RECORD_BYTES or more: from
@@ -132,9 +131,9 @@ class Slot:
             os.close(job_r)
             os.close(out_w)
             os.close(ctl_r)
-        self.jobs = Connection(job_w, readable=False)
-        self.out = Connection(out_r, writable=False)
-        self.control = Connection(ctl_w, readable=False)
+        self.jobs = MessagePipe(job_w, readable=False)
+        self.out = MessagePipe(out_r, writable=False)
+        self.control = MessagePipe(ctl_w, readable=False)
         try:
             self.pidfd = os.pidfd_open(self.proc.pid)
         except (AttributeError, OSError):  # Linux before 5.3: Pool.exited polls the process instead

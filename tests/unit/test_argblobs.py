@@ -14,7 +14,7 @@ from cwredis.argblobs import ArgPickler, BlobCache, Pickled, envelope_blobs, loa
 from cwredis.errors import SerializationError
 from cwredis.executor import _map_batches
 from cwredis.serialization import frame_outcome, frame_parts, unframe_outcome
-from cwredis.signing import Corrupt, Rejected, Signer
+from cwredis.signing import VIEW_BYTES, Corrupt, Rejected, Signer
 from cwredis.submitter import job_batches
 
 SECRET = b"s" * 43
@@ -94,14 +94,19 @@ def test_submit_batches_end_at_their_byte_budget(monkeypatch):
     assert batches == [["0", "1", "2", "3"], ["4"], ["5", "6", "7", "8"], ["9"]]
 
 
-def test_an_outcome_sealed_in_pieces_is_the_outcome_sealed_whole():
-    parts = frame_parts("printed\n", b"RESULT" * 1000)
-    whole = frame_outcome("printed\n", b"RESULT" * 1000)
-    assert b"".join(parts) == whole
+@pytest.mark.parametrize("size, pieces, opened_as", [(6000, 1, bytes), (VIEW_BYTES + 6, 3, memoryview)])
+def test_an_outcome_sealed_in_pieces_is_the_outcome_sealed_whole(size, pieces, opened_as):
+    result = b"RESULT" * (size // 6)
+    parts = frame_parts("printed\n", result)
+    whole = frame_outcome("printed\n", result)
+    assert b"".join(parts) == whole and len(parts) == pieces  # a small result comes joined: nothing to save
     assert signer.seal_outcome("j1", 2, "5", "ok", parts) == signer.seal_outcome("j1", 2, "5", "ok", whole)
     sealed = signer.seal_outcome("j1", 2, "5", "ok", parts)
     output, payload = unframe_outcome(signer.open_outcome("j1", 2, b"ok", sealed))
-    assert output == "printed\n" and payload == b"RESULT" * 1000
+    assert output == "printed\n" and payload == result
+    assert type(payload) is opened_as  # a large result is a view into the body, a small one a copy
+    with pytest.raises(Rejected):
+        signer.open_outcome("j1", 3, b"ok", sealed)  # another generation: the tag covers the pieces as joined
 
 
 def test_put_blobs_stores_renews_and_names_the_missing(r, s):

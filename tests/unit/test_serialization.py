@@ -3,6 +3,7 @@ and masking: test_trust.py)."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from cwredis import config
 from cwredis.errors import SerializationError
 from cwredis.serialization import (ErrorRecord, capture_env, decode_error, dumps_call, dumps_exception,
-                                   encode_error, parse_env)
+                                   encode_error, loads_inline_call, parse_env, unframed)
 from cwredis.signing import Corrupt
 
 
@@ -49,3 +50,37 @@ def test_url_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CWREDIS_URL", "redis://env:1/0")
     assert config.resolve_url() == "redis://env:1/0"
     assert config.resolve_url("redis://arg:1/0") == "redis://arg:1/0"
+
+
+class _Int(int):
+    pass
+
+
+@pytest.mark.parametrize("args, kwargs", [((1, 2.5, "s", b"b", True, None), {}), ((7,), {"name": "x", "n": 3}),
+                                          ((b"z" * (1 << 20),), {})])
+def test_a_call_of_plain_values_pickles_as_cloudpickle_would(args, kwargs):
+    """Atoms take plain pickle (no cloudpickle set-up per call): the bytes must be cloudpickle's exactly."""
+    def f(*a, **k):
+        return a
+
+    assert dumps_call(f, args, kwargs) == _cloudpickle_dumps_call(args, kwargs)
+    assert loads_inline_call(dumps_call(f, args, kwargs)) == (args, kwargs)
+
+
+def test_a_call_of_anything_else_still_goes_through_cloudpickle():
+    def f(*a):
+        return a
+
+    local = lambda: 3  # noqa: E731  (pickled by value: plain pickle cannot)
+    data = dumps_call(f, (_Int(4), local), {})
+    (number, function), kwargs = loads_inline_call(data)
+    assert type(number) is _Int and number == 4 and function() == 3 and kwargs == {}
+
+
+def _cloudpickle_dumps_call(args, kwargs):
+    """dumps_call's format, made with cloudpickle alone (as before the plain-pickle path)."""
+    import cloudpickle
+
+    if kwargs:
+        return unframed(cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+    return unframed(cloudpickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL), proto=False)

@@ -11,13 +11,19 @@ first job of a fresh worker never ran, and a map waited for it for good.)
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
-from multiprocessing import Pipe
 from typing import Any
 
 from cwredis.worker.child import Mailbox
-from cwredis.worker.protocol import Run, Unsend, Unsent
+from cwredis.worker.protocol import MessagePipe, Run, Unsend, Unsent
+
+
+def _pipe() -> tuple[MessagePipe, MessagePipe]:
+    """A one-way pipe of worker/child messages, read end first."""
+    r, w = os.pipe()
+    return MessagePipe(r, writable=False), MessagePipe(w, readable=False)
 
 
 def _run(job_id: str) -> Run:
@@ -43,8 +49,8 @@ class _JobComesAndWatcherReadsIt:
 
 
 def test_a_job_the_watcher_read_wakes_the_main_thread() -> None:
-    inbox_r, inbox_w = Pipe(duplex=False)
-    control_r, control_w = Pipe(duplex=False)
+    inbox_r, inbox_w = _pipe()
+    control_r, control_w = _pipe()
     replies: queue.Queue = queue.Queue()
     mailbox = Mailbox(inbox_r, control_r, replies.put)
     mailbox._waiter = _JobComesAndWatcherReadsIt(mailbox._waiter, inbox_w, control_w,  # type: ignore[assignment]
@@ -62,8 +68,8 @@ def test_a_job_the_watcher_read_wakes_the_main_thread() -> None:
 
 
 def test_an_unsent_job_is_taken_out_and_the_rest_come_in_order() -> None:
-    inbox_r, inbox_w = Pipe(duplex=False)
-    control_r, control_w = Pipe(duplex=False)
+    inbox_r, inbox_w = _pipe()
+    control_r, control_w = _pipe()
     replies: queue.Queue = queue.Queue()
     mailbox = Mailbox(inbox_r, control_r, replies.put)
     try:

@@ -10,11 +10,10 @@ import pytest
 
 from cwredis.job import Spec
 from cwredis.scripts import Claimed
-from multiprocessing.connection import Pipe
 
 from cwredis import config
 from cwredis.worker.pool import SEPARATE_ARGS_BYTES, Pool, Running, Slot
-from cwredis.worker.protocol import Ok, Run, Setup, read_exactly, write_all
+from cwredis.worker.protocol import MessagePipe, Ok, Run, Setup, read_exactly, write_all
 
 SETUP = Setup("redis://127.0.0.1:1/0", None, "cwtest", "w1", ["default"])
 SPEC = Spec("c1", "default", "env1", None, 3)
@@ -88,7 +87,8 @@ def test_write_all_and_read_exactly_carry_a_megabyte_through_a_pipe():
 def test_a_large_result_through_the_pipe_teaches_the_slot_its_function():
     pool = Pool(1, SETUP, threading.Condition(), slot=RecordingSlot)
     slot = pool.slots[0]
-    reader, writer = Pipe(duplex=False)
+    r, w = os.pipe()
+    reader, writer = MessagePipe(r, writable=False), MessagePipe(w, readable=False)
     slot.out = reader
     replies = [Ok("small", b"r" * 10, ""), Ok("big", b"r" * config.DIRECT_RECORD_BYTES, "")]
     for reply in replies:
