@@ -376,10 +376,12 @@ def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
     submit(s, r, "c")  # handed, not read yet
     assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=False) == 2
     assert state(r, "a") == "running" and state(r, "b") == "pending" and state(r, "c") == "pending"
-    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == []
+    # The handed job's message is gone; a wake takes its place: unparked, the worker claims at once.
+    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [b"wake"]
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
     assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"0"
     assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=True) == 0
+    assert inbox(r) == []  # leaving for good: nothing to wake
     assert r.zscore(KEYS.workers, "w1") is None
 
 
