@@ -312,9 +312,12 @@ def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
     now = int(time.time() * 1000) + 2 * LEASE_MS
     assert expire(s, r, now=now) == (2, 0, 0)
     assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [] and r.llen(KEYS.inflight("w1")) == 0
-    # Charged at hand-off: whether it started before the worker died cannot be told, and a
-    # job that kills its worker must not run uncounted (issue 8, fault 6).
-    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
+    # Charged at hand-off, refunded here: still in the inbox, they were never read, so never
+    # started (attempts count runs). The death counts ('d'): a job that kills its worker is
+    # charged at every claim from then on (issue 8, fault 6).
+    for job_id in ("a", "b"):
+        assert state(r, job_id) == "pending" and r.hget(KEYS.job(job_id), job.ATTEMPTS) == b"0"
+        assert r.hget(KEYS.job(job_id), "d") == b"1"
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
 
 
