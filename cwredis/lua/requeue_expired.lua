@@ -45,17 +45,13 @@ local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
 -- in-flight list like the rest.
 unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
--- The ids of the hand-offs it never read (see frame() in the prelude: the first
--- field is the job id; 'wake' and 'x:' cancellations name no hand-off).
+-- The ids of the hand-offs it never read (an inbox that is not a list: none).
 local unread = {}
 local messages = redis.pcall('LRANGE', inbox, 0, -1)
 if not messages.err then
   for _, message in ipairs(messages) do
-    local colon = string.find(message, ':', 1, true)
-    local length = colon and tonumber(string.sub(message, 1, colon - 1))
-    if length and string.sub(message, 1, 2) ~= 'x:' then
-      unread[string.sub(message, colon + 1, colon + length)] = true
-    end
+    local job_id = handed_id(message)
+    if job_id then unread[job_id] = true end
   end
 end
 local ids = redis.pcall('LRANGE', inflight, 0, -1)

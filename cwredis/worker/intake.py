@@ -154,27 +154,32 @@ class Intake:
             self._host.cancel(handed.cancels)
         if handed.claimed or handed.garbled:
             self._take_jobs(handed.claimed, handed.garbled, epoch)
-        if handed.wake and claim:
-            self.claim_now()
+        if handed.wake and claim and not (self._stop.graceful or self.quarantined):
+            self.claim_now()  # (a reconciliation as we stop or quarantine ourselves wakes us too: no claim then)
 
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
         with self.claim_lock:
             if self.epoch != epoch:
-                # A reconciliation ran while this read was on its way (our stray check or the loop's
-                # reconciliation cannot tell a hand-off in transit from a stray). It unparked us and gave
-                # back what it found in our in-flight list and did not hold -- this hand-off, if it was
-                # there already. Keep what is still ours: under the claim lock, so no other
-                # reconciliation interleaves (the room it left is 0: the next turn claims and re-parks).
+                # A reconciliation ran while this read was on its way. It unparked us and gave back what
+                # it found in our in-flight list and did not hold: this hand-off, if it was there already
+                # (its room went with that parking). If it came later -- we were parked again meanwhile,
+                # by a claim or a child's park.lua -- it is still ours and must run now: dropped, it would
+                # wait for the next reconciliation, which could in turn come while a read is on its way
+                # (the latency benchmark's cycle: every job given back, each half a second late).
+                # Confirmed under the claim lock, so no other reconciliation interleaves.
                 if claimed:
                     claimed = self._confirm(claimed, "given back by a reconciliation while on its way to us")
+                used = len(claimed)
             else:
-                self.room = max(0, self.room - len(claimed))
+                used = len(claimed)
+                if claimed and self._lease.may_have_expired():
+                    claimed = self._confirm(claimed, "handed to us while our lease ran out, and since requeued")
+            if used:
+                self.room = max(0, self.room - used)
                 if not self.room:
                     # submit.lua unparked us with the last of our room: jobs may queue unseen from
                     # now on, so the queues no longer count as empty (the next round trip claims).
                     self.queues_empty = False
-                if claimed and self._lease.may_have_expired():
-                    claimed = self._confirm(claimed, "handed to us while our lease ran out, and since requeued")
             self._accept(claimed, 0, len(claimed), garbled)  # handed jobs: all charged at hand-off
 
     def _confirm(self, claimed: list[Claimed], gone: str) -> list[Claimed]:

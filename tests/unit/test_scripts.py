@@ -321,6 +321,20 @@ def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
 
 
+def test_expired_sweep_charges_a_hand_off_the_worker_read_and_refunds_one_it_did_not(s, r):
+    r.hset(KEYS.worker("w1"), "queues", "default")
+    one_attempt = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=1, function="fn1")
+    park(s, r, idle_children=2)
+    submit(s, r, "read", "unread", spec=one_attempt)  # both handed to w1
+    assert r.lpop(KEYS.inbox("w1")).startswith(b"4:read")  # w1 read one (BLMPOP), maybe started it...
+    r.rpush(KEYS.inbox("w1"), "wake", "x:other")  # messages that hand nothing over
+    now = int(time.time() * 1000) + 2 * LEASE_MS
+    assert expire(s, r, now=now) == (1, 1, 0)  # ...and died: that one used its only attempt
+    assert state(r, "read") == "failed" and r.hget(KEYS.job("read"), job.REASON) == b"lost"
+    assert state(r, "unread") == "pending" and r.hget(KEYS.job("unread"), job.ATTEMPTS) == b"0"
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"unread"] and inbox(r) == []
+
+
 def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
     assert s.heartbeat(r, worker_id="w1", lease_ms=1000, info={"host": "h"}, now_ms=T0) == 0  # new
     assert s.heartbeat(r, worker_id="w1", lease_ms=1000, info={}, now_ms=T0 + 900) == 1
