@@ -115,6 +115,15 @@ local function frame(fields)
   return table.concat(parts)
 end
 
+-- The job id a hand-off message names (its first field, see frame()); nil for
+-- 'wake' and 'x:<id>' (a cancellation), which hand nothing over.
+local function handed_id(message)
+  if string.sub(message, 1, 2) == 'x:' then return nil end
+  local colon = string.find(message, ':', 1, true)
+  local length = colon and tonumber(string.sub(message, 1, colon - 1))
+  return length and string.sub(message, colon + 1, colon + length)
+end
+
 -- An outcome entry, as a client's results list holds it and pub/sub carries it:
 -- "seq\njob_id\ngeneration\nkind\nbody" (kind 'ok', 'err', or 'big' for a
 -- published header whose body is only in the list). The one place it is

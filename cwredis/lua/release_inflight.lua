@@ -11,6 +11,11 @@
 -- yet read are in the in-flight list, and go back with the rest. One script,
 -- so the ids move from the in-flight list to their queues all at once
 -- (parked workers are woken for them).
+-- A worker that stays (not unregister) also gets a 'wake' in its own inbox,
+-- in the same step: being unparked here, it is woken by no one else, and its
+-- fetcher may be blocked on that inbox -- it would wait out its blocking read
+-- while the jobs given back (and any queued since) sit in the queue. Woken,
+-- it claims at once, and parks afresh if there is nothing.
 -- Returns the number of jobs given back.
 local inflight, workers, info, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local worker_id, unregister = ARGV[1], ARGV[2] == '1'
@@ -50,5 +55,7 @@ wake(ho, woken, now_ms(''))
 if unregister then
   redis.call('ZREM', workers, worker_id)
   redis.call('DEL', info)
+else
+  redis.call('RPUSH', inbox, 'wake')
 end
 return released

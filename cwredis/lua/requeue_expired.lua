@@ -6,7 +6,12 @@
 --       Keys.handoff() (5 names), done_ttl_ms
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts (parked workers are
--- woken for those requeued). A job claimed ahead whose start was
+-- woken for those requeued). A job handed to the worker (submit.lua) that is
+-- still in its inbox was never read, so never started: its hand-off charge is
+-- refunded -- a worker killed while parked keeps being handed jobs until its
+-- lease runs out, and they must not use up attempts (attempts count runs
+-- started). Its death still counts ('d', below: the bound for a job whose read
+-- a server restart undid). A job claimed ahead whose start was
 -- never recorded ('pf') is not charged an attempt -- it may never have run --
 -- but every death of a worker holding a job counts ('d'), and at twice
 -- max_attempts the job fails 'lost' anyway: a job that kills its worker the
@@ -40,6 +45,15 @@ local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
 -- in-flight list like the rest.
 unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
+-- The ids of the hand-offs it never read (an inbox that is not a list: none).
+local unread = {}
+local messages = redis.pcall('LRANGE', inbox, 0, -1)
+if not messages.err then
+  for _, message in ipairs(messages) do
+    local job_id = handed_id(message)
+    if job_id then unread[job_id] = true end
+  end
+end
 local ids = redis.pcall('LRANGE', inflight, 0, -1)
 local dropped = 0
 if ids.err then ids, dropped = {}, 1 end
@@ -60,11 +74,15 @@ for i = 1, #ids do
     local max_attempts = tonumber(spec[2]) or 1
     -- HSET, not HINCRBY: a garbage count must not abort the sweep.
     local deaths = 0
+    local never_read = running and unread[job_id]
+    if never_read then
+      redis.call('HSET', job, 'n', math.max((tonumber(f[3]) or 1) - 1, 0))
+    end
     if running then
       deaths = (tonumber(f[7]) or 0) + 1
       redis.call('HSET', job, 'd', deaths)
     end
-    local charged = running and not f[6] and (tonumber(f[3]) or 0) >= max_attempts
+    local charged = running and not never_read and not f[6] and (tonumber(f[3]) or 0) >= max_attempts
     if charged or deaths >= 2 * max_attempts then
       redis.call('HSET', job, 's', 'failed', 'r', 'lost', 'x', lost_error, 'tb', lost_tb)
       redis.call('HDEL', job, 'w')

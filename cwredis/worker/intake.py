@@ -90,6 +90,7 @@ class Intake:
         self.room = 0  # jobs submit may still hand us (parked while > 0): the fetcher waits on the inbox
         self.epoch = 0  # reconciliations so far: a hand-off read across one may be stale
         self.needs_reconcile = False
+        self._unheld: set[str] = set()  # in-flight ids we did not hold at the last stray check
         self._secret_source = secret_source or "no secret (--insecure)"
         self._rejected_in_a_row = 0
         self.quarantined = False  # too many rejections in a row: we take no more jobs
@@ -153,32 +154,40 @@ class Intake:
             self._host.cancel(handed.cancels)
         if handed.claimed or handed.garbled:
             self._take_jobs(handed.claimed, handed.garbled, epoch)
-        if handed.wake and claim:
-            self.claim_now()
+        if handed.wake and claim and not (self._stop.graceful or self.quarantined):
+            self.claim_now()  # (a reconciliation as we stop or quarantine ourselves wakes us too: no claim then)
 
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
         with self.claim_lock:
             if self.epoch != epoch:
-                # A reconciliation ran while this was on its way and may have given the
-                # job back already: leave it to the next one (fenced, so nothing runs twice).
-                self.needs_reconcile = True
-                return
-            self.room = max(0, self.room - len(claimed))
-            if not self.room:
-                # submit.lua unparked us with the last of our room: jobs may queue unseen from
-                # now on, so the queues no longer count as empty (the next round trip claims).
-                self.queues_empty = False
-            if claimed and self._lease.may_have_expired():
-                claimed = self._confirm(claimed)
+                # A reconciliation ran while this read was on its way. It unparked us and gave back what
+                # it found in our in-flight list and did not hold: this hand-off, if it was there already
+                # (its room went with that parking). If it came later -- we were parked again meanwhile,
+                # by a claim or a child's park.lua -- it is still ours and must run now: dropped, it would
+                # wait for the next reconciliation, which could in turn come while a read is on its way
+                # (the latency benchmark's cycle: every job given back, each half a second late).
+                # Confirmed under the claim lock, so no other reconciliation interleaves.
+                if claimed:
+                    claimed = self._confirm(claimed, "given back by a reconciliation while on its way to us")
+                used = len(claimed)
+            else:
+                used = len(claimed)
+                if claimed and self._lease.may_have_expired():
+                    claimed = self._confirm(claimed, "handed to us while our lease ran out, and since requeued")
+            if used:
+                self.room = max(0, self.room - used)
+                if not self.room:
+                    # submit.lua unparked us with the last of our room: jobs may queue unseen from
+                    # now on, so the queues no longer count as empty (the next round trip claims).
+                    self.queues_empty = False
             self._accept(claimed, 0, len(claimed), garbled)  # handed jobs: all charged at hand-off
 
-    def _confirm(self, claimed: list[Claimed]) -> list[Claimed]:
-        """Jobs handed to us while our lease may have run out: keep those still ours (see Link.confirm)."""
+    def _confirm(self, claimed: list[Claimed], gone: str) -> list[Claimed]:
+        """Handed jobs that may have been taken from us since: keep those still ours (see Link.confirm)."""
         kept = self._lease.renewing(lambda: self._link.confirm(self._lease.lease_ms, claimed))
         for c in claimed:
             if c not in kept:
-                log.warning("job %s: handed to us while our lease ran out, and since requeued; not running it",
-                            c.id)
+                log.warning("job %s: %s; not running it", c.id, gone)
         return kept
 
     def claim_now(self) -> bool:
@@ -338,9 +347,11 @@ class Intake:
         if not self.claim_lock.acquire(blocking=False):
             return False  # the fetcher is claiming: try again in a moment (never wait for it)
         try:
-            released = self._link.release(owned(), unregister=False)
+            # Before the round trip: one whose reply is lost may still have given jobs back and
+            # unparked us, and a hand-off read meanwhile must then be confirmed (_take_jobs).
             self.epoch += 1
-            self.room = 0  # unparked: the next claim parks us again
+            self.room = 0  # unparked: release_inflight.lua wakes our fetcher, whose claim parks us again
+            released = self._link.release(owned(), unregister=False)
             self.needs_reconcile = False
         except LinkDown as down:
             self._link.failed(down)
@@ -353,16 +364,24 @@ class Intake:
         return True
 
     def has_strays(self, owned: Callable[[], list[str]]) -> bool:
-        """Does our in-flight list hold a job we do not? (A read; runs only when no claim is under way.)
+        """Has our in-flight list held a job we do not, at this look and the one before? (Reads only.)
 
         A claim that reached the server after we gave up on it strands its
         jobs there, running for a live worker; so can a hand-off read by a
-        blocking call whose connection we dropped. This finds them.
+        blocking call whose connection we dropped. This finds them. One look
+        cannot tell them from a hand-off on its way: submit.lua puts a job in
+        our in-flight list as it hands it over, and the fetcher takes it a
+        moment later (from the inbox, outside the claim lock). Giving that
+        back would requeue a job about to start and unpark us; so a job counts
+        as stranded only if two looks in a row (a third of a lease apart) find
+        it unheld -- the fetcher takes a hand-off within one round trip.
         """
         if not self.claim_lock.acquire(blocking=False):
             return False  # a claim is under way: look next time
         try:
             held = set(owned())  # first: a job we finish meanwhile then leaves both sides
-            return bool(self._link.inflight_ids() - held)
+            unheld = self._link.inflight_ids() - held
         finally:
             self.claim_lock.release()
+        stranded, self._unheld = unheld & self._unheld, unheld
+        return bool(stranded)

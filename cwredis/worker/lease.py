@@ -8,8 +8,8 @@ bound of when ours ends.
 
 Each renewal also runs the supervisor's ``check`` (the cheap look for jobs
 stranded in our in-flight list, see ``Supervisor.check_strays``): a claim
-that reached the server after we gave up on it is found within a third of a
-lease.
+that reached the server after we gave up on it is found within two thirds of
+a lease (two looks in a row: see ``Intake.has_strays``).
 """
 
 from __future__ import annotations

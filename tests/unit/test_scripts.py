@@ -312,10 +312,27 @@ def test_expired_sweep_requeues_jobs_handed_but_never_read_and_unparks(s, r):
     now = int(time.time() * 1000) + 2 * LEASE_MS
     assert expire(s, r, now=now) == (2, 0, 0)
     assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [] and r.llen(KEYS.inflight("w1")) == 0
-    # Charged at hand-off: whether it started before the worker died cannot be told, and a
-    # job that kills its worker must not run uncounted (issue 8, fault 6).
-    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
+    # Charged at hand-off, refunded here: still in the inbox, they were never read, so never
+    # started (attempts count runs). The death counts ('d'): a job that kills its worker is
+    # charged at every claim from then on (issue 8, fault 6).
+    for job_id in ("a", "b"):
+        assert state(r, job_id) == "pending" and r.hget(KEYS.job(job_id), job.ATTEMPTS) == b"0"
+        assert r.hget(KEYS.job(job_id), "d") == b"1"
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
+
+
+def test_expired_sweep_charges_a_hand_off_the_worker_read_and_refunds_one_it_did_not(s, r):
+    r.hset(KEYS.worker("w1"), "queues", "default")
+    one_attempt = job.Spec(client="c1", queue="default", env="e1", timeout_s=None, max_attempts=1, function="fn1")
+    park(s, r, idle_children=2)
+    submit(s, r, "read", "unread", spec=one_attempt)  # both handed to w1
+    assert r.lpop(KEYS.inbox("w1")).startswith(b"4:read")  # w1 read one (BLMPOP), maybe started it...
+    r.rpush(KEYS.inbox("w1"), "wake", "x:other")  # messages that hand nothing over
+    now = int(time.time() * 1000) + 2 * LEASE_MS
+    assert expire(s, r, now=now) == (1, 1, 0)  # ...and died: that one used its only attempt
+    assert state(r, "read") == "failed" and r.hget(KEYS.job("read"), job.REASON) == b"lost"
+    assert state(r, "unread") == "pending" and r.hget(KEYS.job("unread"), job.ATTEMPTS) == b"0"
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"unread"] and inbox(r) == []
 
 
 def test_heartbeat_says_whether_the_lease_was_still_valid(s, r):
@@ -376,10 +393,12 @@ def test_release_inflight_keeps_running_ids_and_refunds_the_others(s, r):
     submit(s, r, "c")  # handed, not read yet
     assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=False) == 2
     assert state(r, "a") == "running" and state(r, "b") == "pending" and state(r, "c") == "pending"
-    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == []
+    # The handed job's message is gone; a wake takes its place: unparked, the worker claims at once.
+    assert r.llen(KEYS.queue("default")) == 2 and inbox(r) == [b"wake"]
     assert not r.exists(KEYS.parked("w1")) and r.zcard(KEYS.idle("default")) == 0
     assert r.hget(KEYS.job("b"), job.ATTEMPTS) == b"0"
     assert s.release_inflight(r, worker_id="w1", queues=["default"], keep=["a"], unregister=True) == 0
+    assert inbox(r) == []  # leaving for good: nothing to wake
     assert r.zscore(KEYS.workers, "w1") is None
 
 
