@@ -6,10 +6,11 @@ import array
 import mmap
 import pickle
 import threading
+import zlib
 
 import pytest
 
-from cwredis import config
+from cwredis import argblobs, config
 from cwredis.argblobs import ArgPickler, BlobCache, Pickled, envelope_blobs, loads_call, named_blobs
 from cwredis.errors import SerializationError
 from cwredis.executor import _map_batches
@@ -26,11 +27,13 @@ def blobs_of(pickled: bytes) -> dict[str, bytes]:
     return {b.digest: b.data for b in getattr(pickled, "blobs", ())}
 
 
-def test_a_large_argument_is_inline_the_first_time_and_a_blob_when_it_repeats():
+def test_a_large_argument_is_inline_twice_and_then_a_blob():
     pickler = ArgPickler(signer)
     first = pickler.pickle_call(print, (BIG, 1), {})
-    again = pickler.pickle_call(print, (bytes(BIG), 2), {"k": "small"})  # equal, not the same object
+    second = pickler.pickle_call(print, (bytes(BIG), 1), {})  # equal, not the same object: its whole CRC read
+    again = pickler.pickle_call(print, (bytes(BIG), 2), {"k": "small"})
     assert not isinstance(first, Pickled) and len(first) > len(BIG)
+    assert not isinstance(second, Pickled) and second == first
     assert isinstance(again, Pickled) and len(again) < 1024
     (blob,) = again.blobs
     assert named_blobs(again) == [blob.digest] and blob.digest == signer.arg_digest(blob.data)
@@ -40,10 +43,27 @@ def test_a_large_argument_is_inline_the_first_time_and_a_blob_when_it_repeats():
     assert pickler.pickle_call(print, (BIG,), {}).blobs[0] is blob
 
 
+def test_distinct_arguments_are_told_apart_by_samples_without_reading_them_whole(monkeypatch):
+    whole_reads = []
+    monkeypatch.setattr(argblobs, "_whole_crc", lambda value: whole_reads.append(1) or zlib.crc32(value))
+    pickler = ArgPickler(signer)
+    for i in range(5):
+        assert not isinstance(pickler.pickle_call(print, (bytes([i]) * len(BIG),), {}), Pickled)
+    assert whole_reads == []
+
+
+def test_arguments_equal_in_their_samples_but_not_whole_stay_inline():
+    pickler = ArgPickler(signer)
+    middle = len(BIG) // 2  # no sample reaches it: the start, the thirds and the end are 4 KiB each
+    variants = [BIG[:middle] + bytes([i]) + BIG[middle + 1:] for i in range(4)]
+    assert not any(isinstance(pickler.pickle_call(print, (v,), {}), Pickled) for v in variants)
+
+
 @pytest.mark.parametrize("value", [bytearray(BIG), array.array("d", range(len(BIG) // 8)), "\u00e9" * len(BIG)])
 def test_buffers_and_strings_round_trip_as_blobs_with_their_type(value):
     pickler = ArgPickler(signer)
-    pickler.pickle_call(print, (value,), {})
+    for _ in range(2):  # the first two go inline (the second teaches its whole CRC)
+        pickler.pickle_call(print, (value,), {})
     again = pickler.pickle_call(print, (), {"x": value})
     assert isinstance(again, Pickled)
     (args, kwargs) = loads_call(again, blobs_of(again))
@@ -61,7 +81,8 @@ def test_small_distinct_and_session_arguments_stay_inline():
 
 def test_the_worker_uses_a_blob_only_if_it_is_there_and_matches_its_signed_digest():
     pickler = ArgPickler(signer)
-    pickler.pickle_call(print, (BIG,), {})
+    for _ in range(2):
+        pickler.pickle_call(print, (BIG,), {})
     args = pickler.pickle_call(print, (BIG,), {})
     envelope = signer.seal_job("j1", "spec", "fn", args)
     digests = named_blobs(signer.open_job("j1", "spec", "fn", envelope))
