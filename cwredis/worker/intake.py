@@ -11,7 +11,11 @@ answers with a claim. The supervisor's loop claims too, in the same round
 trip as it records outcomes (:meth:`accept_claimed` serves both).
 
 Claims and reconciliations are serialised by ``claim_lock``, so jobs start in
-the order they were taken and a reconciliation knows every job we hold.
+the order they were taken and a reconciliation knows every job we hold. The
+inbox is read outside it (a blocking read must not hold up the loop's claims):
+a hand-off read across a reconciliation is confirmed with the server before it
+runs, and a reconciliation, which unparks us, wakes the fetcher through the
+inbox so it claims and parks afresh at once.
 
 A job that cannot be run because its spec is missing or its payload is
 undecodable fails at once here (``corrupt``). A job whose signature does
@@ -158,6 +162,7 @@ class Intake:
             self.claim_now()  # (a reconciliation as we stop or quarantine ourselves wakes us too: no claim then)
 
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
+        """Start jobs handed to us, read by a call begun at reconciliation ``epoch``; confirm them if one ran since."""
         with self.claim_lock:
             if self.epoch != epoch:
                 # A reconciliation ran while this read was on its way. It unparked us and gave back what
