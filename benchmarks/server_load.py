@@ -39,7 +39,8 @@ def _drive(url: str, name: str, batch: int, start_at: float, stop_at: float, cou
     import redis
 
     from cwredis.keys import DEFAULT_KEYS
-    from cwredis.scripts import Completion, Scripts
+    from cwredis.scripts import Scripts
+    from cwredis.script_types import Completion
     from cwredis.submitter import new_job_id
 
     try:

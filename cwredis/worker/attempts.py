@@ -16,7 +16,7 @@ import logging
 import time
 
 from .. import config
-from ..scripts import Requeue
+from ..script_types import Requeue
 from ..signing import Signer
 from .direct import completion
 from .ledger import Ledger

@@ -21,7 +21,8 @@ import redis
 from .. import config
 from ..connection import Pinned, connect
 from ..keys import Keys
-from ..scripts import Completion, Scripts
+from ..scripts import Scripts
+from ..script_types import Completion
 from ..serialization import ErrorRecord, encode_error, frame_outcome, frame_parts
 from ..signing import Signer
 from .protocol import Direct, Ok, Recorded, Reply, Setup

@@ -37,7 +37,7 @@ from typing import Callable, Protocol
 from .. import config
 from ..argblobs import BlobCache, envelope_blobs, named_blobs
 from ..job import Spec
-from ..scripts import ClaimReply, Claimed, Completion, Requeue
+from ..script_types import ClaimReply, Claimed, Completion, Requeue
 from ..serialization import ErrorRecord, encode_error, frame_outcome
 from ..signing import Corrupt, Rejected, Signer
 from .ledger import Ledger

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..scripts import Completion, Requeue
+from ..script_types import Completion, Requeue
 
 
 @dataclass

@@ -28,7 +28,8 @@ from ..catalog import Catalog
 from ..connection import Pinned, connect, describe, is_transient
 from ..reachability import Reconnector, check_connection_budget
 from ..keys import Keys
-from ..scripts import ClaimReply, Claimed, Scripts, parse_handed
+from ..scripts import Scripts
+from ..script_types import ClaimReply, Claimed, parse_handed
 from ..signing import Signer
 from .ledger import Batch
 

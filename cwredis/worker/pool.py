@@ -40,7 +40,7 @@ from typing import Iterator, Union
 
 from .. import config
 from ..job import Spec
-from ..scripts import Claimed
+from ..script_types import Claimed
 from .protocol import (Direct, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend,
                        Unsent, write_all)
 

@@ -20,7 +20,8 @@ import pytest
 
 import cwredis
 import helpers
-from cwredis.scripts import Requeue, Scripts
+from cwredis.scripts import Scripts
+from cwredis.script_types import Requeue
 from helpers import Outcomes, start_coordinator, wait_for
 
 pytestmark = pytest.mark.system

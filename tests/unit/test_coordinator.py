@@ -10,7 +10,7 @@ import redis
 from cwredis import coordinator as coordinator_module, job
 from cwredis.coordinator import Coordinator
 from cwredis.keys import Keys
-from cwredis.scripts import Requeue
+from cwredis.script_types import Requeue
 
 KEYS = Keys()
 T0 = 1_000_000

@@ -12,7 +12,8 @@ import redis
 
 from cwredis import job
 from cwredis.keys import Keys
-from cwredis.scripts import Completion, Requeue, ScriptRefused, Scripts, parse_handed
+from cwredis.scripts import ScriptRefused, Scripts
+from cwredis.script_types import Completion, Requeue, parse_handed
 
 KEYS = Keys()
 T0 = 1_000_000

@@ -10,7 +10,8 @@ from cwredis import job
 from cwredis.keys import Keys
 from cwredis.worker.direct import DirectRecorder, completion
 from cwredis.worker.protocol import Direct, Err, Ok, Recorded, Setup
-from cwredis.scripts import Scripts, parse_handed
+from cwredis.scripts import Scripts
+from cwredis.script_types import parse_handed
 from cwredis.serialization import decode_error, unframe_outcome
 from cwredis.signing import Signer
 

@@ -7,7 +7,7 @@ import pytest
 
 from cwredis import config
 from cwredis.job import Spec
-from cwredis.scripts import Claimed
+from cwredis.script_types import Claimed
 from cwredis.worker import attempts as attempts_module
 from cwredis.worker.attempts import Attempts
 from cwredis.worker.pool import Printed, Reported, Running

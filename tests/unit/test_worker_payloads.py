@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from cwredis.job import Spec
-from cwredis.scripts import Claimed
+from cwredis.script_types import Claimed
 
 from cwredis import config
 from cwredis.worker.pool import SEPARATE_ARGS_BYTES, Pool, Running, Slot

@@ -6,7 +6,7 @@ import select
 import threading
 import time
 
-from cwredis.scripts import Completion, Requeue
+from cwredis.script_types import Completion, Requeue
 from cwredis.worker.ledger import Ledger, Start
 from cwredis.worker.stop import Step, StopRequest
 
