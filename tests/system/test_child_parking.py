@@ -26,6 +26,7 @@ import pytest
 
 import cwredis
 import jobs_parking
+from cwredis.job import STATE
 from helpers import admin_json, pid_alive, wait_for
 from sysutil import Outcomes, unique
 
@@ -110,21 +111,28 @@ def test_a_job_process_killed_by_a_handed_job_is_retried_and_delivered_once(clus
     assert admin_json(cluster.url, "show", job)["attempts"] == 2
 
 
-def test_a_parked_job_process_killed_while_idle_loses_no_job(cluster, procs, keys, tmp_path):
-    """SIGKILL the parked process, and submit at once: the job may land in the dead process's inbox. It is
-    given back unrun (or never handed there) and runs exactly once, on the process that replaces it."""
+def test_a_parked_job_process_that_dies_before_reading_its_job_loses_nothing(cluster, procs, keys, tmp_path):
+    """Stopped (SIGSTOP) while parked, it is handed a job it cannot read, then SIGKILLed: the job, in the
+    worker's in-flight list but never taken, goes back unrun with its attempt refunded, and runs once."""
     queue, pids, runs = unique("park-kill"), tmp_path / "pids", tmp_path / "runs"
+    r = cluster.redis
     w = start_worker(procs, cluster.url, queue)
     with Client(cluster.url, queue) as t:
-        pid = park_a_child(t, cluster.redis, keys, w, pids)
-        os.kill(pid, signal.SIGKILL)
-        job = t.submit(jobs_parking.pid_of, str(runs))
+        pid = park_a_child(t, r, keys, w, pids)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            job = t.submit(jobs_parking.pid_of, str(runs))
+            wait_for(lambda: r.hget(keys.job(job), STATE) == b"running", timeout=10, message="the hand-off")
+            assert parked(r, keys, w) == []  # it went to the stopped process's inbox
+        finally:
+            os.kill(pid, signal.SIGKILL)
         wait_for(lambda: job in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the job's result")
-        time.sleep(0.5)
+        time.sleep(0.5)  # a second delivery would come now
     assert t.outcomes.errors == {}
     assert lines(runs) == [str(t.outcomes.results[job])] and t.outcomes.results[job] != pid
     assert [jid for _, jid in t.outcomes.calls].count(job) == 1
-    assert w.alive()
+    assert admin_json(cluster.url, "show", job)["attempts"] == 1  # the unread hand-off was refunded
+    assert "gave back 1 job(s)" in w.log() and w.alive()
 
 
 def test_cancelling_a_job_a_parked_process_took_kills_it(cluster, procs, keys, tmp_path):
