@@ -466,7 +466,7 @@ class Scripts:
         requeued, lost, dropped = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
-             self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
+             self.keys.failed, self.keys.stats, self.keys.inbox(worker_id), self.keys.parked_children(worker_id)],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
              self._channel_prefix, self._seq_prefix, *self._handoff, config.DONE_TTL_S * 1000],

@@ -1,6 +1,6 @@
 --!flags allow-oom
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
--- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
+-- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker), parked_children(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
 --       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix,
 --       Keys.handoff() (5 names), done_ttl_ms
@@ -38,8 +38,10 @@ if not deadline or deadline > now then
 end
 local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
--- in-flight list like the rest.
+-- in-flight list like the rest. Its job processes are no longer listed as
+-- parked either (cwredis/worker/parking.py).
 unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
+redis.call('DEL', KEYS[7])
 local ids = redis.pcall('LRANGE', inflight, 0, -1)
 local dropped = 0
 if ids.err then ids, dropped = {}, 1 end

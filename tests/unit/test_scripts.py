@@ -509,6 +509,15 @@ def test_unparking_children_unlists_them_and_wakes_them_in_one_step(s, r):
     assert r.lrange(second, -1, -1) == [b"u"] and len(r.lrange(second, 0, -1)) == 2
 
 
+def test_the_sweep_of_an_expired_worker_unlists_its_parked_children(s, r):
+    park(s, r, "w1", idle_children=2)
+    s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0))
+    expire(s, r, now=int(time.time() * 1000) + LEASE_MS + 1)
+    assert not r.exists(KEYS.parked_children("w1"))
+    submit(s, r, "a")
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"] and not r.exists(KEYS.child_inbox("w1", 0))
+
+
 def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s, r):
     submit(s, r, "a")  # blob_ttl_ms 60 s: slack 6 s
     spec = KEYS.spec("sp1")
