@@ -5,8 +5,10 @@ parks on an inbox of its own (listed in the worker's ``parked_children``),
 and submit.lua hands the next job straight to it. These tests check the
 paths that hand-off adds: the job reaches the parked process, a process
 that dies with or without a handed job loses nothing and runs nothing twice,
-a cancellation reaches a job a parked process took, a graceful stop calls
-parked processes back and leaves nothing listed, and a job whose signature
+a cancellation and a timeout reach a job a parked process took, a parked
+process whose code changed on disk runs nothing (its job is given back and
+runs fresh), a graceful stop calls parked processes back and leaves nothing
+listed, and a job whose signature
 the parked process cannot verify is never run by it and ends as the contract
 says (``rejected`` after ``max_attempts`` rejections, none of them an attempt).
 
@@ -16,6 +18,7 @@ server and coordinator (``cluster``).
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import signal
@@ -26,7 +29,7 @@ import pytest
 
 import cwredis
 import jobs_parking
-from cwredis.job import STATE
+from cwredis.job import STATE, TOKEN
 from helpers import admin_json, pid_alive, wait_for
 from sysutil import Outcomes, unique
 
@@ -169,6 +172,35 @@ def test_the_timeout_of_a_job_a_parked_process_took_is_enforced(cluster, procs, 
     assert lines(runs) == [str(pid)]  # the parked process took it
     assert t.outcomes.errors[job].reason == "timeout"
     assert not pid_alive(pid)
+
+
+def test_a_parked_process_whose_code_changed_runs_nothing_and_the_job_runs_fresh(cluster, procs, keys, tmp_path,
+                                                                                 monkeypatch):
+    """Fresh code: the parked process takes the job, finds a module it loaded changed, runs nothing; the worker
+    replaces it and gives the job back (refunded), and it runs once, on the new code."""
+    queue, code = unique("park-fresh"), tmp_path / "code"
+    code.mkdir()
+    module = code / f"fresh_{queue.replace('-', '_')}.py"
+    module.write_text("import os\n\ndef f(x):\n    return x + 1, os.getpid()\n")
+    monkeypatch.chdir(code)
+    monkeypatch.syspath_prepend(str(code))
+    mod = importlib.import_module(module.stem)
+    w = start_worker(procs, cluster.url, queue)
+    with Client(cluster.url, queue) as t:
+        first = t.submit(mod.f, 1)
+        wait_for(lambda: first in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the first result")
+        wait_for(lambda: len(parked(cluster.redis, keys, w)) == 1, timeout=10, message="its process to park")
+        module.write_text("import os\n\ndef f(x):\n    return x + 100, os.getpid()\n")
+        st = module.stat()
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a clock tick later, whatever the fs
+        importlib.reload(mod)
+        second = t.submit(mod.f, 1)
+        wait_for(lambda: second in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the second result")
+    (value, pid), (fresh, new_pid) = t.outcomes.results[first], t.outcomes.results[second]
+    assert (value, fresh) == (2, 101) and new_pid != pid
+    assert f"{module.name} changed on disk" in w.log()
+    assert admin_json(cluster.url, "show", second)["attempts"] == 1  # given back unrun, then run once
+    assert cluster.redis.hget(keys.job(second), TOKEN) == b"2"  # the hand-off's attempt, then the claim's
 
 
 def test_a_graceful_stop_calls_parked_processes_back_and_leaves_nothing_listed(cluster, procs, keys, tmp_path):
