@@ -14,6 +14,7 @@ second time, never delivered twice.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -88,7 +89,8 @@ class DirectRecorder:
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
                 replies = self._send(self._scripts, outcome, repark)
             room = int(replies[1]) if repark else 0
-            return Recorded(job_id, bool(int(replies[0][0])), room, parked=room > 0 and bool(self.inbox))
+            return Recorded(job_id, bool(int(replies[0][0])), room, parked=room > 0 and bool(self.inbox),
+                            ended=time.monotonic())
         except Exception as exc:  # the worker records it instead
             log.debug("job %s: could not record the outcome directly (%s); the worker will", job_id, exc)
             self.drop()

@@ -133,6 +133,7 @@ class Recorded(NamedTuple):
     accepted: bool
     room: int
     parked: bool = False  # the child parked on its own inbox in the same step (cwredis.worker.parking)
+    ended: float = 0.0  # time.monotonic() when recorded: the worker may read this late (a parked child's pipe)
 
 
 class Took(NamedTuple):

@@ -469,7 +469,8 @@ class Worker:
 
     def _finish_attempt(self, running: Running, reply: Ok | Err | Recorded) -> None:
         """A child's reply ends an attempt: Ok/Err to record, or Recorded by the child itself."""
-        self.avg_job_s = pacing.average(self.avg_job_s, time.monotonic() - running.started)
+        ended = reply.ended if isinstance(reply, Recorded) and reply.ended else time.monotonic()  # read late?
+        self.avg_job_s = pacing.average(self.avg_job_s, ended - running.started)
         self.jobs_done += 1
         if not isinstance(reply, Recorded):
             self._attempts.record(running, reply)
