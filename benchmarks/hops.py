@@ -35,6 +35,17 @@ PATH = [
     ("c_published", "c_callback", "client's results thread: parse the message"),
     ("c_callback", "c_woke", "verify, unpickle, callback; the waiting thread wakes"),
 ]
+#: The path of a lone job handed to a job process parked on its own inbox (cwredis.worker.parking).
+PARKED_PATH = [
+    ("c_start", "c_submit", "client: pickle and seal the call"),
+    ("c_submit", "k_handed", "submit.lua hands it to a parked job process; its BLMPOP returns, it wakes"),
+    ("k_handed", "k_took", "job process: verify the job (signature, records), tell the worker (Took)"),
+    ("k_took", "k_run", "job process: fresh-code check, environment"),
+    ("k_run", "k_ran", "the job (a no-op) and pickling its result"),
+    ("k_ran", "c_published", "job process seals the outcome, complete.lua (+ park) publishes it"),
+    ("c_published", "c_callback", "client's results thread: parse the message"),
+    ("c_callback", "c_woke", "verify, unpickle, callback; the waiting thread wakes"),
+]
 #: Spans beside the path.
 ASIDE = [
     ("c_submit", "c_submitted", "client: the submit round trip (submit() returns)"),
@@ -96,20 +107,25 @@ def hop_table(trace_dir: Path, since_ns: int = 0) -> dict:
                 missing.add(job_id)
             else:
                 marks[job_id].setdefault(hop, int(ns))
-    needed = {m for a, b, _ in PATH + ASIDE for m in (a, b)}
-    jobs = [m for m in marks.values() if needed <= m.keys() and m["c_start"] >= since_ns]
-    out: dict = {"jobs_traced": len(jobs)}
+    out: dict = {"jobs_traced": 0}
     if missing:
         out["missing_hooks"] = ",".join(sorted(missing))
-    if not jobs:
-        return out
-    for a, b, _ in PATH + ASIDE:
-        spans = sorted((m[b] - m[a]) / 1000 for m in jobs)
-        out[f"{a}>{b}_p50_us"] = statistics.median(spans)
-        out[f"{a}>{b}_p90_us"] = spans[int(len(spans) * 0.9)]
+    # A job is on one path or the other: through the worker, or straight to a parked job process
+    # (the parked path's spans are named "parked:..."; a checkout without child parking has none).
+    for prefix, path in (("", PATH), ("parked:", PARKED_PATH)):
+        needed = {m for a, b, _ in path + ASIDE for m in (a, b)}
+        jobs = [m for m in marks.values() if needed <= m.keys() and m["c_start"] >= since_ns]
+        out["jobs_traced"] += len(jobs)
+        if jobs:
+            out[f"{prefix}jobs"] = len(jobs)
+        for a, b, _ in path + ASIDE if jobs else []:
+            spans = sorted((m[b] - m[a]) / 1000 for m in jobs)
+            out[f"{prefix}{a}>{b}_p50_us"] = statistics.median(spans)
+            out[f"{prefix}{a}>{b}_p90_us"] = spans[int(len(spans) * 0.9)]
     return out
 
 
 def describe() -> str:
     """The hops, one per line, for the table's legend."""
-    return "\n".join(f"  {a} > {b}: {what}" for a, b, what in PATH + ASIDE)
+    return "\n".join(f"  {prefix}{a} > {b}: {what}"
+                     for prefix, path in (("", PATH + ASIDE), ("parked:", PARKED_PATH)) for a, b, what in path)

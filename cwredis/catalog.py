@@ -10,7 +10,7 @@ are keyed by the secret and signed into every job: :mod:`cwredis.signing`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import redis
 
@@ -34,7 +34,8 @@ class _Lru(OrderedDict[str, Any]):
 class Catalog:
     """Specs, functions and environments by digest; verified records only."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, signer: Signer) -> None:
+    def __init__(self, client: redis.Redis | None, keys: Keys, signer: Signer) -> None:
+        """``client``: where :meth:`fetch` reads; None for a caller that fetches itself and calls :meth:`add`."""
         self._redis = client
         self._keys = keys
         self._signer = signer
@@ -49,16 +50,28 @@ class Catalog:
         blobs = [d for d in set(blob_digests) if d and d not in self._blobs]
         if not specs and not blobs:
             return
+        assert self._redis is not None, "a catalog without a client is filled with add()"
         pipe = self._redis.pipeline(transaction=False)
         for digest in specs:
             pipe.hgetall(self._keys.spec(digest))
         for digest in blobs:
             pipe.hmget(self._keys.blob(digest), job.BLOB_DATA, job.BLOB_NAME)
         replies = pipe.execute()
-        for digest, fields in zip(specs, replies[: len(specs)]):
+        self.add(zip(specs, replies[: len(specs)]), zip(blobs, replies[len(specs):]))
+
+    def missing(self, spec_digests: Iterable[str], blob_digests: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Of these specs and blobs, those not cached (for a caller that fetches them itself)."""
+        return ([d for d in dict.fromkeys(spec_digests) if d not in self._specs],
+                [d for d in dict.fromkeys(blob_digests) if d and d not in self._blobs])
+
+    def add(self, specs: Iterable[tuple[str, Mapping[bytes | str, bytes | str]]],
+            blobs: Iterable[tuple[str, Sequence[bytes | None]]]) -> None:
+        """Cache fetched records: (digest, the spec hash's fields), (digest, [data, name]); empty ones are
+        missing. Nothing is trusted here: each is verified when it is asked for."""
+        for digest, fields in specs:
             if fields:
                 self._specs.put(digest, self._verified_spec(digest, fields))
-        for digest, (data, name) in zip(blobs, replies[len(specs):]):
+        for digest, (data, name) in blobs:
             if data is not None:
                 self._blobs.put(digest, data)
                 if name is not None:

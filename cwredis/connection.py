@@ -304,6 +304,39 @@ class Pinned:
                 raise reply
         return replies
 
+    def send(self, *args: object) -> int:
+        """Send one command without reading its reply; the socket's file descriptor, to wait on with others.
+
+        For a blocking read (a parked job process's BLMPOP) waited for beside
+        a pipe: :meth:`receive` reads the reply once the descriptor is readable.
+        """
+        with self._lock:
+            if self._conn is None:
+                self._conn = unpooled_connection(self._client)
+            conn = self._conn
+            try:
+                conn.send_packed_command(conn.pack_command(*args), check_health=False)
+                return int(conn._sock.fileno())  # redis-py keeps its socket private; we only poll it
+            except BaseException:
+                self._conn = None
+                conn.disconnect()
+                raise
+
+    def receive(self) -> object:
+        """The reply to the command :meth:`send` sent (blocks until it is there)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise redis.ConnectionError("the connection closed before the reply was read")
+            try:
+                return conn.read_response()
+            except redis.ResponseError:
+                raise
+            except BaseException:
+                self._conn = None
+                conn.disconnect()
+                raise
+
     def batch(self) -> "Batch":
         return Batch(self)
 

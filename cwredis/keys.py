@@ -35,6 +35,10 @@ key                    type    holds
                                straight away (its idle children); absent: none
 ``cw:inbox:<w>``       LIST    what ``w``'s blocked fetcher receives: jobs
                                handed to it (already claimed) or "wake"
+``cw:pchildren:<w>``   LIST    inbox names of ``w``'s job processes blocked on
+                               their own inboxes; submit.lua pops one per job
+``cw:cinbox:<w>:<i>``  LIST    what ``w``'s parked job process ``i`` receives:
+                               one job handed to it, or "u" (stop waiting)
 ``cw:workers``         ZSET    worker id -> lease deadline (ms since epoch)
 ``cw:worker:<w>``      HASH    host, pid, queues, concurrency (for ``status``)
 ``cw:delayed``         ZSET    job id -> time (ms) it may start
@@ -91,6 +95,18 @@ class Keys:
 
     def inbox(self, worker_id: str) -> str:
         return self._key("inbox", worker_id)
+
+    def parked_children(self, worker_id: str) -> str:
+        """The inboxes of worker ``worker_id``'s job processes parked on them (:mod:`cwredis.worker.parking`)."""
+        return self._key("pchildren", worker_id)
+
+    def child_inbox(self, worker_id: str, index: int) -> str:
+        """Job process ``index`` of worker ``worker_id``'s own inbox, while it is parked."""
+        return self.child_inbox_prefix(worker_id) + str(index)
+
+    def child_inbox_prefix(self, worker_id: str) -> str:
+        """:meth:`child_inbox` without the index (requeue_expired.lua looks at every slot's)."""
+        return self._key("cinbox", worker_id, "")
 
     def worker(self, worker_id: str) -> str:
         return self._key("worker", worker_id)
@@ -165,6 +181,10 @@ class Keys:
         """
         return [self.workers, self._key("idle", ""), self._key("parked", ""), self._key("inbox", ""),
                 self._key("inflight", "")]
+
+    def children_prefix(self) -> str:
+        """Prefix of :meth:`parked_children`, for submit.lua (which hands a job to a parked job process)."""
+        return self._key("pchildren", "")
 
 
 DEFAULT_KEYS = Keys()

@@ -98,7 +98,7 @@ class Scripts:
     NAMES = (
         "submit", "claim", "park", "start", "heartbeat", "complete", "progress", "requeue", "requeue_expired",
         "release_inflight", "promote", "requeue_failed", "purge_failed",
-        "trim_results", "cancel", "put_blobs",
+        "trim_results", "cancel", "put_blobs", "unpark_children",
     )
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -115,6 +115,7 @@ class Scripts:
         self._handoff = keys.handoff()
         self._outcome_prefixes = keys.outcome_prefixes()
         self._idle_prefix = self._handoff[1]
+        self._children_prefix = keys.children_prefix()
 
     def _run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if isinstance(client, (redis.client.Pipeline, Batch)):
@@ -193,8 +194,8 @@ class Scripts:
         keys = [self.keys.queue(queue), self.keys.spec(spec_digest), self.keys.blob(fn_digest),
                 self.keys.blob(env_digest), self.keys.session_jobs(session), self.keys.sessions]
         keys += [self.keys.job(job_id) for job_id, _ in jobs]
-        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms, queue, *self._handoff, attach if session else "",
-                           session]
+        args: list[Any] = [spec_digest, fn_digest, blob_ttl_ms, queue, *self._handoff, self._children_prefix,
+                           attach if session else "", session]
         if spec_fields is not None and fn_blob is not None and env_blob is not None:
             args += ["1", fn_blob, fn_name, env_blob, len(spec_fields)]
             args += [item for pair in spec_fields.items() for item in pair]
@@ -243,10 +244,18 @@ class Scripts:
              self._spec_prefix, *queues],
         )
 
-    def park(self, client: Any, *, worker_id: str, queues: Sequence[str], now_ms: int | None = None) -> Any:
-        """Give a parked worker one more job's room (a child of it recorded its own outcome); its room now."""
-        return self._run("park", client, [self.keys.parked(worker_id), *(self.keys.queue(q) for q in queues)],
-                         [worker_id, self._idle_prefix, _clock(now_ms), *queues])
+    def park(self, client: Any, *, worker_id: str, queues: Sequence[str], child_inbox: str = "",
+             now_ms: int | None = None) -> Any:
+        """Give a parked worker one more job's room (a child of it recorded its own outcome); its room now.
+
+        With ``child_inbox``, the child also parks on that inbox of its own (cwredis.worker.parking)."""
+        return self._run("park", client, [self.keys.parked(worker_id), self.keys.parked_children(worker_id),
+                                          *(self.keys.queue(q) for q in queues)],
+                         [worker_id, self._idle_prefix, _clock(now_ms), child_inbox, *queues])
+
+    def unpark_children(self, client: Any, *, worker_id: str, inboxes: Sequence[str], ttl_ms: int) -> Any:
+        """End the parking of these job processes of ``worker_id`` (their inboxes); how many were listed."""
+        return self._run("unpark_children", client, [self.keys.parked_children(worker_id)], [ttl_ms, *inboxes])
 
     def start(self, client: Any, *, jobs: Sequence[tuple[str, str]]) -> Any:
         """Charge jobs claimed ahead (id, token) the attempt they just started; returns how many."""
@@ -337,10 +346,11 @@ class Scripts:
         requeued, lost, dropped = self._run(
             "requeue_expired", client,
             [self.keys.workers, self.keys.inflight(worker_id), self.keys.worker(worker_id),
-             self.keys.failed, self.keys.stats, self.keys.inbox(worker_id)],
+             self.keys.failed, self.keys.stats, self.keys.inbox(worker_id), self.keys.parked_children(worker_id)],
             [worker_id, _clock(now_ms), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
              self._job_prefix, self._spec_prefix, self._queue_prefix, self._results_prefix,
-             self._channel_prefix, self._seq_prefix, *self._handoff, config.DONE_TTL_S * 1000],
+             self._channel_prefix, self._seq_prefix, *self._handoff, config.DONE_TTL_S * 1000,
+             self.keys.child_inbox_prefix(worker_id)],
         )
         return Recovered(int(requeued), int(lost), int(dropped))
 

@@ -107,6 +107,18 @@ class _JobProcess:
         _wrap("cwredis.jobcontext", "_leave", _around(None, "k_ran", lambda a: [cls.job_id]))
         _wrap("cwredis.worker.direct", "DirectRecorder.record", _around(None, "k_recorded", lambda a: [a[1].job_id]))
 
+        def on_take(original):  # a parked job process's inbox answered (cwredis.worker.child_parking)
+            def wrapper(*args, **kwargs):
+                woke_ns = time.perf_counter_ns()
+                run = original(*args, **kwargs)
+                if run is not None:
+                    mark("k_handed", run.job_id, woke_ns)
+                    mark("k_took", run.job_id)
+                return run
+            return wrapper
+
+        _wrap("cwredis.worker.child_parking", "ChildParking.take", on_take)
+
 
 def install() -> None:
     # client

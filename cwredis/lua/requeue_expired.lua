@@ -1,13 +1,13 @@
 --!flags allow-oom
 -- requeue_expired.lua: recover the jobs of one worker whose lease expired.
--- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker)
+-- KEYS: workers, inflight(worker), worker_info, failed, stats, inbox(worker), parked_children(worker)
 -- ARGV: worker_id, now_ms ('' = server time), forget_after_ms, result_ttl_ms, lost_body, lost_error, lost_traceback,
 --       job_prefix, spec_prefix, queue_prefix, results_prefix, channel_prefix, result_seq_prefix,
---       Keys.handoff() (5 names), done_ttl_ms
+--       Keys.handoff() (5 names), done_ttl_ms, Keys.child_inbox_prefix(worker)
 -- Each job the worker was running goes back to the front of its queue, or
 -- fails with reason 'lost' once it has used max_attempts (parked workers are
 -- woken for those requeued). A job handed to the worker (submit.lua) that is
--- still in its inbox was never read, so never started: its hand-off charge is
+-- still in its inbox (or a job process's) was never read, so never started: its hand-off charge is
 -- refunded -- a worker killed while parked keeps being handed jobs until its
 -- lease runs out, and they must not use up attempts (attempts count runs
 -- started). Its death still counts ('d', below: the bound for a job whose read
@@ -35,6 +35,9 @@ local job_prefix, spec_prefix, queue_prefix = ARGV[8], ARGV[9], ARGV[10]
 local results_prefix, channel_prefix, seq_prefix = ARGV[11], ARGV[12], ARGV[13]
 local ho = handoff_keys(ARGV, 14)
 local done_ttl = tonumber(ARGV[19])
+local child_inbox_prefix = ARGV[20]
+-- At most this many job process inboxes are looked at (a garbage concurrency must not stall the server).
+local MAX_SLOTS = 4096
 local op = {results = results_prefix, seq = seq_prefix, channel = channel_prefix}
 
 local deadline = tonumber(redis.call('ZSCORE', workers, worker_id))
@@ -43,17 +46,28 @@ if not deadline or deadline > now then
 end
 local requeued, lost, woken = 0, 0, {}
 -- It gets no more hand-offs; those it got but never read are in its
--- in-flight list like the rest.
+-- in-flight list like the rest. Its job processes are no longer listed as
+-- parked either (cwredis/worker/parking.py).
 unpark(ho, worker_id, split_commas(read_field(info, 'queues')))
--- The ids of the hand-offs it never read (an inbox that is not a list: none).
+-- The ids of the hand-offs it never read: in its own inbox, and in the inboxes
+-- of its job processes (submit.lua hands a job to a parked one directly; it
+-- is no longer listed once handed one, so each slot's inbox is looked at).
+-- Those inboxes go: the worker is gone. (An inbox that is not a list: none.)
 local unread = {}
-local messages = redis.pcall('LRANGE', inbox, 0, -1)
-if not messages.err then
-  for _, message in ipairs(messages) do
-    local job_id = handed_id(message)
-    if job_id then unread[job_id] = true end
+local slots = math.min(tonumber(read_field(info, 'concurrency')) or 0, MAX_SLOTS)
+local inboxes = {inbox}
+for i = 0, slots - 1 do inboxes[#inboxes + 1] = child_inbox_prefix .. i end
+for _, key in ipairs(inboxes) do
+  local messages = redis.pcall('LRANGE', key, 0, -1)
+  if not messages.err then
+    for _, message in ipairs(messages) do
+      local job_id = handed_id(message)
+      if job_id then unread[job_id] = true end
+    end
   end
+  if key ~= inbox then redis.call('DEL', key) end
 end
+redis.call('DEL', KEYS[7])
 local ids = redis.pcall('LRANGE', inflight, 0, -1)
 local dropped = 0
 if ids.err then ids, dropped = {}, 1 end

@@ -3,7 +3,7 @@
 -- parked workers -- in one atomic step.
 -- KEYS: queue, spec, fn_blob, env_blob, session_jobs, sessions, job_1 .. job_n
 -- ARGV: spec_digest, fn_digest, blob_ttl_ms, queue_name, then Keys.handoff()
---       (5 names), attach, session, has_blobs,
+--       (5 names), Keys.children_prefix(), attach, session, has_blobs,
 --       [if has_blobs: fn_blob, fn_name, env_blob, n, then n spec field/value pairs],
 --       then per job: job_id, args_blob
 -- Returns the number of jobs queued or handed, or -1 (nothing written) when
@@ -26,6 +26,9 @@
 -- at once run uncounted). It goes into the worker's in-flight list and its
 -- inbox in the same step: if the worker dies before reading it, the
 -- coordinator's sweep of that worker requeues it (counting the attempt).
+-- If one of the worker's job processes is parked on an inbox of its own
+-- (pchildren, see cwredis/worker/parking.py), the job goes there instead of
+-- the worker's inbox, popping that registration: one job per registration.
 -- No script flags (not 'allow-oom', unlike every other script): while the
 -- server is over its maxmemory it refuses this script as a whole, before any
 -- of it runs, so a submit at the limit leaves nothing half-queued (the client
@@ -33,15 +36,16 @@
 local queue, spec_key, fn_key, env_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, queue_name = tonumber(ARGV[3]), ARGV[4]
 local ho = handoff_keys(ARGV, 5)
-local attach, session, session_jobs, sessions = ARGV[10], ARGV[11], KEYS[5], KEYS[6]
+local children = ARGV[10]
+local attach, session, session_jobs, sessions = ARGV[11], ARGV[12], KEYS[5], KEYS[6]
 local route = attach ~= '' and {'rc', attach} or {}
-local i = 13
-if ARGV[12] == '1' then
-  redis.call('HSET', fn_key, 'b', ARGV[13], 'n', ARGV[14])
-  redis.call('HSET', env_key, 'b', ARGV[15])
-  local n = tonumber(ARGV[16])
-  redis.call('HSET', spec_key, unpack(ARGV, 17, 16 + 2 * n))
-  i = 17 + 2 * n
+local i = 14
+if ARGV[13] == '1' then
+  redis.call('HSET', fn_key, 'b', ARGV[14], 'n', ARGV[15])
+  redis.call('HSET', env_key, 'b', ARGV[16])
+  local n = tonumber(ARGV[17])
+  redis.call('HSET', spec_key, unpack(ARGV, 18, 17 + 2 * n))
+  i = 18 + 2 * n
 elseif redis.call('EXISTS', spec_key) == 0 or redis.call('EXISTS', fn_key) == 0
     or redis.call('EXISTS', env_key) == 0 then
   return -1
@@ -74,7 +78,8 @@ for k = 7, #KEYS do
       redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'a', args, 'w', worker,
                  'k', 1, 'n', 1, unpack(route))
       redis.call('LPUSH', ho.inflight .. worker, job_id)
-      redis.call('RPUSH', ho.inbox .. worker, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
+      local inbox = redis.call('RPOP', children .. worker) or (ho.inbox .. worker)
+      redis.call('RPUSH', inbox, frame({job_id, '1', ARGV[1], ARGV[2], args, '1', '0'}))
       room = room - 1
       if room == 0 then
         redis.call('DEL', ho.parked .. worker)

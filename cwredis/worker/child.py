@@ -3,7 +3,10 @@
 A child lives across jobs (no fork per job) and keeps the functions it has
 unpickled, keyed by their content digest, so a map over 100,000 items
 unpickles its function once. The supervising worker has already checked
-every signature; the child only decodes and runs.
+every signature of a job it writes to the pipe; the child only decodes and
+runs it. A job the child reads from its own inbox while parked
+(:mod:`cwredis.worker.child_parking`) it verifies itself before unpickling
+anything, and tells the worker it took it before it starts.
 
 The messages are the named types of :mod:`cwredis.worker.protocol`: a
 :class:`Setup` first, then a :class:`Run` per job on the job pipe,
@@ -52,10 +55,11 @@ from ..argblobs import loads_call
 from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
                              parse_env)
 from ..signing import Corrupt
+from .child_parking import ChildParking
 from .direct import DirectRecorder
 from .freshness import CodeWatch
 from .protocol import (ChildMessage, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale,
-                       Unsend, Unsent, read_exactly)
+                       Unparked, Unsend, Unsent, read_exactly)
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -323,19 +327,33 @@ class Mailbox:
                 pass
             self._send(Unsent(request.job_id, waiting is not None))
 
-    def next(self) -> Run | Setup | None:
-        """The next message to act on; None once the worker closed us."""
+    def next(self, inbox_fd: int | None = None) -> Run | Setup | None | object:
+        """The next message to act on; None once the worker closed us; INBOX when ``inbox_fd`` (a parked
+        child's socket, see child_parking) is readable and no message waits."""
         while True:
             with self._lock:
                 if self._jobs:
                     return self._jobs.popleft()
-            if any(fd == self._wake_r for fd, _ in self._waiter.poll()):
+            if inbox_fd is not None:
+                self._waiter.register(inbox_fd, select.POLLIN)
+            try:
+                fired = self._waiter.poll()
+            finally:
+                if inbox_fd is not None:
+                    self._waiter.unregister(inbox_fd)
+            if any(fd == self._wake_r for fd, _ in fired):
                 try:  # (read only when woken: a failed read costs an exception on every job)
                     os.read(self._wake_r, 4096)  # before looking at _jobs again: a later wake wakes the next wait
                 except BlockingIOError:
                     pass
             with self._lock:
                 self._read_waiting()
+                if not self._jobs and any(fd == inbox_fd for fd, _ in fired):
+                    return INBOX
+
+
+#: What Mailbox.next returns when a parked child's inbox answered.
+INBOX = object()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,16 +383,30 @@ def main(argv: list[str] | None = None) -> None:
 
     mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None
+    parking: ChildParking | None = None
     watch = CodeWatch()
     while True:
-        message = mailbox.next()
+        message = mailbox.next(parking.fd if parking is not None else None)
         if message is None:
-            return  # the worker is gone or closed us: exit quietly
+            return  # the worker is gone or closed us: exit quietly (parked or not)
+        if message is INBOX:
+            assert parking is not None
+            message = parking.take()  # the worker is told first (Took / Unparked)
+            if message is None:
+                continue
         if isinstance(message, Setup):
             recorder = DirectRecorder(message)
+            parking = ChildParking(message, recorder, send) if recorder.inbox else None
             continue
+        assert isinstance(message, Run)
+        # What we say of a job we took while parked goes to a worker not waiting on our pipe: poked (parking).
+        held = parking if parking is not None and parking.holding == message.job_id else None
+        if held is not None:
+            held.holding = None
         if (changed := watch.changed()) is not None:
             send(Stale(message.job_id, changed))  # the worker replaces us; this job runs in the new process
+            if held is not None:
+                held.poke()
             continue
         reply = runner.run(message, report)
         watch.note_imports()
@@ -387,8 +419,13 @@ def main(argv: list[str] | None = None) -> None:
             recorded: Recorded | None = recorder.record(reply, direct)
             if recorded is not None:
                 send(recorded)
+                if recorded.parked and parking is not None and not parking.park():
+                    send(Unparked(failed=True))  # listed, but not reading: the worker unlists us
+                    parking.poke()
                 continue
         send(reply)
+        if held is not None:
+            held.poke()  # an outcome for the worker to record
 
 
 if __name__ == "__main__":

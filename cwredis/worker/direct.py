@@ -14,6 +14,7 @@ second time, never delivered twice.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -51,34 +52,49 @@ class DirectRecorder:
         self._keys = Keys(setup.namespace)
         self._worker_id = setup.worker_id
         self._queues = setup.queues
+        #: This child's own inbox, where it parks after re-parking its worker (cwredis.worker.parking).
+        self.inbox = self._keys.child_inbox(setup.worker_id, setup.slot) if setup.slot >= 0 else ""
         self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
+
+    def connection(self) -> Pinned:
+        """The child's one connection (opened on first use): recording, and parking on its inbox."""
+        if self._redis is None or self._scripts is None:
+            connection = connect(self._url, "child")
+            self._redis = Pinned(connection)
+            self._scripts = Scripts(connection, self._keys)
+        return self._redis
+
+    def drop(self) -> None:
+        """Close the connection after an error (the next call opens a new one)."""
+        if self._redis is not None:
+            self._redis.close()
+        self._redis = self._scripts = None
 
     def record(self, reply: Reply, direct: Direct) -> Recorded | None:
         """Record one outcome; None if Redis was not reached (the worker then records it).
 
         ``accepted`` is False when the attempt had lost its job (refused). With
         ``repark``, the worker's parking gets this child's room back in the
-        same round trip; ``room`` is the worker's room after that (0: not parked).
+        same round trip, and the child parks on its own inbox in that step
+        (``parked``); ``room`` is the worker's room after that (0: not parked).
         """
         job_id = reply.job_id
         outcome = completion(direct.token, direct.generation, direct.client, reply, self._signer)
         repark = direct.repark
         try:
-            if self._redis is None or self._scripts is None:
-                connection = connect(self._url, "child")
-                self._redis = Pinned(connection)
-                self._scripts = Scripts(connection, self._keys)
+            self.connection()
+            assert self._scripts is not None
             try:
                 replies = self._send(self._scripts, outcome, repark)
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
                 replies = self._send(self._scripts, outcome, repark)
-            return Recorded(job_id, bool(int(replies[0][0])), int(replies[1]) if repark else 0)
+            room = int(replies[1]) if repark else 0
+            return Recorded(job_id, bool(int(replies[0][0])), room, parked=room > 0 and bool(self.inbox),
+                            ended=time.monotonic())
         except Exception as exc:  # the worker records it instead
             log.debug("job %s: could not record the outcome directly (%s); the worker will", job_id, exc)
-            if self._redis is not None:
-                self._redis.close()
-            self._redis = self._scripts = None
+            self.drop()
             return None
 
     def _send(self, scripts: Scripts, outcome: Completion, repark: bool) -> list[Any]:
@@ -87,5 +103,5 @@ class DirectRecorder:
         scripts.complete(pipe, worker_id=self._worker_id, outcomes=[outcome],
                          done_ttl_ms=config.DONE_TTL_S * 1000, result_ttl_ms=config.RESULT_TTL_S * 1000)
         if repark:
-            scripts.park(pipe, worker_id=self._worker_id, queues=self._queues)
+            scripts.park(pipe, worker_id=self._worker_id, queues=self._queues, child_inbox=self.inbox)
         return scripts.execute(pipe)

@@ -74,6 +74,9 @@ class Host(Protocol):
     def link_ok(self) -> None:
         """A round trip worked (may end an outage)."""
 
+    def parked_children(self) -> int:
+        """How many job processes are parked on their own inboxes (cwredis.worker.parking; lock held)."""
+
 
 class Intake:
     """Claims, hand-offs and reconciliation for one worker; see the module docstring."""
@@ -160,6 +163,17 @@ class Intake:
             self._take_jobs(handed.claimed, handed.garbled, epoch)
         if handed.wake and claim and not (self._stop.graceful or self.quarantined):
             self.claim_now()  # (a reconciliation as we stop or quarantine ourselves wakes us too: no claim then)
+
+    def taken_by_child(self) -> None:
+        """submit.lua handed a parked child of ours a job, which it runs: our room is one less (lock held)."""
+        self.room = max(0, self.room - 1)
+        if not self.room:
+            self.queues_empty = False  # unparked with the last of our room (as in _take_jobs)
+
+    def take_from_child(self, claimed: Claimed) -> None:
+        """A job submit.lua handed a parked child, which did not run it (it could not verify it itself):
+        verify it here and reject, fail or run it as any handed job (cwredis.worker.parking)."""
+        self._take_jobs([claimed], 0, self.epoch)
 
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
         """Start jobs handed to us, read by a call begun at reconciliation ``epoch``; confirm them if one ran since."""
@@ -349,6 +363,9 @@ class Intake:
 
         False if Redis could not be reached or a claim was under way (``needs_reconcile`` stays set).
         """
+        with self.lock:
+            if self._host.parked_children():
+                return False  # one may hold a job we have not heard of: they are called back first (parking)
         if not self.claim_lock.acquire(blocking=False):
             return False  # the fetcher is claiming: try again in a moment (never wait for it)
         try:

@@ -264,6 +264,13 @@ class Link:
             self._scripts.execute(pipe)
         self._call(round_trip)
 
+    def unpark_children(self, indices: Sequence[int], ttl_ms: int) -> int:
+        """Call these parked job processes back from their inboxes (cwredis.worker.parking); how many were
+        still listed."""
+        inboxes = [self.keys.child_inbox(self.worker_id, i) for i in indices]
+        return self._call(lambda: int(self._scripts.unpark_children(self._redis, worker_id=self.worker_id,
+                                                                    inboxes=inboxes, ttl_ms=ttl_ms)))
+
     # -- reconciliation -------------------------------------------------------------------------
 
     def inflight_ids(self) -> set[str]:

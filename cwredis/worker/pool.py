@@ -41,8 +41,9 @@ from typing import Iterator, Union
 from .. import config
 from ..job import Spec
 from ..script_types import Claimed
-from .protocol import (Direct, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Unsend,
-                       Unsent, write_all)
+from .protocol import (Direct, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale, Took,
+                       Unparked, Unsend, Unsent, write_all)
+
 
 @dataclass
 class Running:
@@ -61,6 +62,8 @@ class Running:
     #: A large result may be recorded by the child even when not ``direct`` (protocol.Direct.only_large);
     #: never where outcomes must wait for a replica (a Sentinel URL: only the worker's recording WAITs).
     record_large: bool = True
+    #: Taken by a parked child from its own inbox (cwredis.worker.parking): its payload stayed there.
+    taken: bool = False
 
     @property
     def id(self) -> str:
@@ -99,7 +102,7 @@ class Slot:
 
     def __init__(self, index: int, setup: Setup) -> None:
         self.index = index
-        self.setup = setup  # the child's first message: how to record outcomes itself
+        self.setup = setup._replace(slot=index)  # the child's first message: how to record outcomes, and park
         self.sent: deque[Running] = deque()
         self.asked_back: set[str] = set()  # ids of jobs ahead we asked the child to give back
         self.proc: subprocess.Popen[bytes] | None = None
@@ -121,12 +124,13 @@ class Slot:
         ctl_r, ctl_w = os.pipe()
         for fd in (job_w, out_w):
             _widen(fd)
+        attention = (self.setup.attention,) if self.setup.attention >= 0 else ()  # cwredis.worker.parking
         try:
             self.proc = subprocess.Popen(
                 # -P: the child's own imports (cloudpickle...) never come from the worker's working
                 # directory; child.py adds the client's cwd and sys.path for the job afterwards.
                 [sys.executable, "-P", "-m", "cwredis.worker.child", str(job_r), str(out_w), str(ctl_r)],
-                pass_fds=(job_r, out_w, ctl_r), stdin=subprocess.DEVNULL, process_group=0)
+                pass_fds=(job_r, out_w, ctl_r, *attention), stdin=subprocess.DEVNULL, process_group=0)
         finally:
             os.close(job_r)
             os.close(out_w)
@@ -300,7 +304,17 @@ class Outdated:
     path: str
 
 
-Event = Union[Ended, Died, Reported, Printed, Outdated]
+@dataclass
+class LeftParking:
+    """A parked child answered: Took (``running``: the job it now runs, or None: the worker verifies and runs
+    it) or Unparked (see cwredis.worker.parking)."""
+
+    slot: Slot
+    message: Took | Unparked
+    running: Running | None
+
+
+Event = Union[Ended, Died, Reported, Printed, Outdated, LeftParking]
 
 
 class Pool:
@@ -358,6 +372,8 @@ class Pool:
                 elif isinstance(message, Stale):
                     events.append(Outdated(slot, message.path))
                     break  # what else it said is moot: it is replaced, its jobs start again elsewhere
+                elif isinstance(message, (Took, Unparked)):
+                    events.append(self._left_parking(slot, message))
                 elif isinstance(message, Resend):
                     if (running := slot.find(message.job_id)) is not None:
                         slot.forget_cache()
@@ -372,6 +388,17 @@ class Pool:
             with self.lock:
                 self.ready.extendleft(reversed(given_back))
         return events
+
+    @staticmethod
+    def _left_parking(slot: Slot, message: Took | Unparked) -> LeftParking:
+        """A parked child answered (lock held): a job it took and runs heads the slot from now."""
+        running = None
+        if isinstance(message, Took) and message.spec is not None:
+            claimed = Claimed(message.job_id, message.token, message.spec_digest, message.function_digest, b"",
+                              message.attempts, message.generation)
+            running = Running(claimed, message.spec, started=message.started, direct=True, repark=True, taken=True)
+            slot.sent.append(running)
+        return LeftParking(slot, message, running)
 
     def died(self, slot: Slot) -> Died:
         """The child is gone (pidfd or pipe): reap it, kill what it left in its group, start another.

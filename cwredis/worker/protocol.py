@@ -5,7 +5,8 @@ A child (``python -m cwredis.worker.child``) has three pipes, each a
 
     job pipe      worker -> child   Setup (first), then Run per job
     control pipe  worker -> child   Unsend
-    out pipe      child -> worker   Progress, Output, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded
+    out pipe      child -> worker   Progress, Output, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded;
+                                    Took / Unparked end a parking (cwredis.worker.parking)
 
 Every message is a NamedTuple: read by name, never by index. On the wire it
 is a plain tuple, ``(number of its type, fields)``: a NamedTuple pickled as
@@ -23,6 +24,8 @@ import pickle
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, Union
 
+from ..job import Spec
+
 
 class Setup(NamedTuple):
     """First message to a new child: enough to record outcomes itself (:mod:`cwredis.worker.direct`)."""
@@ -32,6 +35,8 @@ class Setup(NamedTuple):
     namespace: str
     worker_id: str
     queues: list[str]
+    slot: int = -1  # the child's slot: names its own inbox, where it parks (cwredis.worker.parking); -1: never
+    attention: int = -1  # a pipe's write end the child inherits: a byte there wakes the worker's loop
 
 
 class Direct(NamedTuple):
@@ -137,12 +142,44 @@ class Recorded(NamedTuple):
     job_id: str
     accepted: bool
     room: int
+    parked: bool = False  # the child parked on its own inbox in the same step (cwredis.worker.parking)
+    ended: float = 0.0  # time.monotonic() when recorded: the worker may read this late (a parked child's pipe)
+
+
+class Took(NamedTuple):
+    """A parked child read a job submit.lua handed it (claimed for this worker, attempt charged).
+
+    With ``spec`` (the job's verified spec) the child verified the job and
+    runs it now, and records its outcome itself; ``args`` is then empty.
+    Without, it runs nothing (a signature, record or argument blob it could
+    not check itself): the worker verifies the job from ``args``, the
+    envelope, and rejects, fails or runs it as any claimed job.
+    """
+
+    job_id: str
+    token: str
+    spec_digest: str
+    function_digest: str
+    args: bytes
+    attempts: int
+    generation: int
+    spec: Spec | None
+    started: float  # time.monotonic() when the child took it (one clock for the machine): its timeout counts from it
+
+
+class Unparked(NamedTuple):
+    """A parked child stopped waiting on its inbox without a job: the worker unparked it, or (``failed``)
+    its connection failed, or (``garbled``) it read a message it could not parse. After either of those a
+    job handed to it may wait in the worker's in-flight list, and the child may still be listed as parked."""
+
+    garbled: bool = False
+    failed: bool = False
 
 
 #: A job's end, as a child reports it.
 Reply = Union[Ok, Err]
 #: Everything a child sends.
-ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded]
+ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded, Took, Unparked]
 #: Everything either side sends.
 Message = Union[Setup, Run, Unsend, ChildMessage]
 
@@ -150,7 +187,8 @@ Message = Union[Setup, Run, Unsend, ChildMessage]
 LARGE_MESSAGE_BYTES = 64 * 1024
 
 #: The message types by their number on the wire.
-_TYPES: tuple[type[Any], ...] = (Setup, Run, Unsend, Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded)
+_TYPES: tuple[type[Any], ...] = (Setup, Run, Unsend, Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded, Took,
+                                  Unparked)
 _NUMBERS = {kind: number for number, kind in enumerate(_TYPES)}
 
 

@@ -46,6 +46,7 @@ from typing import Sequence
 
 from .. import config
 from ..keys import DEFAULT_KEYS, Keys
+from ..scripts import Claimed
 from ..signing import Signer
 from . import pacing
 from .attempts import Attempts, retry_delay_s
@@ -54,8 +55,9 @@ from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
-from .pool import Died, Ended, Outdated, Pool, Printed, Reported, Running, Slot
-from .protocol import Err, Ok, Recorded, Setup
+from .parking import Parking, has_words
+from .pool import Died, Ended, LeftParking, Outdated, Pool, Printed, Reported, Running, Slot
+from .protocol import Err, Ok, Recorded, Setup, Took, Unparked
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
@@ -95,11 +97,18 @@ class Worker:
         self._stop_asked_at: float | None = None
         self._cancels: set[str] = set()  # jobs to stop (cancel.lua asked, through our inbox)
         self._attempts = Attempts(self._ledger, self._link, self._signer)
+        self._parking_state: Parking | None = None  # job processes parked on inboxes of their own: start()
+        self._recheck_strays = False
 
     @property
     def pool(self) -> Pool:
         assert self._pool is not None, "start() starts the pool"
         return self._pool
+
+    @property
+    def _parking(self) -> Parking:
+        assert self._parking_state is not None, "start() starts the parking"
+        return self._parking_state
 
     @property
     def intake(self) -> Intake:
@@ -163,7 +172,9 @@ class Worker:
                 self._stop.wait(Step.GRACEFUL, self._link.failed(down))
         else:
             return False
-        setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues)
+        self._parking_state = Parking(self._link)
+        setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues,
+                      attention=self._parking.attention_w)
         self._pool = Pool(self.concurrency, setup, self._lock, slot=self._slot_class)
         self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
                               burst=self._burst, secret_source=self._secret_source)
@@ -178,10 +189,17 @@ class Worker:
         if self._stop.graceful and self._stopped_serving():
             return False
         self._wait_and_collect(self._sleep_s() if wait else 0.0)
+        if self._recheck_strays:  # the pipes were just read (check_strays)
+            self._recheck_strays = False
+            try:
+                self.recorder.check_strays()
+            except LinkDown as down:  # the lease thread looks again within a third of a lease
+                self._link.failed(down)
         self._enforce_timeouts()
         self._enforce_cancels()
         self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self.avg_job_s))
         self.dispatch()
+        self._call_back_parked()
         with self._lock:
             due = self.recorder.due_in() <= 0
         if due:
@@ -199,6 +217,9 @@ class Worker:
             self.intake.needs_reconcile = True
         with self._lock:
             self._give_back_ready()
+            if self._parking.count():
+                self._parking.want_all()  # parked children come back first (parking)
+                return False
             if any(s.sent for s in self.pool.slots):
                 return False
             if not self._ledger and not self.intake.needs_reconcile:
@@ -213,9 +234,9 @@ class Worker:
         # A fresh poll object each time: cheaper than multiprocessing's wait(). Every child
         # is watched, idle ones too: the fetcher may start a job on one while we sleep here.
         poller = select.poll()
-        watched: dict[int, tuple[Slot, bool] | None] = {self._stop.wake_fd: None}
+        watched: dict[int, tuple[Slot, bool] | None] = {self._stop.wake_fd: None, self._parking.attention_fd: None}
         for slot in self.pool.slots:
-            if slot.out is not None:
+            if slot.out is not None and not self._parking.quiet(slot):
                 watched[slot.out.fileno()] = (slot, False)
             if slot.pidfd is not None:
                 watched[slot.pidfd] = (slot, True)
@@ -225,13 +246,20 @@ class Worker:
         for fd, _ in poller.poll(sleep_s * 1000):
             if (target := watched[fd]) is None:
                 self._stop.drain()
+                self._parking.drain()
             else:
                 fired[target[0]] = fired.get(target[0], False) or target[1]
         for slot in self.pool.exited():  # no pidfd (an old kernel): polled
             fired[slot] = True
+        for slot in self._parking.spoke(self.pool.slots):  # not waited on (see parking): looked at every turn
+            fired.setdefault(slot, False)
         for slot, exited in fired.items():
-            # An exited child is handled as dead even if a process it forked holds its pipe open.
-            for event in ([self.pool.died(slot)] if exited else self.pool.read(slot)):
+            # An exited child is handled as dead even if a process it forked holds its pipe open -- but a
+            # parked one's last words are read first: a Took puts the job it took at the head of the slot.
+            events = self.pool.read(slot) if exited and self._parking.holds(slot) and has_words(slot) else []
+            if exited and not any(isinstance(e, Died) for e in events):
+                events.append(self.pool.died(slot))
+            for event in (events if exited else self.pool.read(slot)):
                 self.handle(event)
 
     def _sleep_s(self) -> float:
@@ -245,9 +273,12 @@ class Worker:
         deadlines += pacing.jit_wakeups((job.started for job in busy), now, self.avg_job_s)
         return pacing.sleep_s(deadlines, now)
 
-    def handle(self, event: Ended | Died | Reported | Printed | Outdated) -> None:
-        """Act on what the pool saw: a job's end, a child's death, a progress report or output, stale code."""
-        if isinstance(event, Reported):
+    def handle(self, event: Ended | Died | Reported | Printed | Outdated | LeftParking) -> None:
+        """Act on what the pool saw: a job's end, a child's death, a progress report or output, stale code,
+        a parked child's answer."""
+        if isinstance(event, LeftParking):
+            self._left_parking(event)
+        elif isinstance(event, Reported):
             self._attempts.report(event)
         elif isinstance(event, Printed):
             self._attempts.printed(event)
@@ -255,11 +286,17 @@ class Worker:
             log.info("worker %s: %s changed on disk; replacing the job process that loaded it", self.worker_id,
                      event.path)
             died = self.pool.died(event.slot)  # a new process; jobs written ahead go back first in line
-            if died.running is not None:  # it never started: first in line, same attempt
+            if died.running is not None and died.running.taken:  # its payload was the old child's: give it back
+                self._attempts.give_back(died.running)
+            elif died.running is not None:  # it never started: first in line, same attempt
                 with self._lock:
                     self.pool.ready.appendleft(died.running)
         elif isinstance(event, Ended):
             with self._lock:
+                if isinstance(event.reply, Recorded) and event.reply.parked:
+                    self._parking.parked(event.slot)
+                    if self._stop.graceful or self.intake.quarantined:
+                        self._parking.want_all()
                 if (head := event.slot.job) is not None:
                     self._mark_started(head)  # the job written ahead starts now
                 else:
@@ -268,6 +305,9 @@ class Worker:
         elif event.running is None:
             log.warning("worker %s: an idle child died (exit code %s); started another", self.worker_id,
                         event.exit_code)
+            with self._lock:
+                if self._parking.died(event.slot):  # it was parked: a job handed to it may wait unread
+                    self.intake.needs_reconcile = True
         else:
             self.jobs_done += 1
             self._attempts.cut_short(event.running, "lost",
@@ -306,6 +346,8 @@ class Worker:
             for running in waiting:
                 pool.ready.remove(running)
             heads = [s for s in pool.slots if (j := s.job) is not None and j.id in ids]
+            held = {r.id for s in pool.slots for r in s.sent} | {r.id for r in waiting}
+            self._parking.keep_cancels(ids - held)  # one may name a job a parked child just took
             for slot in pool.slots:
                 for running in list(slot.sent)[1:]:
                     if running.id in ids:
@@ -329,8 +371,8 @@ class Worker:
         with self._lock:
             if not self._stop.graceful:
                 self._shed_excess()
-                for slot in pool.slots:  # idle children first
-                    if pool.ready and not slot.sent and slot.alive:
+                for slot in pool.slots:  # idle children first (not those parked on their inboxes)
+                    if pool.ready and not slot.sent and slot.alive and not self._parking.holds(slot):
                         running = pool.ready.popleft()
                         # Nothing else waiting: someone may be waiting on this one job. Its
                         # child records the outcome itself, one hop fewer (worker.direct) --
@@ -340,6 +382,8 @@ class Worker:
                         running.repark = running.direct and self.intake.queues_empty
                         slot.start(running)
                         self._mark_started(running)
+                if pool.ready and self._parking.count():
+                    self._parking.want(len(pool.ready))  # only parked children are idle: call them back
                 ahead = pacing.ahead(self.avg_job_s)
                 for slot in pool.slots:  # then, for short jobs, a few ahead per child
                     while (pool.ready and 0 < len(slot.sent) <= ahead and not slot.asked_back and slot.alive
@@ -379,17 +423,54 @@ class Worker:
         """Of the jobs claimed now, how many go straight to an idle child (lock held)."""
         return pacing.starting_now(self.pool.idle_count(), len(self.pool.ready))
 
+    def parked_children(self) -> int:
+        """How many job processes are parked on their own inboxes (lock held)."""
+        return self._parking.count()
+
     def link_ok(self) -> None:
         """A round trip worked; if it ends an outage, reconcile (a claim reply may have been lost)."""
         if self._link.succeeded() and self._intake is not None:
             self._intake.needs_reconcile = True
             self._stop.wake()
 
+    # -- parked children (cwredis.worker.parking) ---------------------------------------------
+
+    def _left_parking(self, event: LeftParking) -> None:
+        """A parked child answered: it took a job (runs it, or leaves it to us to verify), or it did not."""
+        message = event.message
+        with self._lock:
+            failed = isinstance(message, Unparked) and (message.failed or message.garbled)
+            self._parking.left(event.slot, listed=failed)
+            if failed:  # a job handed to it may wait unread in our in-flight list
+                self.intake.needs_reconcile = True
+            if event.running is not None:
+                self.intake.taken_by_child()  # (a job left to us counts when the intake takes it)
+            self._lock.notify_all()  # an idle child again (Unparked), or our room changed
+        if (running := event.running) is not None:  # it heads its slot now: timeouts and cancels see it
+            with self._lock:
+                if self._parking.cancelled(running.id):
+                    self._cancels.add(running.id)  # asked before its Took reached us
+        elif isinstance(message, Took):
+            claimed = Claimed(message.job_id, message.token, message.spec_digest, message.function_digest,
+                              message.args, message.attempts, message.generation)
+            try:
+                self.intake.take_from_child(claimed)
+            except LinkDown:  # its records could not be loaded: the reconciliation gives it back
+                pass
+
+    def _call_back_parked(self) -> None:
+        """Call parked children back if jobs wait for them, or we reconcile, stop or are quarantined."""
+        with self._lock:
+            if self.intake.needs_reconcile or self.intake.quarantined:
+                self._parking.want_all()
+        self._parking.unpark_due()
+
     # -- outcomes ------------------------------------------------------------------------------
 
     def _finish_attempt(self, running: Running, reply: Ok | Err | Recorded) -> None:
         """A child's reply ends an attempt: Ok/Err to record, or Recorded by the child itself."""
-        self.avg_job_s = pacing.average(self.avg_job_s, time.monotonic() - running.started)
+        ended = reply.ended if isinstance(reply, Recorded) and reply.ended else time.monotonic()  # read late?
+        self.avg_job_s = pacing.average(self.avg_job_s, ended - running.started)
         self.jobs_done += 1
         if not isinstance(reply, Recorded):
             self._attempts.record(running, reply)
@@ -411,8 +492,17 @@ class Worker:
         self._attempts.record(running, reply)
 
     def check_strays(self) -> None:
-        """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back."""
-        if self._recorder is not None:
+        """From the lease thread: jobs stranded in our in-flight list (a late claim) are given back.
+
+        While children are parked, a job one took may be in its pipe unread (parking): the loop reads
+        the pipes, then looks itself.
+        """
+        with self._lock:
+            parked = self._parking_state is not None and self._parking.count()
+        if parked:
+            self._recheck_strays = True
+            self._stop.wake()
+        elif self._recorder is not None:
             self._recorder.check_strays()
 
     def _describe(self) -> dict[str, str]:
@@ -450,7 +540,8 @@ class Worker:
 
     def finish(self) -> None:
         """Stop the children; record what is owed, hand back the rest, unregister (for WORKER_FINISH_S at most)."""
-        self.pool.shutdown()
+        self.pool.shutdown()  # a parked child exits too: it watches its pipe
+        self._parking.unlist_all()
         deadline = time.monotonic() + config.WORKER_FINISH_S
         while time.monotonic() < deadline:
             if (self._ledger or self.intake.needs_reconcile) and not self.recorder.record(claim=False):
@@ -467,3 +558,4 @@ class Worker:
             log.warning("worker %s: cannot reach Redis to hand back its jobs; the coordinator will recover "
                         "them when our lease expires", self.worker_id)
         self._link.close()
+        self._parking.close()

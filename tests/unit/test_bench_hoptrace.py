@@ -26,17 +26,17 @@ def test_every_hook_finds_its_function(tmp_path: Path) -> None:
         from cwredis.worker.freshness import CodeWatch
         CodeWatch().changed()
         from cwredis import jobcontext, client, outcome_list, submitter
-        from cwredis.worker import direct, intake, pool
+        from cwredis.worker import child_parking, direct, intake, pool
         hooked = [submitter.Submitter._submit_batch, outcome_list.OutcomeList.parse, client.ClientThread._deliver,
                   intake.Intake._take_handed, pool.Slot.resend, CodeWatch.changed, jobcontext._enter,
-                  jobcontext._leave, direct.DirectRecorder.record]
+                  jobcontext._leave, direct.DirectRecorder.record, child_parking.ChildParking.take]
         print(sum(hasattr(f, '__wrapped__') for f in hooked), len(hooked))
     """
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     wrapped, hooks = out.stdout.split()
-    assert wrapped == hooks == "9"
+    assert wrapped == hooks == "10"
     lines = [line for path in tmp_path.glob("*.hops") for line in path.read_text().splitlines()]
     assert [line for line in lines if line.startswith("missing")] == []
 
@@ -64,3 +64,17 @@ def test_hop_table_joins_processes_by_job_id(tmp_path: Path) -> None:
     later = hops.hop_table(tmp_path, since_ns=10**6)
     assert later["jobs_traced"] == 1
     assert later["c_submit>w_handed_p50_us"] == 5.0 * step
+
+
+def test_hop_table_gives_the_parked_path_its_own_spans(tmp_path: Path) -> None:
+    """A job a parked job process took has no worker marks: its spans are named parked:..., apart."""
+    worker = list(dict.fromkeys(m for a, b, _ in hops.PATH + hops.ASIDE for m in (a, b)))
+    parked = list(dict.fromkeys(m for a, b, _ in hops.PARKED_PATH + hops.ASIDE for m in (a, b)))
+    lines = [f"{m} w {i * 1000}" for i, m in enumerate(worker)] + [f"{m} p {i * 2000}" for i, m in enumerate(parked)]
+    (tmp_path / "1.hops").write_text("\n".join(lines) + "\n")
+    table = hops.hop_table(tmp_path)
+    assert (table["jobs_traced"], table["jobs"], table["parked:jobs"]) == (2, 1, 1)
+    step = parked.index("k_took") - parked.index("k_handed")
+    assert table["parked:k_handed>k_took_p50_us"] == 2.0 * step
+    assert table["c_start>c_woke_p50_us"] == 1.0 * (worker.index("c_woke") - worker.index("c_start"))
+    assert table["parked:c_start>c_woke_p50_us"] == 2.0 * (parked.index("c_woke") - parked.index("c_start"))

@@ -491,6 +491,53 @@ def test_park_gives_back_a_childs_room_only_while_the_queues_are_empty(s, r):
     assert not r.exists(KEYS.parked("w1"))
 
 
+def test_a_child_that_parks_with_its_worker_gets_the_next_job_in_its_own_inbox(s, r):
+    park(s, r, "w1", idle_children=2)
+    mine, other = KEYS.child_inbox("w1", 0), KEYS.child_inbox("w1", 1)
+    r.rpush(mine, "u")  # a stale unpark: parking clears it
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=mine) == 3
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=mine) == 4  # listed once, however often
+    assert r.lrange(KEYS.parked_children("w1"), 0, -1) == [mine.encode()]
+    submit(s, r, "a", "b")
+    [handed] = parse_handed(r.lrange(mine, 0, -1)).claimed  # one job per listing: a
+    assert (handed.id, handed.token, handed.attempts) == ("a", "1", 1)
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1" and r.hget(KEYS.job("a"), job.WORKER) == b"w1"
+    assert [c.id for c in parse_handed(inbox(r)).claimed] == ["b"]  # the next through the worker's inbox
+    assert sorted(r.lrange(KEYS.inflight("w1"), 0, -1)) == [b"a", b"b"]
+    assert not r.exists(KEYS.parked_children("w1")) and not r.exists(other)
+
+
+def test_a_child_does_not_park_when_its_worker_cannot(s, r):
+    submit(s, r, "a")  # queued: the worker claims instead of parking
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0)) == 0
+    assert not r.exists(KEYS.parked_children("w1"))
+
+
+def test_unparking_children_unlists_them_and_wakes_them_in_one_step(s, r):
+    park(s, r, "w1", idle_children=2)
+    first, second = KEYS.child_inbox("w1", 0), KEYS.child_inbox("w1", 1)
+    for child in (first, second):
+        s.park(r, worker_id="w1", queues=["default"], child_inbox=child)
+    assert s.unpark_children(r, worker_id="w1", inboxes=[first], ttl_ms=60_000) == 1
+    assert r.lrange(KEYS.parked_children("w1"), 0, -1) == [second.encode()]
+    assert r.lrange(first, 0, -1) == [b"u"] and 0 < r.pttl(first) <= 60_000
+    submit(s, r, "a")
+    assert r.lrange(first, 0, -1) == [b"u"]  # nothing more for the unlisted child
+    assert [c.id for c in parse_handed(r.lrange(second, 0, -1)).claimed] == ["a"]
+    # second's listing was taken by the hand-off: its unpark finds none, and its "u" goes after the job
+    assert s.unpark_children(r, worker_id="w1", inboxes=[second], ttl_ms=60_000) == 0
+    assert r.lrange(second, -1, -1) == [b"u"] and len(r.lrange(second, 0, -1)) == 2
+
+
+def test_the_sweep_of_an_expired_worker_unlists_its_parked_children(s, r):
+    park(s, r, "w1", idle_children=2)
+    s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0))
+    expire(s, r, now=int(time.time() * 1000) + LEASE_MS + 1)
+    assert not r.exists(KEYS.parked_children("w1"))
+    submit(s, r, "a")
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"] and not r.exists(KEYS.child_inbox("w1", 0))
+
+
 def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s, r):
     submit(s, r, "a")  # blob_ttl_ms 60 s: slack 6 s
     spec = KEYS.spec("sp1")

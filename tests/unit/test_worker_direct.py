@@ -52,12 +52,23 @@ def test_a_child_records_its_outcome_once_and_reparks_its_worker(server, handed)
     r, claimed = handed
     recorder = DirectRecorder(Setup(server.url, None, KEYS.namespace, "w1", ["default"]))
     reply = Ok("a", b"PICKLE", "")
-    assert recorder.record(reply, Direct(claimed.token, 0, "c1", repark=True)) == Recorded("a", True, 1)
+    recorded = recorder.record(reply, Direct(claimed.token, 0, "c1", repark=True))
+    assert recorded is not None and recorded._replace(ended=0.0) == Recorded("a", True, 1) and recorded.ended > 0
     assert r.hget(KEYS.job("a"), job.STATE) == b"done" and r.llen(KEYS.results("c1")) == 1
     assert r.get(KEYS.parked("w1")) == b"1" and r.zrange(KEYS.idle("default"), 0, -1) == [b"w1"]
+    assert not r.exists(KEYS.parked_children("w1"))  # a child with no slot (-1) never parks itself
     # A lost reply makes the worker record it again: refused, not delivered twice.
-    assert recorder.record(reply, Direct(claimed.token, 0, "c1", repark=False)) == Recorded("a", False, 0)
+    again = recorder.record(reply, Direct(claimed.token, 0, "c1", repark=False))
+    assert again is not None and again._replace(ended=0.0) == Recorded("a", False, 0)
     assert r.llen(KEYS.results("c1")) == 1
+
+
+def test_a_child_of_a_slot_parks_on_its_own_inbox_as_it_reparks_its_worker(server, handed):
+    r, claimed = handed
+    recorder = DirectRecorder(Setup(server.url, None, KEYS.namespace, "w1", ["default"], slot=3))
+    recorded = recorder.record(Ok("a", b"PICKLE", ""), Direct(claimed.token, 0, "c1", repark=True))
+    assert recorded is not None and (recorded.room, recorded.parked) == (1, True)
+    assert r.lrange(KEYS.parked_children("w1"), 0, -1) == [KEYS.child_inbox("w1", 3).encode()]
 
 
 def test_a_child_that_cannot_reach_redis_leaves_the_outcome_to_its_worker(handed):
