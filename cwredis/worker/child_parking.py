@@ -38,7 +38,7 @@ from .. import job
 from ..argblobs import named_blobs
 from ..catalog import Catalog
 from ..keys import Keys
-from ..scripts import Claimed, parse_handed
+from ..script_types import Claimed, parse_handed
 from ..signing import Corrupt, Rejected, Signer
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Direct, Run, Setup, Took, Unparked

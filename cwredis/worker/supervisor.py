@@ -46,7 +46,7 @@ from typing import Sequence
 
 from .. import config
 from ..keys import DEFAULT_KEYS, Keys
-from ..scripts import Claimed
+from ..script_types import Claimed
 from ..signing import Signer
 from . import pacing
 from .attempts import Attempts, retry_delay_s
