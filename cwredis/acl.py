@@ -30,7 +30,7 @@ DATA = (
     "info", "time", "multi", "exec", "discard", "scan", "exists", "del", "pexpire", "pttl",
     "get", "set", "incr",
     "hset", "hget", "hmget", "hgetall", "hdel", "hincrby",
-    "lpush", "rpush", "lrange", "llen", "lrem", "ltrim", "lmove", "blmpop", "lmpop",
+    "lpush", "rpush", "rpop", "lrange", "llen", "lrem", "ltrim", "lmove", "blmpop", "lmpop",
     "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zpopmin",
     "spublish", "ssubscribe", "sunsubscribe",
 )
