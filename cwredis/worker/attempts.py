@@ -21,7 +21,8 @@ from ..signing import Signer
 from .direct import completion
 from .ledger import Ledger
 from .link import Link, LinkDown
-from .pool import Printed, Reported, Running
+from .pool import Printed, Reported
+from .slot import Running
 from .protocol import Err, Ok
 
 log = logging.getLogger("cwredis.worker")

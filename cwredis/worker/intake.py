@@ -43,7 +43,8 @@ from ..signing import Corrupt, Rejected, Signer
 from .ledger import Ledger
 from .lease import Lease
 from .link import Handed, Link, LinkDown
-from .pool import Pool, Running
+from .pool import Pool
+from .slot import Running
 from .protocol import Err
 from .stop import Step, StopRequest
 

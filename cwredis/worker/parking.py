@@ -44,7 +44,7 @@ import time
 from typing import Iterable
 
 from .link import Link, LinkDown
-from .pool import Slot
+from .slot import Slot
 
 #: How long a cancellation of a job the worker does not hold is kept while children are parked.
 CANCEL_KEEP_S = 5.0

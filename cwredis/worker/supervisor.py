@@ -5,12 +5,15 @@ long-lived child process. Its parts, each a module of this package:
 
 * :mod:`~cwredis.worker.pool` -- the children, the ``ready`` FIFO of claimed
   jobs, timeouts and deaths (pidfd), as typed events;
+* :mod:`~cwredis.worker.slot` -- one child: its process, pipes and pidfd, and the jobs written to it;
 * :mod:`~cwredis.worker.intake` -- the fetcher thread: claims, parking and
   the inbox of hand-offs, reconciliation;
 * :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
 * :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
 * :mod:`~cwredis.worker.recording` -- the round trip that writes them and claims, and reconciliation;
 * :mod:`~cwredis.worker.attempts` -- what follows an attempt's end: record, retry, fail, give back;
+* :mod:`~cwredis.worker.cutoffs` -- timeouts and cancellations;
+* :mod:`~cwredis.worker.parking` -- job processes parked on inboxes of their own;
 * :mod:`~cwredis.worker.link` -- every Redis call, with typed replies;
 * :mod:`~cwredis.worker.pacing` -- prefetch, write-ahead, shedding, just-in-time
   claims and record batching, as pure functions;
@@ -49,18 +52,21 @@ from ..keys import DEFAULT_KEYS, Keys
 from ..script_types import Claimed
 from ..signing import Signer
 from . import pacing
-from .attempts import Attempts, retry_delay_s
+from .attempts import Attempts
+from .cutoffs import Cutoffs
 from .intake import Intake
 from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
 from .parking import Parking, has_words
-from .pool import Died, Ended, LeftParking, Outdated, Pool, Printed, Reported, Running, Slot
+from .pool import Died, Ended, LeftParking, Outdated, Pool, Printed, Reported
+from .slot import Running, Slot
 from .protocol import Err, Ok, Recorded, Setup, Took, Unparked
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
+
 
 class Worker:
     """Claims jobs from ``queues`` and runs up to ``concurrency`` at once."""
@@ -91,11 +97,11 @@ class Worker:
         self._pool: Pool | None = None  # children start in run()
         self._intake: Intake | None = None
         self._recorder: Recorder | None = None
+        self._cutoffs_state: Cutoffs | None = None
         #: Running average of job durations, measured here; pacing's main input. Until
         #: measured, jobs are assumed slow: no prefetch.
         self.avg_job_s = config.SLOW_JOB_S
         self._stop_asked_at: float | None = None
-        self._cancels: set[str] = set()  # jobs to stop (cancel.lua asked, through our inbox)
         self._attempts = Attempts(self._ledger, self._link, self._signer)
         self._parking_state: Parking | None = None  # job processes parked on inboxes of their own: start()
         self._recheck_strays = False
@@ -109,6 +115,11 @@ class Worker:
     def _parking(self) -> Parking:
         assert self._parking_state is not None, "start() starts the parking"
         return self._parking_state
+
+    @property
+    def _cutoffs(self) -> Cutoffs:
+        assert self._cutoffs_state is not None, "start() starts the cutoffs"
+        return self._cutoffs_state
 
     @property
     def intake(self) -> Intake:
@@ -176,6 +187,7 @@ class Worker:
         setup = Setup(self.url, self._signer.secret, self._keys.namespace, self.worker_id, self.queues,
                       attention=self._parking.attention_w)
         self._pool = Pool(self.concurrency, setup, self._lock, slot=self._slot_class)
+        self._cutoffs_state = Cutoffs(self._pool, self._lock, self._attempts, self._parking, self._stop)
         self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
                               burst=self._burst, secret_source=self._secret_source)
         self._recorder = Recorder(self._link, self._lease, self._ledger, self._intake, self._pool, self._stop, self)
@@ -195,8 +207,7 @@ class Worker:
                 self.recorder.check_strays()
             except LinkDown as down:  # the lease thread looks again within a third of a lease
                 self._link.failed(down)
-        self._enforce_timeouts()
-        self._enforce_cancels()
+        self.jobs_done += self._cutoffs.enforce_timeouts() + self._cutoffs.enforce_cancels()
         self.pool.ask_back_stuck(time.monotonic() - pacing.stuck_after_s(self.avg_job_s))
         self.dispatch()
         self._call_back_parked()
@@ -313,55 +324,11 @@ class Worker:
             self._attempts.cut_short(event.running, "lost",
                                 f"the process running the job died (exit code {event.exit_code})", 0)
 
-    # -- phase: timeouts ----------------------------------------------------------------------
-
-    def _enforce_timeouts(self) -> None:
-        for slot in self.pool.expired(time.monotonic()):
-            died: Died = self.pool.died(slot)  # kills the job's whole process group
-            if (running := died.running) is None:
-                continue
-            self.jobs_done += 1
-            delay = retry_delay_s(running.claimed.attempts)
-            self._attempts.cut_short(running, "timeout",
-                                f"the job ran longer than its timeout of {running.spec.timeout_s:g}s", delay)
-
-    # -- phase: cancellations -------------------------------------------------------------------
+    # -- phase: timeouts and cancellations (cutoffs) ------------------------------------------
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Stop these jobs if we hold them (from the fetcher or a claim reply); the loop acts at once."""
-        with self._lock:
-            self._cancels.update(job_ids)
-        self._stop.wake()
-
-    def _enforce_cancels(self) -> None:
-        """Jobs whose cancellation was asked: a waiting one is dropped, a running one's process group killed;
-        each ends ``cancelled``. One written ahead is asked back first (it ends when it returns or starts);
-        an id we do not hold (finished already) is forgotten: its outcome is the one delivered."""
-        if not self._cancels:
-            return
-        pool = self.pool
-        with self._lock:
-            ids, self._cancels = self._cancels, set()
-            waiting = [r for r in pool.ready if r.id in ids]
-            for running in waiting:
-                pool.ready.remove(running)
-            heads = [s for s in pool.slots if (j := s.job) is not None and j.id in ids]
-            held = {r.id for s in pool.slots for r in s.sent} | {r.id for r in waiting}
-            self._parking.keep_cancels(ids - held)  # one may name a job a parked child just took
-            for slot in pool.slots:
-                for running in list(slot.sent)[1:]:
-                    if running.id in ids:
-                        self._cancels.add(running.id)  # looked at again once back in ready, or started
-                        if running.id not in slot.asked_back:
-                            slot.asked_back.add(running.id)
-                            slot.ask_back(running.id)
-        for running in waiting:
-            self._attempts.cancelled(running)
-        for slot in heads:
-            died = pool.died(slot)  # the job's whole process group, as for a timeout
-            if died.running is not None:
-                self.jobs_done += 1
-                self._attempts.cancelled(died.running)
+        """Stop these jobs if we hold them (the intake read their cancellation); the loop acts at once."""
+        self._cutoffs.cancel(job_ids)
 
     # -- phase: dispatch -----------------------------------------------------------------------
 
@@ -449,7 +416,7 @@ class Worker:
         if (running := event.running) is not None:  # it heads its slot now: timeouts and cancels see it
             with self._lock:
                 if self._parking.cancelled(running.id):
-                    self._cancels.add(running.id)  # asked before its Took reached us
+                    self._cutoffs.cancel_taken(running.id)  # asked before its Took reached us
         elif isinstance(message, Took):
             claimed = Claimed(message.job_id, message.token, message.spec_digest, message.function_digest,
                               message.args, message.attempts, message.generation)

@@ -23,7 +23,7 @@ from cwredis.keys import Keys
 from cwredis.scripts import Scripts
 from cwredis.worker import Worker
 from cwredis.worker.link import Handed
-from cwredis.worker.pool import Slot
+from cwredis.worker.slot import Slot
 from cwredis.worker.protocol import Run, Setup
 from cwredis.worker.stop import Step
 from helpers import TEST_SECRET, Outcomes, square, wait_for

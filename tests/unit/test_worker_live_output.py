@@ -10,7 +10,8 @@ from cwredis.job import Spec
 from cwredis.script_types import Claimed
 from cwredis.worker import attempts as attempts_module
 from cwredis.worker.attempts import Attempts
-from cwredis.worker.pool import Printed, Reported, Running
+from cwredis.worker.pool import Printed, Reported
+from cwredis.worker.slot import Running
 
 
 class FakeLedger:

@@ -17,7 +17,8 @@ from cwredis import ClientThread, job
 from cwredis.keys import Keys
 from cwredis.scripts import Scripts
 from cwredis.worker import Worker
-from cwredis.worker.pool import Ended, Running, Slot
+from cwredis.worker.pool import Ended
+from cwredis.worker.slot import Running, Slot
 from cwredis.worker.protocol import Ok, Run, Setup
 from helpers import TEST_SECRET, Outcomes, square, wait_for
 

@@ -12,7 +12,8 @@ from cwredis.job import Spec
 from cwredis.script_types import Claimed
 
 from cwredis import config
-from cwredis.worker.pool import SEPARATE_ARGS_BYTES, Pool, Running, Slot
+from cwredis.worker.pool import Pool
+from cwredis.worker.slot import SEPARATE_ARGS_BYTES, Running, Slot
 from cwredis.worker.protocol import MessagePipe, Ok, Run, Setup, read_exactly, write_all
 
 SETUP = Setup("redis://127.0.0.1:1/0", None, "cwtest", "w1", ["default"])
