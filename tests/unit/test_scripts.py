@@ -538,6 +538,19 @@ def test_the_sweep_of_an_expired_worker_unlists_its_parked_children(s, r):
     assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"] and not r.exists(KEYS.child_inbox("w1", 0))
 
 
+def test_the_sweep_refunds_a_job_handed_to_a_parked_child_that_never_read_it(s, r):
+    r.hset(KEYS.worker("w1"), mapping={"queues": "default", "concurrency": "2"})
+    park(s, r, "w1", idle_children=2)
+    mine = KEYS.child_inbox("w1", 1)
+    s.park(r, worker_id="w1", queues=["default"], child_inbox=mine)
+    submit(s, r, "a")  # handed to the parked job process's own inbox; the worker dies before it reads it
+    assert [c.id for c in parse_handed(r.lrange(mine, 0, -1)).claimed] == ["a"]
+    assert r.hget(KEYS.job("a"), job.ATTEMPTS) == b"1"
+    assert expire(s, r, now=int(time.time() * 1000) + 2 * LEASE_MS) == (1, 0, 0)
+    assert state(r, "a") == "pending" and r.hget(KEYS.job("a"), job.ATTEMPTS) == b"0"  # never started
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"] and not r.exists(mine)
+
+
 def test_shared_records_ttl_is_refreshed_only_once_it_ran_down_past_the_slack(s, r):
     submit(s, r, "a")  # blob_ttl_ms 60 s: slack 6 s
     spec = KEYS.spec("sp1")
