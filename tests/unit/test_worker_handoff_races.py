@@ -23,36 +23,13 @@ from cwredis.keys import Keys
 from cwredis.scripts import Scripts
 from cwredis.worker import Worker
 from cwredis.worker.link import Handed
-from cwredis.worker.slot import Slot
-from cwredis.worker.protocol import Run, Setup
+from cwredis.worker.protocol import Run
 from cwredis.worker.stop import Step
 from helpers import TEST_SECRET, Outcomes, square, wait_for
+from stub_slot import StubSlot
 
 KEYS = Keys()
 GATE_S = 10  # how long a gated step waits for the test (a bound, never reached when all goes well)
-
-
-class TestSlot(Slot):
-    """A slot whose "child" is the test: the jobs written to it are kept in ``runs``."""
-
-    __test__ = False
-
-    def spawn(self) -> None:
-        self.runs: list[Run] = []
-
-    @property
-    def alive(self) -> bool:
-        return True
-
-    def _send(self, message: Setup | Run) -> None:
-        if isinstance(message, Run):
-            self.runs.append(message)
-
-    def kill(self) -> int | None:
-        return -9
-
-    def shutdown(self, grace_s: float = 0.0) -> None:
-        pass
 
 
 class Gate:
@@ -81,7 +58,7 @@ class Gate:
 
 @pytest.fixture
 def worker(server) -> Iterator[Worker]:
-    w = Worker(server.url, concurrency=1, slot=TestSlot, secret=TEST_SECRET.encode())
+    w = Worker(server.url, concurrency=1, slot=StubSlot, secret=TEST_SECRET.encode())
     assert w.start()
     yield w
     w._stop.advance(Step.GRACEFUL)
@@ -109,7 +86,7 @@ def _start_fetcher(worker: Worker) -> None:
 
 def _runs(worker: Worker) -> list[Run]:
     slot = worker.pool.slots[0]
-    assert isinstance(slot, TestSlot)
+    assert isinstance(slot, StubSlot)
     return slot.runs
 
 

@@ -18,38 +18,13 @@ from cwredis.keys import Keys
 from cwredis.scripts import Scripts
 from cwredis.worker import Worker
 from cwredis.worker.pool import Ended
-from cwredis.worker.slot import Running, Slot
-from cwredis.worker.protocol import Ok, Run, Setup
+from cwredis.worker.slot import Running
+from cwredis.worker.protocol import Ok
 from helpers import TEST_SECRET, Outcomes, square, wait_for
+from stub_slot import StubSlot
 
 KEYS = Keys()
 SHORT_S = 0.001  # a measured average that makes the pacing prefetch (see test_worker_pacing)
-
-
-class StubSlot(Slot):
-    """A slot whose "child" is the test: what would be written to the process is kept in ``runs``."""
-
-    def spawn(self) -> None:
-        self.runs: list[Run] = []
-        self.functions = set()
-        self.env = None
-
-    @property
-    def alive(self) -> bool:
-        return True
-
-    def _send(self, message: Setup | Run) -> None:
-        if isinstance(message, Run):
-            self.runs.append(message)
-
-    def ask_back(self, job_id: str) -> None:
-        pass
-
-    def kill(self) -> int | None:
-        return -9
-
-    def shutdown(self, grace_s: float = 0.0) -> None:
-        pass
 
 
 @pytest.fixture
