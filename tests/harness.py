@@ -73,11 +73,25 @@ BIN_DIR = Path(sys.executable).parent
 # ---------------------------------------------------------------------- ports
 
 
+#: Ports free_port handed out in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, and not one this process handed out before.
+
+    Ports are often chosen for several servers before any of them binds (a
+    Sentinel set's three sentinels, a cluster's six nodes), and the kernel
+    may offer a port it has just offered: two sentinels once got the same
+    port, and one could not start.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # --------------------------------------------------------------------- /proc
