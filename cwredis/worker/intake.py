@@ -96,8 +96,12 @@ class Intake:
         self.claim_lock = threading.Lock()
         self.queues_empty = False  # the last claim came up short
         self.room = 0  # jobs submit may still hand us (parked while > 0): the fetcher waits on the inbox
+        # A hand-off took our last room (we are unparked) and no claim has run since: the job it
+        # handed may still re-park us through its job process (park.lua looks at the queues itself).
+        self.handed_last_room = False
         self.epoch = 0  # reconciliations so far: a hand-off read across one may be stale
         self.needs_reconcile = False
+        self._lapses_confirmed = 0  # the lease's lapses up to which hand-offs were confirmed (_take_jobs)
         self._unheld: set[str] = set()  # in-flight ids we did not hold at the last stray check
         self._secret_source = secret_source or "no secret (--insecure)"
         self._rejected_in_a_row = 0
@@ -170,6 +174,7 @@ class Intake:
         self.room = max(0, self.room - 1)
         if not self.room:
             self.queues_empty = False  # unparked with the last of our room (as in _take_jobs)
+            self.handed_last_room = True
 
     def take_from_child(self, claimed: Claimed) -> None:
         """A job submit.lua handed a parked child, which did not run it (it could not verify it itself):
@@ -192,14 +197,19 @@ class Intake:
                 used = len(claimed)
             else:
                 used = len(claimed)
-                if claimed and self._lease.may_have_expired():
+                lapses = self._lease.lapses
+                if claimed and (self._lease.may_have_expired() or lapses != self._lapses_confirmed):
+                    # Our lease may have run out while this was on its way -- or did, and a renewal since
+                    # re-registered us (a worker frozen in its blocking read): confirm the job is still ours.
                     claimed = self._confirm(claimed, "handed to us while our lease ran out, and since requeued")
+                    self._lapses_confirmed = lapses
             if used:
                 self.room = max(0, self.room - used)
                 if not self.room:
                     # submit.lua unparked us with the last of our room: jobs may queue unseen from
                     # now on, so the queues no longer count as empty (the next round trip claims).
                     self.queues_empty = False
+                    self.handed_last_room = True
             self._accept(claimed, 0, len(claimed), garbled)  # handed jobs: all charged at hand-off
 
     def _confirm(self, claimed: list[Claimed], gone: str) -> list[Claimed]:
@@ -233,6 +243,7 @@ class Intake:
             self._host.cancel(reply.cancels)
         self.queues_empty = len(reply.claimed) < wanted
         self.room = reply.room
+        self.handed_last_room = False
         return self._accept(reply.claimed, start_count, reply.handed, reply.garbled)
 
     def _accept(self, claimed: list[Claimed], start_count: int, handed: int, garbled: int) -> int:
@@ -374,6 +385,7 @@ class Intake:
             # unparked us, and a hand-off read meanwhile must then be confirmed (_take_jobs).
             self.epoch += 1
             self.room = 0  # unparked: release_inflight.lua wakes our fetcher, whose claim parks us again
+            self.handed_last_room = False
             released = self._link.release(owned(), unregister=False)
             self.needs_reconcile = False
         except LinkDown as down:

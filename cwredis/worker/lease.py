@@ -39,6 +39,9 @@ class Lease:
         self._reconnected = reconnected
         self.lease_ms = int(config.DEFAULT_LEASE_S * 1000)
         self.renewed = 0.0  # when the newest round trip that renewed our lease was sent (monotonic)
+        #: How many renewals found our lease had expired (we were stopped or cut off): a hand-off read
+        #: across one may have been requeued and run elsewhere since, however recent the renewal.
+        self.lapses = 0
 
     def renewing(self, round_trip: Callable[[], T]) -> T:
         """Run a round trip that renews our lease, noting when it was sent."""
@@ -59,7 +62,11 @@ class Lease:
         """
         info = {"host": socket.gethostname(), "pid": str(os.getpid()), **self._describe()}
         renewed_before = self.renewed
-        renewal = self.renewing(lambda: self._link.renew(self.lease_ms, info))
+        sent = time.monotonic()
+        renewal = self._link.renew(self.lease_ms, info)
+        if not renewal.was_valid and renewed_before:
+            self.lapses += 1  # before ``renewed`` moves: whoever sees the renewal sees the lapse
+        self.renewed = max(self.renewed, sent)
         if not renewal.was_valid and renewed_before:
             log.warning("worker %s: our lease had expired (were we stopped or cut off?); the coordinator "
                         "requeued our jobs and their results from here will be refused", self._link.worker_id)

@@ -195,3 +195,34 @@ def test_a_hand_off_read_across_a_reconciliation_that_left_it_is_kept(server, wo
     assert [run.job_id for run in _runs(worker)] == [job_id]
     fields = _fields(r, job_id)
     assert fields["s"] == "running" and fields["n"] == "1" and fields["k"] == "1"  # as handed: no give-back
+
+
+def test_a_hand_off_read_across_a_lapse_of_our_lease_is_confirmed_though_a_renewal_came_since(server, worker,
+                                                                                              client):
+    """A worker frozen in its blocking read (SIGSTOP): the server hands it a job, its lease runs out, the
+    coordinator requeues the job, and on waking its lease thread renews (re-registering it) before the
+    fetcher takes the hand-off. The renewal is recent, but it found the lease had lapsed: the hand-off is
+    confirmed, found requeued, and not run."""
+    r = server.client()
+    gate = Gate(worker, after=True)
+    _start_fetcher(worker)
+    wait_for(lambda: _parked(r, worker), timeout=10, message="the worker did not park")
+    t, _ = client
+    job_id = t.submit(square, 7)
+    assert gate.reached.wait(GATE_S)  # read, not yet taken: the worker is "frozen" here
+    later_ms = int(r.time()[0] * 1000) + 10 * worker._lease.lease_ms
+    recovered = Scripts(r, KEYS).requeue_expired(r, worker_id=worker.worker_id, forget_after_ms=0,
+                                                 result_ttl_ms=60_000, lost_body=b"", lost_error="lost",
+                                                 lost_traceback="", now_ms=later_ms)
+    assert recovered.requeued == 1 and r.lrange(KEYS.queue("default"), 0, -1) == [job_id.encode()]
+    worker._lease.renew()  # "thawed": the lease thread first; the lease had lapsed
+    assert worker._lease.lapses == 1 and not worker._lease.may_have_expired()
+    gate.open.set()
+    wait_for(lambda: worker.intake.room == 0, timeout=10, message="the fetcher did not take the hand-off")
+    assert worker.recorder.record()  # the loop's next round trip: it claims what is queued
+    wait_for(lambda: _runs(worker), timeout=10, message="the job did not run at all")
+    fields = _fields(r, job_id)
+    assert (fields["s"], fields["k"]) == ("running", "2"), "the requeued hand-off ran on its stale token"
+    assert [run.job_id for run in _runs(worker)] == [job_id]  # once: claimed afresh from the queue
+    head = worker.pool.slots[0].job
+    assert head is not None and head.claimed.token == "2" and not worker.pool.ready
