@@ -346,7 +346,10 @@ class Worker:
                         # unless outcomes must wait for a replica: only the worker's own
                         # recording does that (and resends what no replica confirmed).
                         running.direct = not pool.ready and not self._link.replica_ack
-                        running.repark = running.direct and self.intake.queues_empty
+                        # ...and re-parks us, with itself parked on an inbox of its own (parking), if
+                        # we were parked: the queues were empty, or a hand-off took our last room (a
+                        # worker with one job process is unparked by every hand-off).
+                        running.repark = running.direct and (self.intake.queues_empty or self.intake.handed_last_room)
                         slot.start(running)
                         self._mark_started(running)
                 if pool.ready and self._parking.count():

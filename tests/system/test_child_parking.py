@@ -54,8 +54,16 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def worker_parked(r, keys, worker) -> bool:
+    """Is ``worker`` listed idle on a queue (parked)?"""
+    return any(member.split(b":")[1] == str(worker.pid).encode()
+               for key in r.scan_iter(match=keys.idle("*")) for member in r.zrange(key, 0, -1))
+
+
 def park_a_child(t, r, keys, worker, marker: Path) -> int:
-    """Run one lone job; wait until its process is listed parked; that process's pid."""
+    """Once the worker parked (so the job is handed to it, not claimed), run one lone job; wait until its
+    process is listed parked; that process's pid."""
+    wait_for(lambda: worker_parked(r, keys, worker), timeout=10, message="the worker to park")
     job = t.submit(jobs_parking.pid_of, str(marker))
     wait_for(lambda: job in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the first job's result")
     wait_for(lambda: len(parked(r, keys, worker)) == 1, timeout=10, message="its job process to park")
@@ -81,9 +89,11 @@ class Client:
         return self.thread.submit(fn, *args)
 
 
-def test_a_lone_job_goes_to_the_parked_job_process_which_parks_again(cluster, procs, keys, tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_lone_job_goes_to_the_parked_job_process_which_parks_again(cluster, procs, keys, tmp_path, concurrency):
+    """With one job process too (the default): its worker, unparked by each hand-off, is re-parked by it."""
     queue, marker = unique("park"), tmp_path / "pids"
-    w = start_worker(procs, cluster.url, queue)
+    w = start_worker(procs, cluster.url, queue, concurrency)
     r = cluster.redis
     with Client(cluster.url, queue) as t:
         pid = park_a_child(t, r, keys, w, marker)
