@@ -98,6 +98,19 @@ def _parked(r: Any, worker: Worker) -> bool:
     return bool(r.exists(KEYS.parked(worker.worker_id)))
 
 
+def _held_hand_off(server, worker: Worker, client) -> tuple[Any, Gate, str]:
+    """Park the worker, submit a job: it is handed over and read, and held at the gate before the fetcher
+    takes it. Returns the server's client, the gate and the job id."""
+    r = server.client()
+    gate = Gate(worker, after=True)
+    _start_fetcher(worker)
+    wait_for(lambda: _parked(r, worker), timeout=10, message="the worker did not park")
+    t, _ = client
+    job_id = t.submit(square, 7)
+    assert gate.reached.wait(GATE_S)  # read, not yet taken
+    return r, gate, job_id
+
+
 def test_a_job_given_back_while_the_fetcher_waits_on_its_inbox_is_claimed_at_once(server, worker, client,
                                                                                   monkeypatch):
     """The stray check finds a hand-off not yet read, and the reconciliation gives it back (unparking
@@ -130,13 +143,7 @@ def test_a_hand_off_on_its_way_is_not_taken_for_a_stray(server, worker, client):
     """The fetcher has read a hand-off and not yet taken it when the lease thread looks for strays:
     the job is in our in-flight list and not held. That is no stray; giving it back would requeue
     a job about to start (and unpark us). It runs as handed: one attempt, its first token."""
-    r = server.client()
-    gate = Gate(worker, after=True)
-    _start_fetcher(worker)
-    wait_for(lambda: _parked(r, worker), timeout=10, message="the worker did not park")
-    t, outcomes = client
-    job_id = t.submit(square, 7)
-    assert gate.reached.wait(GATE_S)  # read, not yet taken
+    r, gate, job_id = _held_hand_off(server, worker, client)
     assert worker.pool.owned_ids() == [] and worker.intake.epoch == 0
     worker.check_strays()  # the lease thread's look
     assert not worker.intake.needs_reconcile, "a hand-off on its way was taken for a stray"
@@ -203,13 +210,7 @@ def test_a_hand_off_read_across_a_lapse_of_our_lease_is_confirmed_though_a_renew
     coordinator requeues the job, and on waking its lease thread renews (re-registering it) before the
     fetcher takes the hand-off. The renewal is recent, but it found the lease had lapsed: the hand-off is
     confirmed, found requeued, and not run."""
-    r = server.client()
-    gate = Gate(worker, after=True)
-    _start_fetcher(worker)
-    wait_for(lambda: _parked(r, worker), timeout=10, message="the worker did not park")
-    t, _ = client
-    job_id = t.submit(square, 7)
-    assert gate.reached.wait(GATE_S)  # read, not yet taken: the worker is "frozen" here
+    r, gate, job_id = _held_hand_off(server, worker, client)  # the worker is "frozen" here
     later_ms = int(r.time()[0] * 1000) + 10 * worker._lease.lease_ms
     recovered = Scripts(r, KEYS).requeue_expired(r, worker_id=worker.worker_id, forget_after_ms=0,
                                                  result_ttl_ms=60_000, lost_body=b"", lost_error="lost",
