@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import socket
 import threading
 import uuid
@@ -106,3 +108,24 @@ def pings(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+class UserModule:
+    """A module of the user's own (outside site-packages), imported from ``tmp_path/code`` -- the working
+    directory, as for a script run there -- and edited as a user fixes a bug (the fresh-code tests)."""
+
+    def __init__(self, tmp_path: Any, monkeypatch: Any, name: str, source: str) -> None:
+        code = tmp_path / "code"
+        code.mkdir()
+        self.path = code / f"{name}.py"
+        self.path.write_text(source)
+        monkeypatch.chdir(code)
+        monkeypatch.syspath_prepend(str(code))
+        self.mod = importlib.import_module(name)
+
+    def edit(self, source: str) -> None:
+        """Rewrite it a clock tick later, whatever the filesystem's timestamp resolution, and reload it here."""
+        self.path.write_text(source)
+        st = self.path.stat()
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        importlib.reload(self.mod)

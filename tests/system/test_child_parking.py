@@ -18,7 +18,6 @@ server and coordinator (``cluster``).
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import signal
@@ -31,7 +30,7 @@ import cwredis
 import jobs_parking
 from cwredis.job import STATE, TOKEN
 from helpers import admin_json, pid_alive, wait_for
-from sysutil import Outcomes, unique
+from sysutil import Outcomes, UserModule, unique
 
 pytestmark = pytest.mark.system
 
@@ -188,27 +187,21 @@ def test_a_parked_process_whose_code_changed_runs_nothing_and_the_job_runs_fresh
                                                                                  monkeypatch):
     """Fresh code: the parked process takes the job, finds a module it loaded changed, runs nothing; the worker
     replaces it and gives the job back (refunded), and it runs once, on the new code."""
-    queue, code = unique("park-fresh"), tmp_path / "code"
-    code.mkdir()
-    module = code / f"fresh_{queue.replace('-', '_')}.py"
-    module.write_text("import os\n\ndef f(x):\n    return x + 1, os.getpid()\n")
-    monkeypatch.chdir(code)
-    monkeypatch.syspath_prepend(str(code))
-    mod = importlib.import_module(module.stem)
+    queue = unique("park-fresh")
+    user = UserModule(tmp_path, monkeypatch, f"fresh_{queue.replace('-', '_')}",
+                      "import os\n\ndef f(x):\n    return x + 1, os.getpid()\n")
+    mod = user.mod
     w = start_worker(procs, cluster.url, queue)
     with Client(cluster.url, queue) as t:
         first = t.submit(mod.f, 1)
         wait_for(lambda: first in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the first result")
         wait_for(lambda: len(parked(cluster.redis, keys, w)) == 1, timeout=10, message="its process to park")
-        module.write_text("import os\n\ndef f(x):\n    return x + 100, os.getpid()\n")
-        st = module.stat()
-        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a clock tick later, whatever the fs
-        importlib.reload(mod)
+        user.edit("import os\n\ndef f(x):\n    return x + 100, os.getpid()\n")
         second = t.submit(mod.f, 1)
         wait_for(lambda: second in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the second result")
     (value, pid), (fresh, new_pid) = t.outcomes.results[first], t.outcomes.results[second]
     assert (value, fresh) == (2, 101) and new_pid != pid
-    assert f"{module.name} changed on disk" in w.log()
+    assert f"{user.path.name} changed on disk" in w.log()
     assert admin_json(cluster.url, "show", second)["attempts"] == 1  # given back unrun, then run once
     assert cluster.redis.hget(keys.job(second), TOKEN) == b"2"  # the hand-off's attempt, then the claim's
 

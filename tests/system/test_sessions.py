@@ -22,7 +22,7 @@ import cwredis
 import helpers
 from cwredis.keys import Keys
 from helpers import admin_json, executions, wait_for
-from sysutil import Outcomes, cw_admin, unique
+from sysutil import Outcomes, UserModule, cw_admin, unique
 
 pytestmark = pytest.mark.system
 
@@ -254,24 +254,14 @@ def test_requeue_failed_of_a_session_job_reaches_the_next_attachment(cluster, tm
 
 def test_a_module_edited_between_two_runs_gives_the_new_result(cluster, procs, tmp_path, monkeypatch):
     """Fresh code: the same long-lived job process would still hold the old module; it is replaced."""
-    import importlib
-
     queue = unique("fresh")
-    code = tmp_path / "code"
-    code.mkdir()
-    module = code / f"fresh_{queue.replace('-', '_')}.py"
-    module.write_text("def f(x):\n    return x + 1\n")
-    monkeypatch.chdir(code)
-    monkeypatch.syspath_prepend(str(code))
-    mod = importlib.import_module(module.stem)
+    user = UserModule(tmp_path, monkeypatch, f"fresh_{queue.replace('-', '_')}", "def f(x):\n    return x + 1\n")
+    mod = user.mod
     w = worker(procs, cluster.url, queue, concurrency=1)
     with cwredis.Executor(url=cluster.url, queue=queue) as ex:
         assert ex.submit(mod.f, 1).result(JOB_TIMEOUT_S) == 2
         assert ex.submit(mod.f, 2).result(JOB_TIMEOUT_S) == 3  # the same process, module unchanged
-    module.write_text("def f(x):\n    return x + 100\n")  # the user fixes the bug
-    st = module.stat()
-    os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a clock tick later, whatever the fs
-    importlib.reload(mod)
+    user.edit("def f(x):\n    return x + 100\n")  # the user fixes the bug
     with cwredis.Executor(url=cluster.url, queue=queue) as ex:
         assert ex.submit(mod.f, 1).result(JOB_TIMEOUT_S) == 101
-    assert w.alive() and f"{module.name} changed on disk" in w.log()
+    assert w.alive() and f"{user.path.name} changed on disk" in w.log()
