@@ -171,9 +171,15 @@ class Intake:
 
     def taken_by_child(self) -> None:
         """submit.lua handed a parked child of ours a job, which it runs: our room is one less (lock held)."""
-        self.room = max(0, self.room - 1)
+        self._use_room(1)
+
+    def _use_room(self, handed: int) -> None:
+        """Hand-offs used ``handed`` of our room (lock or claim lock held)."""
+        self.room = max(0, self.room - handed)
         if not self.room:
-            self.queues_empty = False  # unparked with the last of our room (as in _take_jobs)
+            # submit.lua unparked us with the last of our room: jobs may queue unseen from now on,
+            # so the queues no longer count as empty (the next round trip claims).
+            self.queues_empty = False
             self.handed_last_room = True
 
     def take_from_child(self, claimed: Claimed) -> None:
@@ -204,12 +210,7 @@ class Intake:
                     claimed = self._confirm(claimed, "handed to us while our lease ran out, and since requeued")
                     self._lapses_confirmed = lapses
             if used:
-                self.room = max(0, self.room - used)
-                if not self.room:
-                    # submit.lua unparked us with the last of our room: jobs may queue unseen from
-                    # now on, so the queues no longer count as empty (the next round trip claims).
-                    self.queues_empty = False
-                    self.handed_last_room = True
+                self._use_room(used)
             self._accept(claimed, 0, len(claimed), garbled)  # handed jobs: all charged at hand-off
 
     def _confirm(self, claimed: list[Claimed], gone: str) -> list[Claimed]:
