@@ -21,7 +21,7 @@ import time
 from typing import Callable, TypeVar
 
 from .. import config
-from .link import Link, LinkDown
+from .link import Link, LinkDown, Renewal
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
@@ -62,11 +62,14 @@ class Lease:
         """
         info = {"host": socket.gethostname(), "pid": str(os.getpid()), **self._describe()}
         renewed_before = self.renewed
-        sent = time.monotonic()
-        renewal = self._link.renew(self.lease_ms, info)
-        if not renewal.was_valid and renewed_before:
-            self.lapses += 1  # before ``renewed`` moves: whoever sees the renewal sees the lapse
-        self.renewed = max(self.renewed, sent)
+
+        def round_trip() -> Renewal:
+            renewal = self._link.renew(self.lease_ms, info)
+            if not renewal.was_valid and renewed_before:
+                self.lapses += 1  # before ``renewed`` moves: whoever sees this renewal sees the lapse
+            return renewal
+
+        renewal = self.renewing(round_trip)
         if not renewal.was_valid and renewed_before:
             log.warning("worker %s: our lease had expired (were we stopped or cut off?); the coordinator "
                         "requeued our jobs and their results from here will be refused", self._link.worker_id)
