@@ -25,6 +25,8 @@ setup(
             # so one process left a core idle most of the time; files stay whole on one process.
             "pytest-xdist>=3.5",
             "fakeredis[lua]>=2.20",
+            # Throwaway certificates for the rediss:// tests (tests/system/test_tls.py).
+            "trustme>=1.0",
             "mypy>=1.5",
             # The two-user tests run the venv as another uid, which cannot enter /root/.pyenv, so
             # the venv falls back to the system Python (3.11.2 on Debian 12): redis-py needs this

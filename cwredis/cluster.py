@@ -43,7 +43,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from .connection import GuardedConnection
+from .connection import GuardedConnection, ListenerChecked
 from .keys import DEFAULT_KEYS
 
 log = logging.getLogger("cwredis")
@@ -128,10 +128,14 @@ class ClusterRouter:
                 self.nodes.append(node)
 
 
-class ClusterAwareConnection(GuardedConnection):
-    """A guarded connection that, on a cluster, goes to the primary serving the client's slot.
+class _ClusterRouting(redis.connection.AbstractConnection):
+    """What makes a connection cluster-aware; mixed into a redis-py connection class (below, twice).
 
-    On a single server it is a :class:`GuardedConnection` that asked ``INFO
+    (It derives from redis-py's ``AbstractConnection`` only so that its
+    ``super()`` calls, which reach the class it is mixed into, type-check.)
+
+    On a cluster the connection goes to the primary serving the client's
+    slot; on a single server it is its base class, having asked ``INFO
     cluster`` once per client. See the module docstring for the protocol.
     """
 
@@ -171,8 +175,11 @@ class ClusterAwareConnection(GuardedConnection):
             super().connect_check_health(check_health, retry_socket_connect)
             return
         self.host, self.port = node
-        # Past GuardedConnection's URL-file follower: a cluster's addresses come from the cluster.
-        super(GuardedConnection, self).connect_check_health(check_health, retry_socket_connect)
+        self._connect_to_node(check_health, retry_socket_connect)
+
+    def _connect_to_node(self, check_health: bool, retry_socket_connect: bool) -> None:
+        """Connect to ``self.host``/``self.port``, an address the cluster gave."""
+        super().connect_check_health(check_health, retry_socket_connect)
 
     def _find_primary(self, check_health: bool, retry_socket_connect: bool) -> None:
         """Ask the URL's node, then the other known ones, which primary serves our slot; connect to it."""
@@ -263,3 +270,22 @@ class ClusterAwareConnection(GuardedConnection):
     def _forget_primary(self) -> None:
         self._reconnect_later()
         self.router.forget()
+
+
+class ClusterAwareConnection(_ClusterRouting, GuardedConnection):
+    """A ``redis://`` connection (guarded, see :class:`GuardedConnection`) that finds our slot's primary."""
+
+    def _connect_to_node(self, check_health: bool, retry_socket_connect: bool) -> None:
+        # Past GuardedConnection's URL-file follower: a cluster's addresses come from the cluster.
+        super(GuardedConnection, self).connect_check_health(check_health, retry_socket_connect)
+
+
+class ClusterAwareSSLConnection(_ClusterRouting, redis.SSLConnection, ListenerChecked):
+    """A ``rediss://`` connection that finds our slot's primary (managed clusters mostly speak TLS).
+
+    Every node's certificate is checked as redis-py checks the URL's own:
+    against the CA and for the host name (the address the cluster gives for
+    the node, so the certificate must name it, as managed offerings' do).
+    Its TCP socket is :class:`ListenerChecked` before the handshake
+    (redis-py's ``SSLConnection`` wraps what the next class's ``_connect`` returns).
+    """

@@ -68,11 +68,13 @@ def connect(url: str, role: str) -> redis.Redis:
     ``redis://`` and ``unix://`` connections are guarded (:class:`GuardedConnection`):
     they check who listens on a loopback address before sending the password
     and, for a URL from the URL file, follow that file to a new address or
-    password. A ``redis://`` URL may name any node of a Cluster: its
-    connections then go to the primary of the namespace's slot
-    (:mod:`cwredis.cluster`).
+    password. ``rediss://`` connections check the listener too (the
+    certificate proves who the server is only when it is verified, and
+    ``?ssl_cert_reqs=none`` turns that off). A ``redis://`` or ``rediss://`` URL may
+    name any node of a Cluster: its connections then go to the primary of
+    the namespace's slot (:mod:`cwredis.cluster`).
     """
-    from .cluster import ClusterAwareConnection, ClusterRouter  # it builds on GuardedConnection, below
+    from .cluster import ClusterAwareConnection, ClusterAwareSSLConnection, ClusterRouter  # built on this module
 
     options: dict[str, Any] = {
         "client_name": f"cwredis-{role}", "socket_connect_timeout": SOCKET_TIMEOUT_S,
@@ -89,6 +91,9 @@ def connect(url: str, role: str) -> redis.Redis:
             options["router"] = ClusterRouter(_host_port(url))
         if isinstance(url, config.UrlFromFile):
             options["follower"] = UrlFollower(url)
+    elif scheme == "rediss":  # TLS, to a single server or any node of a cluster
+        options["connection_class"] = ClusterAwareSSLConnection
+        options["router"] = ClusterRouter(_host_port(url))
     try:
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
@@ -125,7 +130,26 @@ class UrlFollower:
                 "password": parsed.get("password"), "db": int(parsed.get("db", 0))}
 
 
-class GuardedConnection(redis.Connection):
+class ListenerChecked(redis.Connection):
+    """A TCP connection that, on a loopback address, first checks that the listener is our own user's.
+
+    Before anything is sent (the TLS handshake included): on a shared
+    machine anyone may listen on a loopback port, and the password would go
+    to them. See :func:`check_listener`.
+    """
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        if self.password:
+            try:
+                check_listener(sock)
+            except OSError:
+                sock.close()
+                raise
+        return sock  # type: ignore[no-any-return]
+
+
+class GuardedConnection(ListenerChecked):
     """A TCP or Unix-socket connection that sends a password only to its own user's listener.
 
     On a loopback address (where every user of the machine may listen) the
@@ -175,14 +199,7 @@ class GuardedConnection(redis.Connection):
                 raise
             sock.settimeout(self.socket_timeout)
             return sock
-        sock = super()._connect()
-        if self.password:
-            try:
-                check_listener(sock)
-            except OSError:
-                sock.close()
-                raise
-        return sock  # type: ignore[no-any-return]
+        return super()._connect()
 
     def _host_error(self) -> str:
         return self.path or super()._host_error()  # type: ignore[no-any-return]

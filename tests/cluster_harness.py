@@ -36,9 +36,12 @@ DEFAULT_HASH_TAG = "{cw}"
 class ClusterNode(Server):
     """A cluster-mode node (its node id and view of the cluster in ``nodes.conf`` in its data dir)."""
 
-    def __init__(self, base_dir: Path, password: str, *, aof: bool = True) -> None:
+    def __init__(self, base_dir: Path, password: str, *, aof: bool = True,
+                 announced_port: int | None = None) -> None:
         super().__init__(base_dir, aof=aof)
         self.password = password
+        #: The port the node tells clients (CLUSTER SLOTS, MOVED): its own, or a TLS front's (test_tls.py).
+        self.announced_port = announced_port or self.port
         self.url = f"redis://:{password}@127.0.0.1:{self.port}"
         self.bus_port = free_port()  # set, not the default port + 10000 (which may not exist)
         self._own: redis.Redis | None = None
@@ -51,6 +54,7 @@ class ClusterNode(Server):
             f"cluster-node-timeout {NODE_TIMEOUT_MS}",
             f'masterauth "{self.password}"',
             "cluster-replica-validity-factor 0",  # any replica may take over, however long it lagged
+            f"cluster-announce-port {self.announced_port}",
             "",
         ])
 
@@ -74,11 +78,17 @@ class LoopbackCluster:
     not serve the default namespace's slot, so every role must find it.
     """
 
-    def __init__(self, base_dir: Path, primaries: int = 3, *, aof: bool = True) -> None:
+    def __init__(self, base_dir: Path, primaries: int = 3, *, aof: bool = True, replicas: bool = True,
+                 announced_ports: list[int] | None = None) -> None:
+        """``announced_ports``: what each primary tells clients instead of its port (no replicas then:
+        a replica would reach its primary at that port too)."""
+        assert not (replicas and announced_ports), "replicas replicate from the announced port"
         self.password = secrets.token_hex(16)
-        self.primaries = [ClusterNode(base_dir / f"node-{i}", self.password, aof=aof) for i in range(primaries)]
+        self.primaries = [ClusterNode(base_dir / f"node-{i}", self.password, aof=aof,
+                                      announced_port=announced_ports[i] if announced_ports else None)
+                          for i in range(primaries)]
         self.replicas = [ClusterNode(base_dir / f"node-{primaries + i}", self.password, aof=aof)
-                         for i in range(primaries)]
+                         for i in range(primaries if replicas else 0)]
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -122,7 +132,7 @@ class LoopbackCluster:
                         states.append(node.client().execute_command("CLUSTER", "INFO").decode())
                     except redis.RedisError:
                         states.append("")
-            synced = all(self._replica_online(p) for p in self.primaries)
+            synced = not self.replicas or all(self._replica_online(p) for p in self.primaries)
             if synced and all("cluster_state:ok" in s and f"cluster_known_nodes:{len(self.nodes)}" in s for s in states):
                 return
             if time.monotonic() > deadline:
@@ -150,7 +160,7 @@ class LoopbackCluster:
             slot = client.execute_command("CLUSTER", "KEYSLOT", key)
             for shard in client.execute_command("CLUSTER", "SLOTS"):
                 if shard[0] <= slot <= shard[1]:
-                    return next(n for n in self.nodes if n.port == int(shard[2][1]))
+                    return next(n for n in self.nodes if n.announced_port == int(shard[2][1]))
         raise RuntimeError("no live node")
 
     def replica_of(self, primary: ClusterNode) -> ClusterNode:
