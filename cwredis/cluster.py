@@ -43,7 +43,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from .connection import GuardedConnection
+from .guarded import GuardedConnection
 from .keys import DEFAULT_KEYS
 
 log = logging.getLogger("cwredis")
