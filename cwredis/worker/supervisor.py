@@ -8,6 +8,8 @@ long-lived child process. Its parts, each a module of this package:
 * :mod:`~cwredis.worker.slot` -- one child: its process, pipes and pidfd, and the jobs written to it;
 * :mod:`~cwredis.worker.intake` -- the fetcher thread: claims, parking and
   the inbox of hand-offs, reconciliation;
+* :mod:`~cwredis.worker.admission` -- whether a job taken may run: verified, failed as corrupt, or
+  rejected (and the quarantine of a worker with the wrong secret);
 * :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
 * :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
 * :mod:`~cwredis.worker.recording` -- the round trip that writes them and claims, and reconciliation;
