@@ -17,7 +17,7 @@ import threading
 import time
 
 from stack import Stack
-from suite import fmt_run
+from results import fmt_run
 
 #: py-spy samples per second.
 SAMPLE_RATE_HZ = 250

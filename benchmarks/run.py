@@ -31,7 +31,8 @@ sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from harness import find_server_binary, raise_interrupt_on_termination  # noqa: E402
 from stack import Stack  # noqa: E402
-from suite import ALL, Suite, fmt_num, fmt_run  # noqa: E402
+from results import fmt_num, fmt_run  # noqa: E402
+from suite import ALL, Suite  # noqa: E402
 
 
 def print_table(results: dict, meta: dict) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from .connection import GuardedConnection, ListenerChecked
+from .guarded import GuardedConnection, ListenerChecked
 from .keys import DEFAULT_KEYS
 
 log = logging.getLogger("cwredis")

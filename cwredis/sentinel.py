@@ -14,7 +14,7 @@ What this module adds to redis-py's:
   through ``send_packed_command`` (as :class:`cwredis.connection.Pinned` and
   ``Subscription`` do) would go to the pool's default ``localhost:6379``
   instead. Ours resolves it on every (re)connect, and like
-  :class:`~cwredis.connection.GuardedConnection` sends the password on a
+  :class:`~cwredis.guarded.GuardedConnection` sends the password on a
   loopback address only to a listener of our own uid.
 * Replica acknowledgement: a submit batch and a worker's outcome batch are
   acknowledged (a submit returns, an outcome is taken as recorded) only after
@@ -43,7 +43,8 @@ import redis
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from .config import mask_url
-from .connection import GuardedConnection, describe
+from .connection import describe
+from .guarded import GuardedConnection
 from .errors import ConfigError
 
 log = logging.getLogger("cwredis")

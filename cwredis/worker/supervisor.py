@@ -8,7 +8,11 @@ long-lived child process. Its parts, each a module of this package:
 * :mod:`~cwredis.worker.slot` -- one child: its process, pipes and pidfd, and the jobs written to it;
 * :mod:`~cwredis.worker.intake` -- the fetcher thread: claims, parking and
   the inbox of hand-offs, reconciliation;
+* :mod:`~cwredis.worker.admission` -- whether a job taken may run: verified, failed as corrupt, or
+  rejected (and the quarantine of a worker with the wrong secret);
 * :mod:`~cwredis.worker.lease` -- the thread renewing our one lease;
+* :mod:`~cwredis.worker.collector` -- waiting on the children, and what each thing they said means;
+* :mod:`~cwredis.worker.shutdown` -- stopping in order: give back, let run, settle with Redis;
 * :mod:`~cwredis.worker.ledger` -- outcomes, requeues and start markers owed to Redis;
 * :mod:`~cwredis.worker.recording` -- the round trip that writes them and claims, and reconciliation;
 * :mod:`~cwredis.worker.attempts` -- what follows an attempt's end: record, retry, fail, give back;
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -49,20 +52,21 @@ from typing import Sequence
 
 from .. import config
 from ..keys import DEFAULT_KEYS, Keys
-from ..script_types import Claimed
 from ..signing import Signer
 from . import pacing
 from .attempts import Attempts
+from .collector import Collector
 from .cutoffs import Cutoffs
 from .intake import Intake
 from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
-from .parking import Parking, has_words
-from .pool import Died, Ended, LeftParking, Outdated, Pool, Printed, Reported
+from .parking import Parking
+from .pool import Pool
+from .shutdown import Shutdown
 from .slot import Running, Slot
-from .protocol import Err, Ok, Recorded, Setup, Took, Unparked
+from .protocol import Err, Setup
 from .stop import Step, StopRequest
 
 log = logging.getLogger("cwredis.worker")
@@ -97,11 +101,12 @@ class Worker:
         self._pool: Pool | None = None  # children start in run()
         self._intake: Intake | None = None
         self._recorder: Recorder | None = None
+        self._collector: Collector | None = None
+        self._shutdown: Shutdown | None = None
         self._cutoffs_state: Cutoffs | None = None
         #: Running average of job durations, measured here; pacing's main input. Until
         #: measured, jobs are assumed slow: no prefetch.
         self.avg_job_s = config.SLOW_JOB_S
-        self._stop_asked_at: float | None = None
         self._attempts = Attempts(self._ledger, self._link, self._signer)
         self._parking_state: Parking | None = None  # job processes parked on inboxes of their own: start()
         self._recheck_strays = False
@@ -130,6 +135,16 @@ class Worker:
     def recorder(self) -> Recorder:
         assert self._recorder is not None, "start() starts the recorder"
         return self._recorder
+
+    @property
+    def collector(self) -> Collector:
+        assert self._collector is not None, "start() starts the collector"
+        return self._collector
+
+    @property
+    def shutdown(self) -> Shutdown:
+        assert self._shutdown is not None, "start() starts the shutdown"
+        return self._shutdown
 
     # -- running ---------------------------------------------------------------------
 
@@ -191,16 +206,20 @@ class Worker:
         self._intake = Intake(self._link, self._lease, self._pool, self._ledger, self._stop, self._signer, self,
                               burst=self._burst, secret_source=self._secret_source)
         self._recorder = Recorder(self._link, self._lease, self._ledger, self._intake, self._pool, self._stop, self)
+        self._collector = Collector(self._pool, self._lock, self._attempts, self._parking, self._cutoffs_state,
+                                    self._intake, self._stop, self)
+        self._shutdown = Shutdown(self._link, self._pool, self._lock, self._ledger, self._attempts, self._parking,
+                                  self._intake, self._recorder, self.worker_id)
         return True
 
     def step(self, *, wait: bool = True) -> bool:
         """One turn of the main loop, phase by phase; False once the worker should stop."""
         if self._stop.hard:
-            self._stop_running_jobs()
+            self.shutdown.stop_running_jobs()
             return False
-        if self._stop.graceful and self._stopped_serving():
+        if self._stop.graceful and self.shutdown.stopped_serving():
             return False
-        self._wait_and_collect(self._sleep_s() if wait else 0.0)
+        self.collector.wait_and_collect(self._sleep_s() if wait else 0.0)
         if self._recheck_strays:  # the pipes were just read (check_strays)
             self._recheck_strays = False
             try:
@@ -218,60 +237,7 @@ class Worker:
         self._attempts.send_progress_if_due()
         return True
 
-    def _stopped_serving(self) -> bool:
-        """Stopping: hand back what has not started; True once nothing runs and nothing is owed."""
-        now = time.monotonic()
-        if self._stop_asked_at is None:
-            self._stop_asked_at = now
-        if self.intake.room:  # no more hand-offs; those not read yet go back
-            self.intake.room = 0
-            self.intake.needs_reconcile = True
-        with self._lock:
-            self._give_back_ready()
-            if self._parking.count():
-                self._parking.want_all()  # parked children come back first (parking)
-                return False
-            if any(s.sent for s in self.pool.slots):
-                return False
-            if not self._ledger and not self.intake.needs_reconcile:
-                return True
-        # Redis away: after WORKER_FINISH_S, leave what we owe to the coordinator (see config).
-        return self.recorder.retry_at > now and now - self._stop_asked_at > config.WORKER_FINISH_S
-
-    # -- phase: wait, then collect what the children said -------------------------------------
-
-    def _wait_and_collect(self, sleep_s: float) -> None:
-        """Sleep until a child speaks or dies, a deadline comes, or the stop request wakes us."""
-        # A fresh poll object each time: cheaper than multiprocessing's wait(). Every child
-        # is watched, idle ones too: the fetcher may start a job on one while we sleep here.
-        poller = select.poll()
-        watched: dict[int, tuple[Slot, bool] | None] = {self._stop.wake_fd: None, self._parking.attention_fd: None}
-        for slot in self.pool.slots:
-            if slot.out is not None and not self._parking.quiet(slot):
-                watched[slot.out.fileno()] = (slot, False)
-            if slot.pidfd is not None:
-                watched[slot.pidfd] = (slot, True)
-        for fd in watched:
-            poller.register(fd, select.POLLIN)
-        fired: dict[Slot, bool] = {}
-        for fd, _ in poller.poll(sleep_s * 1000):
-            if (target := watched[fd]) is None:
-                self._stop.drain()
-                self._parking.drain()
-            else:
-                fired[target[0]] = fired.get(target[0], False) or target[1]
-        for slot in self.pool.exited():  # no pidfd (an old kernel): polled
-            fired[slot] = True
-        for slot in self._parking.spoke(self.pool.slots):  # not waited on (see parking): looked at every turn
-            fired.setdefault(slot, False)
-        for slot, exited in fired.items():
-            # An exited child is handled as dead even if a process it forked holds its pipe open -- but a
-            # parked one's last words are read first: a Took puts the job it took at the head of the slot.
-            events = self.pool.read(slot) if exited and self._parking.holds(slot) and has_words(slot) else []
-            if exited and not any(isinstance(e, Died) for e in events):
-                events.append(self.pool.died(slot))
-            for event in (events if exited else self.pool.read(slot)):
-                self.handle(event)
+    # -- phase: wait (for the collector) ------------------------------------------------------
 
     def _sleep_s(self) -> float:
         now = time.monotonic()
@@ -283,46 +249,6 @@ class Worker:
             deadlines.append(now + self.recorder.due_in())
         deadlines += pacing.jit_wakeups((job.started for job in busy), now, self.avg_job_s)
         return pacing.sleep_s(deadlines, now)
-
-    def handle(self, event: Ended | Died | Reported | Printed | Outdated | LeftParking) -> None:
-        """Act on what the pool saw: a job's end, a child's death, a progress report or output, stale code,
-        a parked child's answer."""
-        if isinstance(event, LeftParking):
-            self._left_parking(event)
-        elif isinstance(event, Reported):
-            self._attempts.report(event)
-        elif isinstance(event, Printed):
-            self._attempts.printed(event)
-        elif isinstance(event, Outdated):
-            log.info("worker %s: %s changed on disk; replacing the job process that loaded it", self.worker_id,
-                     event.path)
-            died = self.pool.died(event.slot)  # a new process; jobs written ahead go back first in line
-            if died.running is not None and died.running.taken:  # its payload was the old child's: give it back
-                self._attempts.give_back(died.running)
-            elif died.running is not None:  # it never started: first in line, same attempt
-                with self._lock:
-                    self.pool.ready.appendleft(died.running)
-        elif isinstance(event, Ended):
-            with self._lock:
-                if isinstance(event.reply, Recorded) and event.reply.parked:
-                    self._parking.parked(event.slot)
-                    if self._stop.graceful or self.intake.quarantined:
-                        self._parking.want_all()
-                if (head := event.slot.job) is not None:
-                    self._mark_started(head)  # the job written ahead starts now
-                else:
-                    self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
-            self._finish_attempt(event.running, event.reply)
-        elif event.running is None:
-            log.warning("worker %s: an idle child died (exit code %s); started another", self.worker_id,
-                        event.exit_code)
-            with self._lock:
-                if self._parking.died(event.slot):  # it was parked: a job handed to it may wait unread
-                    self.intake.needs_reconcile = True
-        else:
-            self.jobs_done += 1
-            self._attempts.cut_short(event.running, "lost",
-                                f"the process running the job died (exit code {event.exit_code})", 0)
 
     # -- phase: timeouts and cancellations (cutoffs) ------------------------------------------
 
@@ -351,7 +277,7 @@ class Worker:
                         # worker with one job process is unparked by every hand-off).
                         running.repark = running.direct and (self.intake.queues_empty or self.intake.handed_last_room)
                         slot.start(running)
-                        self._mark_started(running)
+                        self.mark_started(running)
                 if pool.ready and self._parking.count():
                     self._parking.want(len(pool.ready))  # only parked children are idle: call them back
                 ahead = pacing.ahead(self.avg_job_s)
@@ -362,7 +288,7 @@ class Worker:
             if self.hunger() or self._ledger.starts:
                 self._lock.notify_all()  # the fetcher may wait for work
 
-    def _mark_started(self, running: Running) -> None:
+    def mark_started(self, running: Running) -> None:
         """A job heads its child now; if it was claimed ahead, charge its attempt (lock held)."""
         if running.prefetched:
             running.prefetched = False
@@ -405,29 +331,6 @@ class Worker:
 
     # -- parked children (cwredis.worker.parking) ---------------------------------------------
 
-    def _left_parking(self, event: LeftParking) -> None:
-        """A parked child answered: it took a job (runs it, or leaves it to us to verify), or it did not."""
-        message = event.message
-        with self._lock:
-            failed = isinstance(message, Unparked) and (message.failed or message.garbled)
-            self._parking.left(event.slot, listed=failed)
-            if failed:  # a job handed to it may wait unread in our in-flight list
-                self.intake.needs_reconcile = True
-            if event.running is not None:
-                self.intake.taken_by_child()  # (a job left to us counts when the intake takes it)
-            self._lock.notify_all()  # an idle child again (Unparked), or our room changed
-        if (running := event.running) is not None:  # it heads its slot now: timeouts and cancels see it
-            with self._lock:
-                if self._parking.cancelled(running.id):
-                    self._cutoffs.cancel_taken(running.id)  # asked before its Took reached us
-        elif isinstance(message, Took):
-            claimed = Claimed(message.job_id, message.token, message.spec_digest, message.function_digest,
-                              message.args, message.attempts, message.generation)
-            try:
-                self.intake.take_from_child(claimed)
-            except LinkDown:  # its records could not be loaded: the reconciliation gives it back
-                pass
-
     def _call_back_parked(self) -> None:
         """Call parked children back if jobs wait for them, or we reconcile, stop or are quarantined."""
         with self._lock:
@@ -436,26 +339,6 @@ class Worker:
         self._parking.unpark_due()
 
     # -- outcomes ------------------------------------------------------------------------------
-
-    def _finish_attempt(self, running: Running, reply: Ok | Err | Recorded) -> None:
-        """A child's reply ends an attempt: Ok/Err to record, or Recorded by the child itself."""
-        ended = reply.ended if isinstance(reply, Recorded) and reply.ended else time.monotonic()  # read late?
-        self.avg_job_s = pacing.average(self.avg_job_s, ended - running.started)
-        self.jobs_done += 1
-        if not isinstance(reply, Recorded):
-            self._attempts.record(running, reply)
-            return
-        self._attempts.recorded(running)
-        with self._lock:
-            if running.repark and reply.room:
-                self.intake.room = reply.room  # the child re-parked us: the fetcher waits on the inbox
-                if self._stop.graceful:
-                    self.intake.needs_reconcile = True  # re-parked as we stop: unpark
-            else:
-                self.intake.queues_empty = False  # not parked (a job was queued meanwhile?): claim
-            self._lock.notify_all()
-        if not reply.accepted:
-            log.warning("job %s: outcome dropped: this attempt no longer owns the job (lease expired)", running.id)
 
     def fail(self, running: Running, reply: Err) -> None:
         """End an attempt with a failure, queued for recording (the intake's rejected and corrupt jobs)."""
@@ -488,44 +371,6 @@ class Worker:
             info["quarantined"] = "1"
         return info
 
-    # -- stopping ------------------------------------------------------------------------------
-
-    def _give_back_ready(self) -> None:
-        """Stopping: claimed jobs that did not start go back unrun, attempt refunded (lock held)."""
-        ready = self.pool.ready
-        while ready:
-            running = ready.pop()
-            self._attempts.give_back(running)
-
-    def _stop_running_jobs(self) -> None:
-        """Second signal: kill the children now and give their jobs back without using an attempt."""
-        with self._lock:
-            self._give_back_ready()
-        stopped = self.pool.take_all_sent()
-        for running in stopped:
-            self._attempts.give_back(running)
-        if stopped:
-            log.warning("worker %s: stopped %d running job(s); they go back to their queues", self.worker_id,
-                        len(stopped))
-
     def finish(self) -> None:
-        """Stop the children; record what is owed, hand back the rest, unregister (for WORKER_FINISH_S at most)."""
-        self.pool.shutdown()  # a parked child exits too: it watches its pipe
-        self._parking.unlist_all()
-        deadline = time.monotonic() + config.WORKER_FINISH_S
-        while time.monotonic() < deadline:
-            if (self._ledger or self.intake.needs_reconcile) and not self.recorder.record(claim=False):
-                time.sleep(0.2)
-                continue
-            try:
-                with self.intake.claim_lock:
-                    self._link.release([], unregister=True)
-                break
-            except LinkDown as down:
-                self._link.failed(down)
-                time.sleep(0.2)
-        else:
-            log.warning("worker %s: cannot reach Redis to hand back its jobs; the coordinator will recover "
-                        "them when our lease expires", self.worker_id)
-        self._link.close()
-        self._parking.close()
+        """Stop the children; record what is owed, hand back the rest, unregister (cwredis.worker.shutdown)."""
+        self.shutdown.finish()

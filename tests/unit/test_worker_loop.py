@@ -58,7 +58,7 @@ def _finish(worker: Worker, running: Running, value: object) -> None:
     slot = worker.pool.slots[0]
     average = worker.avg_job_s
     assert slot.take(running.id) is running
-    worker.handle(Ended(slot, running, Ok(running.id, cloudpickle.dumps(value), "")))
+    worker.collector.handle(Ended(slot, running, Ok(running.id, cloudpickle.dumps(value), "")))
     worker.avg_job_s = average
 
 
@@ -99,7 +99,7 @@ def test_a_job_whose_process_dies_is_retried_then_fails_lost(server, worker, cli
         slot = worker.pool.slots[0]
         assert slot.job is not None and slot.job.id == job_id, f"attempt {attempt} did not start"
         assert _fields(r, job_id)["n"] == str(attempt)
-        worker.handle(worker.pool.died(slot))
+        worker.collector.handle(worker.pool.died(slot))
         worker.step(wait=False)  # records the requeue (or the failure)
     wait_for(lambda: outcomes.count() == 1, timeout=10, message="the failure")
     assert [e.reason for e in outcomes.errors[job_id]] == ["lost"]
