@@ -54,7 +54,11 @@ end
 keep_alive(spec_key, ttl)
 keep_alive(fn_key, ttl)
 keep_alive(env_key, ttl)
-local worker, room, since = pop_parked(ho, queue_name)
+-- The next parked worker is looked up only when a new job needs one: a lone
+-- job must not pop a second worker just to put it back (two writes to the
+-- append-only file per submit, on a fleet with idle workers).
+local worker, room, since
+local looked = false
 local queued, pending, attached, created = 0, {}, {}, {}
 for k = 7, #KEYS do
   local job_id, args = ARGV[i], ARGV[i + 1]
@@ -74,6 +78,10 @@ for k = 7, #KEYS do
     attached[#attached + 1] = {job_id, state, existing[2] or '0', outcome}
   elseif redis.call('EXISTS', KEYS[k]) == 0 then
     if attach ~= '' then created[#created + 1] = job_id end
+    if not looked then
+      worker, room, since = pop_parked(ho, queue_name)
+      looked = true
+    end
     if worker then
       redis.call('HSET', KEYS[k], 's', 'running', 'p', ARGV[1], 'a', args, 'w', worker,
                  'k', 1, 'n', 1, unpack(route))
@@ -83,7 +91,7 @@ for k = 7, #KEYS do
       room = room - 1
       if room == 0 then
         redis.call('DEL', ho.parked .. worker)
-        worker, room, since = pop_parked(ho, queue_name)
+        worker, looked = nil, false
       end
     else
       -- State (s: absent reads pending, see job_state), attempts (n), token (k) and

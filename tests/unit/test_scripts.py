@@ -158,6 +158,22 @@ def test_a_worker_with_room_left_stays_parked_first_in_line(s, r):
     assert len(inbox(r, "w1")) == 2 and len(inbox(r, "w2")) == 1 and r.zcard(KEYS.idle("default")) == 0
 
 
+def test_a_lone_job_looks_up_one_parked_worker_and_writes_nothing_for_the_others(server):
+    """Two parked workers of one slot each; a submit of one job hands it to the first and does not pop
+    the second just to put it back (on the real server, whose command counts say what ran)."""
+    r = server.client()
+    s = Scripts(r, Keys())
+    park(s, r, "w1")
+    park(s, r, "w2")
+    r.config_resetstat()
+    submit(s, r, "a")
+    stats = r.info("commandstats")
+    assert len(inbox(r, "w1")) == 1 and inbox(r, "w2") == []
+    assert stats["cmdstat_zpopmin"]["calls"] == 1, stats["cmdstat_zpopmin"]
+    assert "cmdstat_zadd" not in stats and "cmdstat_set" not in stats, stats
+    assert r.zrange(KEYS.idle("default"), 0, -1) == [b"w2"] and r.get(KEYS.parked("w2")) == b"1"
+
+
 def test_submit_skips_parked_workers_whose_lease_ran_out(s, r):
     park(s, r)
     r.zadd(KEYS.workers, {"w1": 1})  # its lease long expired: perhaps dead
