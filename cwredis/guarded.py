@@ -2,7 +2,8 @@
 
 Separate from :mod:`cwredis.connection` (which makes clients and sorts errors)
 because this is the trust boundary of a connection: on a loopback address,
-where every user of the machine may listen, :class:`GuardedConnection` checks
+where every user of the machine may listen, :class:`ListenerChecked` (which
+:class:`GuardedConnection` and the cluster's TLS connections build on) checks
 who listens before the handshake (:func:`check_listener`), and
 :class:`UrlFollower` lets a long-running role follow the URL file to a
 restarted server's new port or password. :mod:`cwredis.cluster` and
