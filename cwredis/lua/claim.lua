@@ -13,9 +13,13 @@
 -- The worker is unparked first, so no job can be handed to it while it
 -- claims; jobs handed to it before (still in its inbox, already in its
 -- in-flight list) are returned with the rest and count towards max_count.
--- Ids are moved from the queues with LMOVE, so an id is always in a queue or
--- the in-flight list: a crash at any point leaves it where the coordinator's
--- sweep of this worker finds it. Parking happens in the same step as finding
+-- Ids are moved from a queue a batch at a time: read (LRANGE), pushed onto the
+-- in-flight list (one LPUSH), then trimmed off the queue (one LTRIM) -- three
+-- entries in the append-only file per batch instead of an LMOVE per job.
+-- Pushing before trimming keeps every id in a queue or the in-flight list at
+-- each step, even if the script stopped half-way (an id in both is taken once:
+-- take() skips a job that is no longer pending), so it is always where the
+-- coordinator's sweep of this worker finds it. Parking happens in the same step as finding
 -- the queues empty, so no job can be queued unseen in between.
 -- Returns {claimed, dropped, handed, room}: claimed is a flat list of
 -- (id, token, spec, fn, args, attempts, generation) per job, attempts being
@@ -78,10 +82,15 @@ end
 local budget = max_count + 100
 for q = 5, #KEYS do
   while count < max_count and budget > 0 do
-    local job_id = redis.call('LMOVE', KEYS[q], inflight, 'RIGHT', 'LEFT')
-    if not job_id then break end
-    budget = budget - 1
-    take(job_id)
+    -- The oldest entries are at the right end; ids[#ids] is the oldest, taken first.
+    local ids = redis.call('LRANGE', KEYS[q], -math.min(max_count - count, budget, 1000), -1)
+    if #ids == 0 then break end
+    local oldest_first = {}
+    for k = #ids, 1, -1 do oldest_first[#oldest_first + 1] = ids[k] end
+    redis.call('LPUSH', inflight, unpack(oldest_first))  -- as LMOVE RIGHT LEFT one by one would leave it
+    redis.call('LTRIM', KEYS[q], 0, -(#ids + 1))
+    budget = budget - #ids
+    for _, job_id in ipairs(oldest_first) do take(job_id) end
   end
 end
 local room = 0

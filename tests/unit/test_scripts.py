@@ -124,6 +124,24 @@ def test_claim_starts_attempts_oldest_first_and_renews_the_lease(s, r):
     assert r.zscore(KEYS.workers, "w1") == T0 + LEASE_MS
 
 
+def test_claim_moves_its_batch_in_three_commands_oldest_first(server):
+    """20 queued, 12 claimed: the 12 oldest, in submission order; the in-flight list holds them as
+    LMOVEs one by one would have left it; the queue keeps the 8 newest in order; and the move was one
+    LPUSH and one LTRIM (what the append-only file gets), not an LMOVE per job."""
+    r = server.client()
+    s = Scripts(r, Keys())
+    ids = [f"j{i:02d}" for i in range(20)]
+    submit(s, r, *ids)
+    r.config_resetstat()
+    claimed, dropped = claim(s, r, n=12, start_count=12)
+    stats = r.info("commandstats")
+    assert [c.id for c in claimed] == ids[:12] and dropped == []
+    assert r.lrange(KEYS.inflight("w1"), 0, -1) == [i.encode() for i in reversed(ids[:12])]
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [i.encode() for i in reversed(ids[12:])]
+    assert "cmdstat_lmove" not in stats
+    assert stats["cmdstat_lpush"]["calls"] == 1 and stats["cmdstat_ltrim"]["calls"] == 1
+
+
 def test_claim_drops_queue_entries_that_name_no_pending_job(s, r):
     submit(s, r, "a")
     r.rpush(KEYS.queue("default"), "garbage")  # taken first
