@@ -63,4 +63,5 @@ for queue_name, ids in pairs(leaving) do
     end
   end
 end
+send_outcomes()
 return replies

@@ -75,4 +75,5 @@ if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
 for queue, count in pairs(done_in) do redis.call('HINCRBY', stats, 'done:' .. queue, count) end
 for queue, count in pairs(failed_in) do redis.call('HINCRBY', stats, 'failed:' .. queue, count) end
+send_outcomes()
 return flags

@@ -79,4 +79,5 @@ for k = 5, #KEYS, 2 do
 end
 if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
 wake(ho, woken, now)
+send_outcomes()
 return flags

@@ -124,4 +124,5 @@ if deadline < forget_before then
   redis.call('ZREM', workers, worker_id)
   redis.call('DEL', info)
 end
+send_outcomes()
 return {requeued, lost, dropped}

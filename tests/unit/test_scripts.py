@@ -253,6 +253,29 @@ def test_complete_records_once_and_refuses_a_stale_attempt(s, r):
     assert r.ttl(KEYS.job("a")) > 0
 
 
+def test_a_batchs_outcomes_for_one_client_are_numbered_and_appended_in_one_command_each(server):
+    """Five outcomes of one complete call, after one earlier outcome: numbered 2..6 in order, appended in
+    that order, published in that order -- by one INCRBY and one RPUSH (what the append-only file gets)."""
+    r = server.client()
+    s = Scripts(r, Keys())
+    submit(s, r, *"abcdef")
+    claimed, _ = claim(s, r, n=6, start_count=6)
+    complete(s, r, ok(claimed[0]))
+    listener = r.pubsub()
+    listener.ssubscribe(KEYS.channel("c1"))
+    assert listener.get_sharded_message(timeout=1)["type"] == "ssubscribe"
+    r.config_resetstat()
+    assert complete(s, r, *(ok(c, b"R" + c.id.encode()) for c in claimed[1:])) == [1] * 5
+    stats = r.info("commandstats")
+    expected = [f"{seq}\n{job_id}\n0\nok\nR{job_id}".encode() for seq, job_id in zip(range(2, 7), "bcdef")]
+    assert r.lrange(KEYS.results("c1"), 1, -1) == expected and r.get(KEYS.result_seq("c1")) == b"6"
+    published = [listener.get_sharded_message(timeout=1) for _ in range(5)]
+    assert [m["data"] for m in published if m] == expected
+    assert stats["cmdstat_incrby"]["calls"] == 1 and stats["cmdstat_rpush"]["calls"] == 1
+    assert "cmdstat_incr" not in stats
+    listener.close()
+
+
 def test_complete_counts_outcomes_in_all_and_per_queue(s, r):
     submit(s, r, "a", "b", "c")
     claimed, _ = claim(s, r, n=3)
