@@ -367,7 +367,11 @@ class ClientThread(threading.Thread):
                 needs_drain = False
                 while data is not None:
                     needs_drain = self._on_published(data) or needs_drain
-                    data = subscription.next(0.0)
+                    # Messages already read are taken at the next turn without a system call; only to read
+                    # a drain's worth of large outcomes' notices first is the socket looked at again now.
+                    # (Looking each time cost a lone job a poll() and a hand-over of the GIL to the thread
+                    # its callback just woke.)
+                    data = subscription.next(0.0) if needs_drain else None
                 self._deliver_attached()
                 periodic = bool(self.outstanding) and time.monotonic() - last_drain > SAFETY_POLL_S
                 if needs_drain or periodic:
