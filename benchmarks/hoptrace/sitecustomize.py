@@ -140,7 +140,8 @@ def install() -> None:
     _wrap("cwredis.submitter", "Submitter._submit_batch",
           _around("c_submit", "c_submitted", lambda a: [job_id for job_id, _ in a[2]]))
     _wrap("cwredis.outcome_list", "OutcomeList.parse", _on_result("c_published", lambda entry: entry.job_id))
-    _wrap_first([("cwredis.delivery", "Delivery.deliver"), ("cwredis.client", "ClientThread._deliver")],
+    # The older place first: an editable install's finder may supply cwredis.delivery to an old checkout too.
+    _wrap_first([("cwredis.client", "ClientThread._deliver"), ("cwredis.delivery", "Delivery.deliver")],
                 _around("c_callback", None, lambda a: [a[1]]))
     # worker (supervisor process)
     _wrap("cwredis.worker.intake", "Intake._take_handed",
