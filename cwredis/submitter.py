@@ -33,6 +33,11 @@ from .serialization import ENV, FUNCTION, capture_env, dumps_function, function_
 from .signing import Signer
 
 
+#: The last shared records a submitter used are kept while their function and environment are at most this
+#: big (a closure pickled by value with a large capture is not kept past its jobs).
+KEEP_LAST_RECORDS_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class SharedRecords:
     """What the jobs of one submit share and submit.lua stores once: the spec, function and environment.
@@ -142,8 +147,11 @@ class Submitter:
         self._by_reference: weakref.WeakKeyDictionary[Any, tuple[bytes, str, str]] = weakref.WeakKeyDictionary()
         # One SharedRecords per distinct (environment, function) while any job holds it: a function
         # pickled by value on every submit is then kept once, however many jobs wait. (The spec
-        # names the function, so it is made with them: none outlives the jobs that use it.)
+        # names the function, so it is made with them.) Only the last ones made outlive their jobs,
+        # if small (KEEP_LAST_RECORDS_BYTES): else a loop of lone jobs, each done before the next is
+        # submitted, made the spec and its digest again for every job (13 us of a submit's ~50).
         self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
+        self._last_shared: SharedRecords | None = None
         self._lock = threading.Lock()
         # Repeated large arguments become blobs, stored once -- not in a session, whose job ids
         # come from the pickled arguments (see cwredis.argblobs).
@@ -210,6 +218,8 @@ class Submitter:
                 spec_fields, spec_digest = self._spec(env_digest, fn_digest)
                 shared = SharedRecords(spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob)
                 self._shared[(env_digest, fn_digest)] = shared
+                if len(fn_blob) + len(env_blob) <= KEEP_LAST_RECORDS_BYTES:
+                    self._last_shared = shared
         return shared
 
     def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> list[Attached]:
