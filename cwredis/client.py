@@ -1,19 +1,14 @@
-"""ClientThread: submit jobs, and a background thread that delivers their outcomes.
+"""ClientThread: submit jobs, wait for them, and a background thread that receives their outcomes.
 
 Outcomes wait durably in the client's list in Redis and are also published
 on the client's channel, so a listening client runs the callback straight
 from the message; pub/sub is only a shortcut, and :mod:`cwredis.outcome_list`
-reads and trims the list. An outcome seen twice (published and read, or
-after a server restart lost a trim) is recognised by its job id and
-generation and dropped, so each job gets one callback. A stopping client
-trims what it delivered and, with nothing left, deletes its list and counter.
-
-A server restarted from older data (its last second of writes lost) may have
-lost jobs whose submit returned. The client keeps each unfinished job's
-sealed arguments (and, shared per function, its records) until the outcome
-arrives; after every reconnect, and whenever the server's ``run_id`` shows it
-restarted unseen, it drains its list, asks which of those jobs the server no
-longer holds (pipelined EXISTS) and submits them again under the same ids.
+reads and trims the list. :mod:`cwredis.delivery` turns each outcome into
+one callback (an outcome seen twice is dropped there) and keeps the table
+of unfinished jobs. A stopping client trims what it delivered and, with
+nothing left, deletes its list and counter. Jobs a server restarted from
+older data lost after their submit returned are submitted again
+(:mod:`cwredis.lost_jobs`).
 """
 
 from __future__ import annotations
@@ -24,16 +19,17 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 
 from . import config, progressbar
 from .connection import Subscription, connect, describe, is_transient
 from .reachability import Reconnector, check_can_start
-from .errors import RemoteError
+from .delivery import Delivery, ErrorCallback, ProgressCallback, Resubmission, ResultCallback
 from .keys import DEFAULT_KEYS, Keys
+from .lost_jobs import LossWatch
 from .outcome_list import OutcomeEntry, OutcomeList
-from .outcomes import Decoded, decode
+from .outcomes import Decoded
 from .scripts import Scripts
 from .serialization import retry_on_names
 from .session import SessionKeys
@@ -42,24 +38,9 @@ from .submitter import Attached, SharedRecords, Submitter, chunked, job_batches
 
 log = logging.getLogger("cwredis.client")
 
-ResultCallback = Callable[[str, Any], None]
-ErrorCallback = Callable[[str, RemoteError], None]
-ProgressCallback = Callable[[str, float, "str | None"], None]
-
 #: Even without a pub/sub wake-up (one lost in a blip), outstanding outcomes
 #: are looked for this often.
 SAFETY_POLL_S = 2.0
-
-#: After the server may have lost writes, this many outstanding jobs are
-#: checked for existence per round trip (pipelined EXISTS).
-LOSS_CHECK_BATCH = 1000
-
-
-class Resubmission(NamedTuple):
-    """What submitting an unfinished job again takes; kept until its outcome arrives."""
-
-    shared: SharedRecords
-    args: bytes
 
 
 def _resolve(url: str | None, host: str | None) -> str:
@@ -99,12 +80,7 @@ class ClientThread(threading.Thread):
     ) -> None:
         super().__init__(name="cwredis-client", daemon=True)
         self.url = _resolve(url, host)
-        self.callback = callback
-        self.error_callback = error_callback
-        self.progress_callback = progress_callback
         self.forward_output = forward_output
-        self.done_count = 0
-        self.failed_count = 0
         self.client_id = secrets.token_urlsafe(9)
         self._keys = keys
         if isinstance(secret, str):
@@ -123,22 +99,15 @@ class ClientThread(threading.Thread):
             client_id=self.client_id, queue=queue, timeout_s=timeout, max_attempts=max_attempts,
             forward_output=forward_output, session=session or "", retry_on=retry_on_names(retry_on))
         self._channel = keys.channel(self.client_id)
-        self._cond = threading.Condition()
-        # Job id -> how to submit it again; None while its submit has not returned.
-        self._pending: dict[str, Resubmission | None] = {}
-        self._failed_seen: dict[str, int] = {}  # failed job id -> generation delivered (requeue-failed may revive it)
-        self._first_error: RemoteError | None = None
+        self._delivery = Delivery(self._signer, self.client_id, callback=callback, error_callback=error_callback,
+                                  progress_callback=progress_callback, forward_output=forward_output)
+        # The unfinished jobs and their lock, which the delivery owns: the submitting side adds to them.
+        self._cond, self._pending = self._delivery.cond, self._delivery.pending
         self._outcomes = OutcomeList(self._redis, self._scripts, keys, self.client_id)
-        # The server may have lost writes (we lost the connection, or its run_id changed):
-        # look for jobs it no longer holds. _loss_checks counts the checks begun, so a
-        # submit that was in flight during one knows to ask for another.
-        self._loss_suspected = False
-        self._loss_checks = 0
-        self._run_id: object = None  # the server's INFO run_id at our last drain
+        self._losses = LossWatch(self._redis, keys, self._submitter, self._delivery, self.client_id)
         # Outcomes a session already held when we submitted (see submit.lua), for this
         # thread to deliver: callbacks run on it only.
         self._attached: collections.deque[Attached] = collections.deque()
-        self._cancelled_here: set[str] = set()  # cancelled through us: wait() does not raise for them
 
     # -- submitting ----------------------------------------------------------
 
@@ -185,7 +154,7 @@ class ClientThread(threading.Thread):
             with self._cond:
                 for job_id, _ in batch:
                     self._pending[job_id] = None
-                checks = self._loss_checks
+                checks = self._losses.checks
             try:
                 attached = self._submitter.submit(shared, batch)
             except BaseException as exc:
@@ -202,27 +171,15 @@ class ClientThread(threading.Thread):
                 for job_id, args in batch:
                     if job_id in self._pending:  # else its outcome came already
                         self._pending[job_id] = Resubmission(shared, args)
-                if self._loss_checks != checks:  # a check began while this batch was in flight: it missed it
-                    self._loss_suspected = True
+                if self._losses.checks != checks:  # a check began while this batch was in flight: it missed it
+                    self._losses.suspected = True
                 finished = [a for a in attached if a.kind]  # in an earlier run
                 if finished_to is None:
                     self._attached.extend(finished)  # delivered by the results thread, as callbacks
             if finished_to is not None:
-                self._hand_over(finished, finished_to)
+                self._delivery.hand_over(finished, finished_to)
             elif finished:
                 self._wake_results_thread()
-
-    def _hand_over(self, finished: list[Attached], to: dict[str, Decoded]) -> None:
-        """Outcomes a session kept, decoded for the caller (``Executor.map`` resuming): no callback, no
-        Future, no trip through the results thread -- what makes a resume fast."""
-        for found in finished:
-            decoded = to[found.job_id] = self._decode(found.job_id, found.generation, found.kind, found.body)
-            with self._cond:
-                self._pending.pop(found.job_id, None)
-            if decoded.ok:
-                self.done_count += 1
-            else:
-                self.failed_count += 1
 
     def _wake_results_thread(self) -> None:
         """A message on our own channel: the results thread looks at _attached and the stop request now."""
@@ -234,6 +191,16 @@ class ClientThread(threading.Thread):
     @property
     def submitter(self) -> Submitter:
         return self._submitter
+
+    @property
+    def done_count(self) -> int:
+        """Jobs whose result was delivered."""
+        return self._delivery.done_count
+
+    @property
+    def failed_count(self) -> int:
+        """Jobs whose error was delivered."""
+        return self._delivery.failed_count
 
     # -- cancelling ------------------------------------------------------------
 
@@ -252,12 +219,12 @@ class ClientThread(threading.Thread):
         words: dict[str, str] = {}
         for batch in chunked(job_ids, config.SUBMIT_BATCH):
             with self._cond:
-                self._cancelled_here.update(batch)
+                self._delivery.cancelled_here.update(batch)
             replies = self._reconnector.call(
                 lambda: self._scripts.cancel(self._redis, batch, stop_running=stop_running))
             words.update(zip(batch, replies))
         with self._cond:
-            self._cancelled_here.difference_update(j for j, word in words.items()
+            self._delivery.cancelled_here.difference_update(j for j, word in words.items()
                                                    if word not in ("cancelled", "stopping"))
         return words
 
@@ -313,7 +280,7 @@ class ClientThread(threading.Thread):
                     self._cond.wait(min(remaining, 0.2) if remaining is not None else 0.2)
                     if bar is not None:
                         bar.update(self.done_count - base[0], self.failed_count - base[1])
-                error, self._first_error = self._first_error, None
+                error = self._delivery.take_first_error()
         finally:
             if bar is not None:
                 bar.update(self.done_count - base[0], self.failed_count - base[1])
@@ -367,7 +334,11 @@ class ClientThread(threading.Thread):
                 needs_drain = False
                 while data is not None:
                     needs_drain = self._on_published(data) or needs_drain
-                    data = subscription.next(0.0)
+                    # Messages already read are taken at the next turn without a system call; only to read
+                    # a drain's worth of large outcomes' notices first is the socket looked at again now.
+                    # (Looking each time cost a lone job a poll() and a hand-over of the GIL to the thread
+                    # its callback just woke.)
+                    data = subscription.next(0.0) if needs_drain else None
                 self._deliver_attached()
                 periodic = bool(self.outstanding) and time.monotonic() - last_drain > SAFETY_POLL_S
                 if needs_drain or periodic:
@@ -377,8 +348,8 @@ class ClientThread(threading.Thread):
                     if not self._outcomes.trim():
                         self._drain()  # the list is not what we numbered: read it afresh
                         last_drain = time.monotonic()
-                if self._loss_suspected:
-                    self._resubmit_lost()
+                if self._losses.suspected:
+                    self._losses.resubmit_lost(self._drain)
                     last_drain = time.monotonic()
                 self._reconnector.succeeded()
             except Exception as exc:
@@ -387,8 +358,7 @@ class ClientThread(threading.Thread):
                 if subscription is not None:
                     subscription.close()
                 subscription = None
-                with self._cond:
-                    self._loss_suspected = True  # the server may have restarted from older data
+                self._losses.suspect()  # the server may have restarted from older data
                 self._reconnector.failed(exc)
         if subscription is not None:
             subscription.close()
@@ -397,7 +367,7 @@ class ClientThread(threading.Thread):
     def _on_published(self, data: bytes) -> bool:
         """Deliver a published outcome; True if it was too big to publish and must be read from the list."""
         if data.startswith(b"P\n"):
-            self._on_progress(data)
+            self._delivery.progress(data)
             return False
         if data == b"W":
             self._deliver_attached()
@@ -413,57 +383,18 @@ class ClientThread(threading.Thread):
         """Outcomes a session kept for jobs we submitted again (see :meth:`_submit`)."""
         while self._attached:
             found = self._attached.popleft()
-            self._deliver(found.job_id, found.generation, found.kind, found.body)
+            self._delivery.deliver(found.job_id, found.generation, found.kind, found.body)
 
     def _drain(self, *, look_for_restart: bool = False) -> None:
         """Deliver every outcome in our list (see OutcomeList.drain); with ``look_for_restart`` (on
         (re)subscribing and on the periodic safety poll: INFO is not free) note the server's run_id."""
         run_id = self._outcomes.drain(self._deliver_entry, look_for_restart=look_for_restart)
         if look_for_restart:
-            self._note_run_id(run_id)
+            self._losses.note_run_id(run_id)
 
     def _deliver_entry(self, entry: OutcomeEntry) -> None:
         if entry.job_id is not None:
-            self._deliver(entry.job_id, entry.generation, entry.kind, entry.body)
-
-    def _note_run_id(self, run_id: object) -> None:
-        """A server that restarted without our noticing (a proxy in between) may have lost writes too."""
-        if self._run_id is not None and run_id != self._run_id:
-            with self._cond:
-                self._loss_suspected = True
-        self._run_id = run_id
-
-    def _resubmit_lost(self) -> None:
-        """Submit again every job whose submit returned but that the server no longer holds.
-
-        The list is drained first, so a job whose record is gone for another
-        reason (a done record expires long before its outcome) has been
-        delivered by then and is not run again. An outcome the server lost
-        with its job is covered too: the job runs again and is delivered once.
-        """
-        self._drain()
-        with self._cond:
-            self._loss_suspected = False
-            self._loss_checks += 1
-            durable = [(job_id, kept) for job_id, kept in self._pending.items() if kept is not None]
-        try:
-            lost: dict[SharedRecords, list[tuple[str, bytes]]] = {}
-            for chunk in chunked(durable, LOSS_CHECK_BATCH):
-                pipe = self._redis.pipeline(transaction=False)
-                for job_id, _ in chunk:
-                    pipe.exists(self._keys.job(job_id))
-                for (job_id, kept), exists in zip(chunk, pipe.execute()):
-                    if not exists:
-                        lost.setdefault(kept.shared, []).append((job_id, kept.args))
-            for shared, jobs in lost.items():
-                self._submitter.submit(shared, jobs)  # submit.lua skips ids that exist: safe to repeat
-        except BaseException:
-            with self._cond:
-                self._loss_suspected = True
-            raise
-        if lost:
-            log.warning("client %s: the server lost %d job(s) after their submit returned (restarted from "
-                        "older data?); submitted them again", self.client_id, sum(map(len, lost.values())))
+            self._delivery.deliver(entry.job_id, entry.generation, entry.kind, entry.body)
 
     def _clean_up(self) -> None:
         """On stop: trim what was delivered; with nothing left in the list, delete it and its counter.
@@ -474,69 +405,3 @@ class ClientThread(threading.Thread):
             self._outcomes.trim(drop_if_empty=True)
         except Exception as exc:
             log.debug("client %s: could not trim its outcomes on stop: %s", self.client_id, describe(exc))
-
-    def _on_progress(self, data: bytes) -> None:
-        try:
-            _, raw_id, raw_fraction, message = data.decode("utf-8", "replace").split("\n", 3)
-            fraction = float(raw_fraction)
-        except ValueError:
-            return
-        if self.progress_callback is not None and raw_id in self._pending:
-            try:
-                self.progress_callback(raw_id, fraction, message or None)
-            except Exception:
-                log.exception("client %s: progress_callback for job %s raised", self.client_id, raw_id)
-
-    def _deliver(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> None:
-        """Verify, decode and deliver one outcome (on this thread only: that is what makes it once).
-
-        The job stays in ``_pending`` until its callback (or first error) is
-        done, so ``wait()`` cannot return between the two and miss the error.
-        """
-        with self._cond:
-            if job_id not in self._pending and self._failed_seen.get(job_id, generation) >= generation:
-                return  # a duplicate (published and read from the list), or not ours
-            # (else ours, or requeued by cw-admin after we saw it fail: a new outcome)
-            self._failed_seen.pop(job_id, None)
-        try:
-            decoded = self._decode(job_id, generation, kind, body)
-            if decoded.ok:
-                self.done_count += 1
-                if self.callback is not None:
-                    self._call_user(self.callback, job_id, decoded.value)
-            else:
-                self._deliver_error(job_id, generation, decoded.value)
-        finally:
-            with self._cond:
-                self._pending.pop(job_id, None)
-                self._cond.notify_all()
-
-    def _decode(self, job_id: str, generation: int, kind: bytes, body: bytes | memoryview) -> Decoded:
-        """Verify and decode one outcome, and forward the output it carries (if we forward output)."""
-        decoded = decode(self._signer, job_id, generation, kind, body)
-        if decoded.output and self.forward_output:
-            self._print_output(job_id, decoded.output)
-        return decoded
-
-    @staticmethod
-    def _print_output(job_id: str, output: str) -> None:
-        """A job's captured stdout/stderr, each line prefixed with its job id."""
-        lines = output.splitlines()
-        sys.stdout.write("".join(f"[{job_id}] {line}\n" for line in lines))
-        sys.stdout.flush()
-
-    def _deliver_error(self, job_id: str, generation: int, error: RemoteError) -> None:
-        self.failed_count += 1
-        with self._cond:
-            self._failed_seen[job_id] = generation
-            asked = error.reason == "cancelled" and job_id in self._cancelled_here  # not news to the caller
-            if self.error_callback is None and self._first_error is None and not asked:
-                self._first_error = error
-        if self.error_callback is not None:
-            self._call_user(self.error_callback, job_id, error)
-
-    def _call_user(self, fn: Callable[[str, Any], None], job_id: str, value: Any) -> None:
-        try:
-            fn(job_id, value)
-        except Exception:
-            log.exception("client %s: callback for job %s raised", self.client_id, job_id)

@@ -17,7 +17,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import redis
 
@@ -31,6 +31,11 @@ from .scripts import Scripts
 from .argblobs import ArgPickler, Pickled
 from .serialization import ENV, FUNCTION, capture_env, dumps_function, function_name
 from .signing import Signer
+
+
+#: The last shared records a submitter used are kept while their function and environment are at most this
+#: big (a closure pickled by value with a large capture is not kept past its jobs).
+KEEP_LAST_RECORDS_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
@@ -71,6 +76,11 @@ class Attached(NamedTuple):
                    state.decode(errors="replace") if isinstance(state, bytes) else str(state), gen, kind, body)
 
 
+#: Job ids drawn from the system's randomness at a time (see :func:`new_job_id`).
+_IDS_PER_DRAW = 256
+_ids: Iterator[str] = iter(())
+
+
 def new_job_id() -> str:
     """12 characters of [A-Za-z0-9_.] (72 random bits): unique without coordination, never starting with '-'.
 
@@ -79,8 +89,30 @@ def new_job_id() -> str:
     queue entry -- about 25 bytes less per queued job than 16 characters.
     The chance that two of ten million jobs alive at once share an id is
     about 1e-8 (n^2 / 2^73).
+
+    Ids are drawn ``_IDS_PER_DRAW`` at a time: one ``getrandom`` call per id
+    was 2.5 us of a lone submit and let the results thread take the GIL in
+    the middle of it. Threads share the draw (``next`` on a list iterator is
+    one step under the GIL); a forked child forgets it, or parent and child
+    would hand out the same ids.
     """
-    return base64.urlsafe_b64encode(secrets.token_bytes(9)).decode().replace("-", ".")
+    global _ids
+    try:
+        return next(_ids)
+    except StopIteration:
+        raw = base64.urlsafe_b64encode(secrets.token_bytes(9 * _IDS_PER_DRAW)).decode().replace("-", ".")
+        ids = iter([raw[i:i + 12] for i in range(0, len(raw), 12)])  # 9 bytes are exactly 12 characters
+        first = next(ids)
+        _ids = ids
+        return first
+
+
+def _forget_ids() -> None:
+    global _ids
+    _ids = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 class Submitter:
@@ -115,8 +147,11 @@ class Submitter:
         self._by_reference: weakref.WeakKeyDictionary[Any, tuple[bytes, str, str]] = weakref.WeakKeyDictionary()
         # One SharedRecords per distinct (environment, function) while any job holds it: a function
         # pickled by value on every submit is then kept once, however many jobs wait. (The spec
-        # names the function, so it is made with them: none outlives the jobs that use it.)
+        # names the function, so it is made with them.) Only the last ones made outlive their jobs,
+        # if small (KEEP_LAST_RECORDS_BYTES): else a loop of lone jobs, each done before the next is
+        # submitted, made the spec and its digest again for every job (13 us of a submit's ~50).
         self._shared: weakref.WeakValueDictionary[tuple[str, str], SharedRecords] = weakref.WeakValueDictionary()
+        self._last_shared: SharedRecords | None = None
         self._lock = threading.Lock()
         # Repeated large arguments become blobs, stored once -- not in a session, whose job ids
         # come from the pickled arguments (see cwredis.argblobs).
@@ -183,6 +218,8 @@ class Submitter:
                 spec_fields, spec_digest = self._spec(env_digest, fn_digest)
                 shared = SharedRecords(spec_digest, spec_fields, fn_digest, fn_blob, fn_name, env_digest, env_blob)
                 self._shared[(env_digest, fn_digest)] = shared
+                if len(fn_blob) + len(env_blob) <= KEEP_LAST_RECORDS_BYTES:
+                    self._last_shared = shared
         return shared
 
     def submit(self, shared: SharedRecords, jobs: Sequence[tuple[str, bytes]]) -> list[Attached]:

@@ -48,6 +48,21 @@ def _wrap(module: str, qualname: str, make):
     setattr(owner, name, functools.wraps(original)(make(original)))
 
 
+def _wrap_first(places: list[tuple[str, str]], make) -> None:
+    """:func:`_wrap` the first of ``places`` (module, qualname) that exists: a function that moved between
+    versions, so an old checkout is traced the same way; missing only if none does."""
+    for module, qualname in places:
+        try:
+            owner = importlib.import_module(module)
+            for part in qualname.split("."):
+                owner = getattr(owner, part)
+        except (ImportError, AttributeError):
+            continue
+        _wrap(module, qualname, make)
+        return
+    mark("missing", ",".join(f"{module}:{qualname}" for module, qualname in places))
+
+
 def _around(before: str | None, after: str | None, ids):
     """A wrapper marking ``before`` at entry and ``after`` at return, for each job id ``ids(args)`` names."""
     def make(original):
@@ -125,7 +140,9 @@ def install() -> None:
     _wrap("cwredis.submitter", "Submitter._submit_batch",
           _around("c_submit", "c_submitted", lambda a: [job_id for job_id, _ in a[2]]))
     _wrap("cwredis.outcome_list", "OutcomeList.parse", _on_result("c_published", lambda entry: entry.job_id))
-    _wrap("cwredis.client", "ClientThread._deliver", _around("c_callback", None, lambda a: [a[1]]))
+    # The older place first: an editable install's finder may supply cwredis.delivery to an old checkout too.
+    _wrap_first([("cwredis.client", "ClientThread._deliver"), ("cwredis.delivery", "Delivery.deliver")],
+                _around("c_callback", None, lambda a: [a[1]]))
     # worker (supervisor process)
     _wrap("cwredis.worker.intake", "Intake._take_handed",
           _around("w_handed", None, lambda a: [c.id for c in a[1].claimed]))

@@ -25,9 +25,9 @@ def test_every_hook_finds_its_function(tmp_path: Path) -> None:
     code = """if True:
         from cwredis.worker.freshness import CodeWatch
         CodeWatch().changed()
-        from cwredis import jobcontext, client, outcome_list, submitter
+        from cwredis import jobcontext, delivery, outcome_list, submitter
         from cwredis.worker import child_parking, direct, intake, pool
-        hooked = [submitter.Submitter._submit_batch, outcome_list.OutcomeList.parse, client.ClientThread._deliver,
+        hooked = [submitter.Submitter._submit_batch, outcome_list.OutcomeList.parse, delivery.Delivery.deliver,
                   intake.Intake._take_handed, pool.Slot.resend, CodeWatch.changed, jobcontext._enter,
                   jobcontext._leave, direct.DirectRecorder.record, child_parking.ChildParking.take]
         print(sum(hasattr(f, '__wrapped__') for f in hooked), len(hooked))

@@ -3,6 +3,7 @@ for a call without keyword arguments, without the empty dict and the PROTO heade
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 
@@ -19,6 +20,22 @@ def test_job_ids_are_twelve_key_safe_characters_never_starting_with_a_dash():
     assert all(re.fullmatch(r"[A-Za-z0-9_.]{12}", i) for i in ids)
     # Every character of the alphabet turns up (72 random bits, not fewer).
     assert set("".join(ids)) == set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.")
+
+
+def test_a_forked_child_draws_job_ids_of_its_own():
+    """Ids are drawn many at a time; a child forked with some left must not hand out the parent's next ones."""
+    new_job_id()  # a draw is under way: the rest of it is what a fork would copy
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave at once (no pytest teardown in here)
+        os.write(write_end, " ".join(new_job_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = set(pipe.read().split())
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and len(child_ids) == 100
+    assert child_ids.isdisjoint(new_job_id() for _ in range(100))
 
 
 def test_record_digests_are_eleven_characters_and_keyed():

@@ -78,6 +78,20 @@ def test_submit_queues_in_order_and_a_retried_submit_adds_nothing(s, r):
     assert state(r, "a") == "pending"
 
 
+def test_submits_of_one_scripts_object_to_other_queues_and_specs_each_go_where_they_say(s, r):
+    """Scripts keeps the part of submit.lua's arguments that repeats; a submit that differs gets its own."""
+    other = job.Spec(client="c1", queue="other", env="e1", timeout_s=None, max_attempts=2, function="fn1")
+    assert submit(s, r, "a") == 1
+    assert submit(s, r, "b", spec=other) == 1
+    assert submit(s, r, "c") == 1
+    assert s.submit(r, queue="default", spec_digest="sp2", spec_fields=SPEC.to_hash(), fn_digest="fn1",
+                    fn_blob=b"Ufn", fn_name="m.f", env_digest="e1", env_blob=b"Uenv", jobs=[("d", b"Uargs")],
+                    blob_ttl_ms=60_000) == 1
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"d", b"c", b"a"]
+    assert r.lrange(KEYS.queue("other"), 0, -1) == [b"b"]
+    assert [r.hget(KEYS.job(j), job.SPEC) for j in "acd"] == [b"sp1", b"sp1", b"sp2"]
+
+
 def test_a_pending_job_has_no_state_field_and_is_pending_again_without_one(s, r):
     submit(s, r, "a")
     assert job.STATE.encode() not in r.hkeys(KEYS.job("a")) and state(r, "a") == "pending"
