@@ -56,6 +56,9 @@ class DirectRecorder:
         self.inbox = self._keys.child_inbox(setup.worker_id, setup.slot) if setup.slot >= 0 else ""
         self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
+        #: Until when (time.monotonic()) our worker's lease is known to hold, from the last re-parking: a
+        #: hand-off read by then cannot have been requeued meanwhile (child_parking confirms one read later).
+        self.lease_holds_until = 0.0
 
     def connection(self) -> Pinned:
         """The child's one connection (opened on first use): recording, and parking on its inbox."""
@@ -85,11 +88,13 @@ class DirectRecorder:
         try:
             self.connection()
             assert self._scripts is not None
+            sent = time.monotonic()  # park.lua ran after this: the lease it read holds from here at least
             try:
                 replies = self._send(self._scripts, outcome, repark)
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
                 replies = self._send(self._scripts, outcome, repark)
-            room = int(replies[1]) if repark else 0
+            room, lease_left_ms = (int(replies[1][0]), int(replies[1][1])) if repark else (0, 0)
+            self.lease_holds_until = sent + lease_left_ms / 1000
             return Recorded(job_id, bool(int(replies[0][0])), room, parked=room > 0 and bool(self.inbox),
                             ended=time.monotonic())
         except Exception as exc:  # the worker records it instead
