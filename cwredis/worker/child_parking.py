@@ -32,7 +32,8 @@ worker's process group was stopped while the child blocked in its read, the
 server can complete the hand-off, the lease lapse and the coordinator
 requeue the job to another worker. Such a hand-off is confirmed first (one
 atomic read, :meth:`ChildParking._owned`): run if still ours under a live
-lease, dropped if requeued, and left to the worker -- which renews its lease
+lease, dropped if requeued (the worker reconciles, as after a failed read),
+and left to the worker -- which renews its lease
 and confirms as for its own hand-offs (``Intake._take_jobs``) -- if ours but
 the lease has lapsed. A lone job right after the last one never pays that
 read: the lease is renewed every third of itself.
@@ -136,12 +137,12 @@ class ChildParking:
             # Read later than our worker's lease was known to hold when we parked (were we frozen in this
             # read?): the job may have been requeued and run elsewhere since. Confirm it is still ours.
             owned = self._owned(claimed)
-            if owned is not OWNED:
-                if owned is LAPSED:  # ours, but requeued any moment now: the worker renews, then decides
+            if owned != OWNED:
+                if owned == LAPSED:  # ours, but requeued any moment now: the worker renews, then decides
                     self._urgent(Took(claimed.id, claimed.token, claimed.spec, claimed.function, claimed.args,
                                       claimed.attempts, claimed.generation, None, took))
-                else:
-                    self._urgent(Unparked(failed=owned is None))
+                else:  # requeued (or no answer): the worker reconciles, which also resets the room it thinks
+                    self._urgent(Unparked(failed=True))  # it has (this hand-off used one, server-side)
                 return None
         verified = self._verified(claimed)
         if verified is None:

@@ -60,6 +60,14 @@ def worker_parked(r, keys, worker) -> bool:
                for key in r.scan_iter(match=keys.idle("*")) for member in r.zrange(key, 0, -1))
 
 
+def lease_left_ms(r, keys, worker) -> float:
+    """How long ``worker``'s lease still runs, by the server's clock (inf: not registered)."""
+    seconds, micros = r.time()
+    deadlines = [score for member, score in r.zrange(keys.workers, 0, -1, withscores=True)
+                 if member.split(b":")[1] == str(worker.pid).encode()]
+    return deadlines[0] - (seconds * 1000 + micros // 1000) if deadlines else float("inf")
+
+
 def park_a_child(t, r, keys, worker, marker: Path) -> int:
     """Once the worker parked (so the job is handed to it, not claimed), run one lone job; wait until its
     process is listed parked; that process's pid."""
@@ -153,10 +161,13 @@ def test_a_hand_off_read_by_a_thawed_process_after_its_job_ran_elsewhere_is_not_
     """The worker and its job process are stopped (SIGSTOP) while that process blocks in its read of its inbox:
     the server completes the hand-off, the lease lapses, the coordinator requeues the job and another worker
     runs it. Thawed, the process reads the stale hand-off long after it parked: it confirms it, finds it
-    requeued, and runs nothing; the job ran once and was delivered once."""
+    requeued, and runs nothing; the job ran once and was delivered once, and the thawed worker runs the next."""
     queue, pids, runs = unique("park-thaw"), tmp_path / "pids", tmp_path / "runs"
     r = cluster.redis
     frozen = start_worker(procs, cluster.url, queue, concurrency=1)
+    # Its lease is the coordinator's 2 s only once it has renewed with that setting (started before the
+    # module's coordinator wrote it, it keeps the default 30 s until it has).
+    wait_for(lambda: lease_left_ms(r, keys, frozen) < 3_000, timeout=30, message="the worker to hold a 2 s lease")
     with Client(cluster.url, queue) as t:
         pid = park_a_child(t, r, keys, frozen, pids)
         [inbox] = parked(r, keys, frozen)
@@ -168,7 +179,7 @@ def test_a_hand_off_read_by_a_thawed_process_after_its_job_ran_elsewhere_is_not_
             assert not r.exists(inbox), "precondition: the stopped process's blocking read took the job"
             wait_for(lambda: r.hget(keys.job(job), STATE) != b"running", timeout=30,
                      message="the coordinator to requeue the job of the stopped worker")
-            start_worker(procs, cluster.url, queue, concurrency=1)
+            other = start_worker(procs, cluster.url, queue, concurrency=1)
             wait_for(lambda: job in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the job's result")
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -176,6 +187,9 @@ def test_a_hand_off_read_by_a_thawed_process_after_its_job_ran_elsewhere_is_not_
         wait_for(lambda: "since requeued; not running it" in frozen.log(), timeout=10,
                  message="the thawed process to drop the stale hand-off")
         time.sleep(0.5)  # a second run or delivery would come now
+        other.stop()
+        after = t.submit(jobs_parking.pid_of, str(pids))  # only the thawed worker serves the queue now
+        wait_for(lambda: after in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the thawed worker's next job")
     assert lines(runs) == [str(t.outcomes.results[job])] and t.outcomes.results[job] != pid
     assert [jid for _, jid in t.outcomes.calls].count(job) == 1 and t.outcomes.errors == {}
     assert r.hget(keys.job(job), TOKEN) == b"2"  # the second attempt's result: the requeue's
