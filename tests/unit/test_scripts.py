@@ -508,12 +508,6 @@ def test_a_child_that_parks_with_its_worker_gets_the_next_job_in_its_own_inbox(s
     assert not r.exists(KEYS.parked_children("w1")) and not r.exists(other)
 
 
-def test_the_lease_a_parked_child_may_count_on_is_at_most_the_coordinators_lease_timeout(s, r):
-    park(s, r, "w1", idle_children=1)  # a lease of LEASE_MS, and then the coordinator sets 5 s
-    r.hset(KEYS.config, "lease_ms", "5000")  # (its next renewal may end it 5 s after that renewal)
-    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0)) == [2, 5000]
-
-
 def test_a_worker_whose_lease_ran_out_parks_its_child_with_no_lease_left(s, r):
     park(s, r, "w1", idle_children=1)
     r.zadd(KEYS.workers, {"w1": int(time.time() * 1000) - 1})  # its lease ran out (not swept yet)
