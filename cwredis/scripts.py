@@ -266,11 +266,12 @@ class Scripts:
 
     def park(self, client: Any, *, worker_id: str, queues: Sequence[str], child_inbox: str = "",
              now_ms: int | None = None) -> Any:
-        """Give a parked worker one more job's room (a child of it recorded its own outcome); its room now.
+        """Give a parked worker one more job's room (a child of it recorded its own outcome); [its room now,
+        how long its lease still runs (ms)].
 
         With ``child_inbox``, the child also parks on that inbox of its own (cwredis.worker.parking)."""
         return self._run("park", client, [self.keys.parked(worker_id), self.keys.parked_children(worker_id),
-                                          *(self.keys.queue(q) for q in queues)],
+                                          self.keys.workers, *(self.keys.queue(q) for q in queues)],
                          [worker_id, self._idle_prefix, _clock(now_ms), child_inbox, *queues])
 
     def unpark_children(self, client: Any, *, worker_id: str, inboxes: Sequence[str], ttl_ms: int) -> Any:

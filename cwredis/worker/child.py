@@ -6,7 +6,8 @@ unpickles its function once. The supervising worker has already checked
 every signature of a job it writes to the pipe; the child only decodes and
 runs it. A job the child reads from its own inbox while parked
 (:mod:`cwredis.worker.child_parking`) it verifies itself before unpickling
-anything, and tells the worker it took it before it starts.
+anything, and tells the worker it took it before it starts. What the worker
+writes to it is read by :class:`~cwredis.worker.mailbox.Mailbox`.
 
 The messages are the named types of :mod:`cwredis.worker.protocol`: a
 :class:`Setup` first, then a :class:`Run` per job on the job pipe,
@@ -32,14 +33,12 @@ for the supervisor to handle gracefully) and dies with its supervisor
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import io
 import logging
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -58,8 +57,9 @@ from ..signing import Corrupt
 from .child_parking import ChildParking
 from .direct import DirectRecorder
 from .freshness import CodeWatch
+from .mailbox import INBOX, Mailbox
 from .protocol import (ChildMessage, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale,
-                       Unparked, Unsend, Unsent, read_exactly)
+                       Unparked)
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -261,99 +261,6 @@ class JobRunner:
         except Exception as exc:
             line = f"SerializationError: cannot pickle the result {type(result).__name__}: {error_line(exc)}"
             return Failed(ErrorRecord("exception", line, traceback.format_exc()))
-
-
-class Mailbox:
-    """Jobs written to us, and the "unsend" protocol, with no hand-off between threads per job.
-
-    The main thread waits for the job pipe to be readable, then reads it
-    under ``_lock``. Requests to give a job back come on a pipe of their own,
-    which a watcher thread reads -- it wakes only for those, never per job --
-    and answers, while the main thread runs a job: it reads whatever jobs are
-    waiting (under ``_lock``) and takes the one asked for out of the queue.
-    Neither thread holds ``_lock`` while it blocks; when the watcher has read
-    jobs out of the pipe, it wakes the main thread's wait through a pipe of
-    its own, so a job it queued is never left behind an empty job pipe.
-    """
-
-    def __init__(self, inbox: MessagePipe, control: MessagePipe, send: Callable[[ChildMessage], None]) -> None:
-        self._inbox = inbox
-        self._control = control
-        self._send = send
-        self._jobs: collections.deque[Run | Setup | None] = collections.deque()
-        self._lock = threading.Lock()
-        # select.poll, not Connection.poll: that builds a selector on every call. One poll
-        # object per thread: a poll object must not be polled by two threads at once.
-        self._waiter = select.poll()  # the main thread's blocking wait
-        self._peeker = select.poll()  # zero-timeout peeks, under _lock, from either thread
-        for poller in (self._waiter, self._peeker):
-            poller.register(inbox.fileno(), select.POLLIN)
-        # The watcher may read jobs out of the pipe after the main thread found none queued and
-        # before it waits on that pipe (at start-up, an Unsend can come before the first wait):
-        # it then wakes the main thread through this pipe, or the job would wait there unseen.
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._waiter.register(self._wake_r, select.POLLIN)
-        threading.Thread(target=self._watch, name="cw-mailbox", daemon=True).start()
-
-    def _read_waiting(self) -> None:
-        """Queue every message waiting in the job pipe (call with _lock held); None once it closed."""
-        while self._peeker.poll(0):
-            try:
-                message = self._inbox.recv()
-                if isinstance(message, Run) and message.args_follow:  # the worker writes them right after
-                    message = message._replace(args=read_exactly(self._inbox.fileno(), message.args_follow),
-                                               args_follow=0)
-                self._jobs.append(message)
-            except (EOFError, OSError):
-                self._jobs.append(None)  # the worker is gone or closed us
-                return
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                request: Unsend = self._control.recv()
-            except (EOFError, OSError):
-                return
-            with self._lock:
-                if self._jobs and self._jobs[-1] is None:
-                    return
-                self._read_waiting()
-                waiting = next((m for m in self._jobs if isinstance(m, Run) and m.job_id == request.job_id), None)
-                if waiting is not None:
-                    self._jobs.remove(waiting)
-            try:
-                os.write(self._wake_w, b"w")
-            except BlockingIOError:  # the pipe is full of wakes: the main thread wakes anyway
-                pass
-            self._send(Unsent(request.job_id, waiting is not None))
-
-    def next(self, inbox_fd: int | None = None) -> Run | Setup | None | object:
-        """The next message to act on; None once the worker closed us; INBOX when ``inbox_fd`` (a parked
-        child's socket, see child_parking) is readable and no message waits."""
-        while True:
-            with self._lock:
-                if self._jobs:
-                    return self._jobs.popleft()
-            if inbox_fd is not None:
-                self._waiter.register(inbox_fd, select.POLLIN)
-            try:
-                fired = self._waiter.poll()
-            finally:
-                if inbox_fd is not None:
-                    self._waiter.unregister(inbox_fd)
-            if any(fd == self._wake_r for fd, _ in fired):
-                try:  # (read only when woken: a failed read costs an exception on every job)
-                    os.read(self._wake_r, 4096)  # before looking at _jobs again: a later wake wakes the next wait
-                except BlockingIOError:
-                    pass
-            with self._lock:
-                self._read_waiting()
-                if not self._jobs and any(fd == inbox_fd for fd, _ in fired):
-                    return INBOX
-
-
-#: What Mailbox.next returns when a parked child's inbox answered.
-INBOX = object()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,18 @@ connection); a job it cannot check itself -- a bad signature, a missing or
 swapped record, argument blobs -- it does not run: it passes the envelope to
 the worker, which verifies, rejects (counting towards quarantine), fails or
 runs it as any claimed job. Fail closed: nothing unverified is unpickled here.
+
+A hand-off read later than the worker's lease was known to hold when the
+child parked (park.lua says how long it still ran) may be stale: if the
+worker's process group was stopped while the child blocked in its read, the
+server can complete the hand-off, the lease lapse and the coordinator
+requeue the job to another worker. Such a hand-off is confirmed first (one
+atomic read, :meth:`ChildParking._owned`): run if still ours under a live
+lease, dropped if requeued (the worker reconciles, as after a failed read),
+and left to the worker -- which renews its lease
+and confirms as for its own hand-offs (``Intake._take_jobs``) -- if ours but
+the lease has lapsed. A lone job right after the last one never pays that
+read: the lease is renewed every third of itself.
 """
 
 from __future__ import annotations
@@ -52,6 +64,9 @@ PARK_BLOCK_S = 30
 #: The inbox message that ends a parking without a job (unpark_children.lua).
 UNPARK = b"u"
 
+#: What ChildParking._owned finds of a hand-off read late.
+OWNED, LAPSED, GONE = "owned", "lapsed", "gone"
+
 
 class ChildParking:
     """One job process's parking on its inbox; see the module docstring."""
@@ -63,6 +78,7 @@ class ChildParking:
         self._signer = Signer(setup.secret)
         self._catalog = Catalog(None, self._keys, self._signer)  # fetched on our own connection (_fetch)
         self._attention = setup.attention
+        self._worker_id = setup.worker_id
         self.fd: int | None = None  # the socket, while our blocking read is out
         self.holding: str | None = None  # the job we took and run: what we say of it, the worker must see now
 
@@ -117,6 +133,17 @@ class ChildParking:
             self._urgent(Unparked(garbled=True))
             return None
         claimed, took = handed.claimed[0], time.monotonic()
+        if took > self._recorder.lease_holds_until:
+            # Read later than our worker's lease was known to hold when we parked (were we frozen in this
+            # read?): the job may have been requeued and run elsewhere since. Confirm it is still ours.
+            owned = self._owned(claimed)
+            if owned != OWNED:
+                if owned == LAPSED:  # ours, but requeued any moment now: the worker renews, then decides
+                    self._urgent(Took(claimed.id, claimed.token, claimed.spec, claimed.function, claimed.args,
+                                      claimed.attempts, claimed.generation, None, took))
+                else:  # requeued (or no answer): the worker reconciles, which also resets the room it thinks
+                    self._urgent(Unparked(failed=True))  # it has (this hand-off used one, server-side)
+                return None
         verified = self._verified(claimed)
         if verified is None:
             self._urgent(Took(claimed.id, claimed.token, claimed.spec, claimed.function, claimed.args,
@@ -129,6 +156,29 @@ class ChildParking:
             self.poke()  # its timeout must be watched from now
         self.holding = claimed.id
         return run
+
+    def _owned(self, claimed: Claimed) -> str | None:
+        """Is a hand-off read late still ours? OWNED (and our worker's lease holds), LAPSED (ours, but the
+        lease ran out: the coordinator may requeue it any moment), GONE (requeued: it runs elsewhere), or
+        None (no answer: the worker reconciles). One atomic read (MULTI/EXEC): the job's fence and the
+        lease as of one instant, so an OWNED job was not requeued before we tell the worker we took it."""
+        commands: list[tuple[object, ...]] = [
+            ("MULTI",), ("HMGET", self._keys.job(claimed.id), job.STATE, job.TOKEN, job.WORKER),
+            ("ZSCORE", self._keys.workers, self._worker_id), ("TIME",), ("EXEC",)]
+        try:
+            snapshot: Any = self._recorder.connection().pipeline(commands)[-1]  # EXEC's replies
+            fields, lease, server_time = snapshot
+        except Exception as exc:
+            log.debug("could not confirm job %s is still ours (%s)", claimed.id, exc)
+            self._recorder.drop()
+            return None
+        state, token, worker = (job.text(f) for f in fields)
+        if (state, token, worker) != (job.RUNNING, claimed.token, self._worker_id):
+            log.warning("job %s: handed to us while our worker's lease ran out, and since requeued; not running "
+                        "it", claimed.id)
+            return GONE
+        now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
+        return OWNED if lease is not None and float(lease) > now_ms else LAPSED
 
     def _verified(self, claimed: Claimed) -> tuple[job.Spec, Run] | None:
         """The job's spec and its Run, every part verified with our secret; None if any part is not."""

@@ -30,6 +30,9 @@ from .protocol import Direct, Ok, Recorded, Reply, Setup
 
 log = logging.getLogger("cwredis.worker.direct")
 
+#: How often a child reads the coordinator's lease timeout again (with a recording it makes anyway).
+LEASE_SETTING_REFRESH_S = 1.0
+
 
 def completion(token: str, generation: int, client: str, reply: Reply, signer: Signer) -> Completion:
     """A child's reply (Ok or Err) as the outcome complete.lua records, signed with its job id and attempt."""
@@ -56,6 +59,14 @@ class DirectRecorder:
         self.inbox = self._keys.child_inbox(setup.worker_id, setup.slot) if setup.slot >= 0 else ""
         self._redis: Pinned | None = None
         self._scripts: Scripts | None = None
+        #: Until when (time.monotonic()) our worker's lease is known to hold, from the last re-parking: a
+        #: hand-off read by then cannot have been requeued meanwhile (child_parking confirms one read later).
+        self.lease_holds_until = 0.0
+        # The coordinator's lease timeout (None: not set, or not read yet) and when it was last read: a
+        # renewal can end the lease that long after it, sooner than the deadline park.lua read (the worker's
+        # first renewal after the coordinator shortened the lease).
+        self._lease_timeout_ms: int | None = None
+        self._lease_timeout_read = -LEASE_SETTING_REFRESH_S
 
     def connection(self) -> Pinned:
         """The child's one connection (opened on first use): recording, and parking on its inbox."""
@@ -85,11 +96,19 @@ class DirectRecorder:
         try:
             self.connection()
             assert self._scripts is not None
+            sent = time.monotonic()  # park.lua ran after this: the lease it read holds from here at least
+            setting = repark and sent - self._lease_timeout_read >= LEASE_SETTING_REFRESH_S
             try:
-                replies = self._send(self._scripts, outcome, repark)
+                replies = self._send(self._scripts, outcome, repark, setting)
             except redis.exceptions.NoScriptError:  # a restarted server: execute() has just loaded them
-                replies = self._send(self._scripts, outcome, repark)
-            room = int(replies[1]) if repark else 0
+                replies = self._send(self._scripts, outcome, repark, setting)
+            if setting:
+                self._lease_timeout_ms = int(replies[2]) if replies[2] is not None else None
+                self._lease_timeout_read = sent
+            room, lease_left_ms = (int(replies[1][0]), int(replies[1][1])) if repark else (0, 0)
+            if self._lease_timeout_ms is not None:
+                lease_left_ms = min(lease_left_ms, self._lease_timeout_ms)
+            self.lease_holds_until = sent + lease_left_ms / 1000
             return Recorded(job_id, bool(int(replies[0][0])), room, parked=room > 0 and bool(self.inbox),
                             ended=time.monotonic())
         except Exception as exc:  # the worker records it instead
@@ -97,11 +116,14 @@ class DirectRecorder:
             self.drop()
             return None
 
-    def _send(self, scripts: Scripts, outcome: Completion, repark: bool) -> list[Any]:
+    def _send(self, scripts: Scripts, outcome: Completion, repark: bool, setting: bool) -> list[Any]:
+        """complete.lua, then (``repark``) park.lua, then (``setting``) the coordinator's lease timeout."""
         assert self._redis is not None
         pipe = self._redis.batch()
         scripts.complete(pipe, worker_id=self._worker_id, outcomes=[outcome],
                          done_ttl_ms=config.DONE_TTL_S * 1000, result_ttl_ms=config.RESULT_TTL_S * 1000)
         if repark:
             scripts.park(pipe, worker_id=self._worker_id, queues=self._queues, child_inbox=self.inbox)
+        if setting:
+            pipe.commands.append(("HGET", self._keys.config, "lease_ms"))
         return scripts.execute(pipe)

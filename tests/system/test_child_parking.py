@@ -6,10 +6,11 @@ and submit.lua hands the next job straight to it. These tests check the
 paths that hand-off adds: the job reaches the parked process, a process
 that dies with or without a handed job loses nothing and runs nothing twice,
 a cancellation and a timeout reach a job a parked process took, a parked
-process whose code changed on disk runs nothing (its job is given back and
-runs fresh), a graceful stop calls parked processes back and leaves nothing
-listed, and a job whose signature
-the parked process cannot verify is never run by it and ends as the contract
+process thawed after its worker's lease lapsed does not run the stale
+hand-off it reads then, a parked process whose code changed on disk runs
+nothing (its job is given back and runs fresh), a graceful stop calls parked
+processes back and leaves nothing listed, and a job whose signature the
+parked process cannot verify is never run by it and ends as the contract
 says (``rejected`` after ``max_attempts`` rejections, none of them an attempt).
 
 Each test starts its own worker on a queue of its own beside the module's
@@ -57,6 +58,14 @@ def worker_parked(r, keys, worker) -> bool:
     """Is ``worker`` listed idle on a queue (parked)?"""
     return any(member.split(b":")[1] == str(worker.pid).encode()
                for key in r.scan_iter(match=keys.idle("*")) for member in r.zrange(key, 0, -1))
+
+
+def lease_left_ms(r, keys, worker) -> float:
+    """How long ``worker``'s lease still runs, by the server's clock (inf: not registered)."""
+    seconds, micros = r.time()
+    deadlines = [score for member, score in r.zrange(keys.workers, 0, -1, withscores=True)
+                 if member.split(b":")[1] == str(worker.pid).encode()]
+    return deadlines[0] - (seconds * 1000 + micros // 1000) if deadlines else float("inf")
 
 
 def park_a_child(t, r, keys, worker, marker: Path) -> int:
@@ -145,6 +154,46 @@ def test_a_parked_job_process_that_dies_before_reading_its_job_loses_nothing(clu
     assert [jid for _, jid in t.outcomes.calls].count(job) == 1
     assert admin_json(cluster.url, "show", job)["attempts"] == 1  # the unread hand-off was refunded
     assert "gave back 1 job(s)" in w.log() and w.alive()
+
+
+def test_a_hand_off_read_by_a_thawed_process_after_its_job_ran_elsewhere_is_not_run_again(cluster, procs, keys,
+                                                                                            tmp_path):
+    """The worker and its job process are stopped (SIGSTOP) while that process blocks in its read of its inbox:
+    the server completes the hand-off, the lease lapses, the coordinator requeues the job and another worker
+    runs it. Thawed, the process reads the stale hand-off long after it parked: it confirms it, finds it
+    requeued, and runs nothing; the job ran once and was delivered once, and the thawed worker runs the next."""
+    queue, pids, runs = unique("park-thaw"), tmp_path / "pids", tmp_path / "runs"
+    r = cluster.redis
+    frozen = start_worker(procs, cluster.url, queue, concurrency=1)
+    # Its lease is the coordinator's 2 s only once it has renewed with that setting (started before the
+    # module's coordinator wrote it, it keeps the default 30 s until it has).
+    wait_for(lambda: lease_left_ms(r, keys, frozen) < 3_000, timeout=30, message="the worker to hold a 2 s lease")
+    with Client(cluster.url, queue) as t:
+        pid = park_a_child(t, r, keys, frozen, pids)
+        [inbox] = parked(r, keys, frozen)
+        frozen.signal_group(signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)  # (a job process has a process group of its own)
+        try:
+            job = t.submit(jobs_parking.pid_of, str(runs))
+            wait_for(lambda: r.hget(keys.job(job), STATE) == b"running", timeout=10, message="the hand-off")
+            assert not r.exists(inbox), "precondition: the stopped process's blocking read took the job"
+            wait_for(lambda: r.hget(keys.job(job), STATE) != b"running", timeout=30,
+                     message="the coordinator to requeue the job of the stopped worker")
+            other = start_worker(procs, cluster.url, queue, concurrency=1)
+            wait_for(lambda: job in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the job's result")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            frozen.signal_group(signal.SIGCONT)
+        wait_for(lambda: "since requeued; not running it" in frozen.log(), timeout=10,
+                 message="the thawed process to drop the stale hand-off")
+        time.sleep(0.5)  # a second run or delivery would come now
+        other.stop()
+        after = t.submit(jobs_parking.pid_of, str(pids))  # only the thawed worker serves the queue now
+        wait_for(lambda: after in t.outcomes.results, timeout=JOB_TIMEOUT_S, message="the thawed worker's next job")
+    assert lines(runs) == [str(t.outcomes.results[job])] and t.outcomes.results[job] != pid
+    assert [jid for _, jid in t.outcomes.calls].count(job) == 1 and t.outcomes.errors == {}
+    assert r.hget(keys.job(job), TOKEN) == b"2"  # the second attempt's result: the requeue's
+    assert frozen.alive(), frozen.log()
 
 
 def test_cancelling_a_job_a_parked_process_took_kills_it(cluster, procs, keys, tmp_path):

@@ -553,12 +553,12 @@ def test_park_gives_back_a_childs_room_only_while_the_queues_are_empty(s, r):
     park(s, r, "w1", idle_children=1)
     submit(s, r, "a")  # handed: w1 has no room left, unparked
     assert not r.exists(KEYS.parked("w1"))
-    assert s.park(r, worker_id="w1", queues=["default"]) == 1  # its child recorded a: room for one again
+    assert s.park(r, worker_id="w1", queues=["default"])[0] == 1  # its child recorded a: room for one again
     assert r.zrange(KEYS.idle("default"), 0, -1) == [b"w1"]
     submit(s, r, "b")
     assert len(inbox(r)) == 2  # b was handed over too
     r.rpush(KEYS.queue("default"), "c")  # queued meanwhile (no room then)
-    assert s.park(r, worker_id="w1", queues=["default"]) == 0  # the worker claims instead
+    assert s.park(r, worker_id="w1", queues=["default"])[0] == 0  # the worker claims instead
     assert not r.exists(KEYS.parked("w1"))
 
 
@@ -566,8 +566,9 @@ def test_a_child_that_parks_with_its_worker_gets_the_next_job_in_its_own_inbox(s
     park(s, r, "w1", idle_children=2)
     mine, other = KEYS.child_inbox("w1", 0), KEYS.child_inbox("w1", 1)
     r.rpush(mine, "u")  # a stale unpark: parking clears it
-    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=mine) == 3
-    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=mine) == 4  # listed once, however often
+    room, lease_left_ms = s.park(r, worker_id="w1", queues=["default"], child_inbox=mine)
+    assert room == 3 and LEASE_MS - 5_000 < lease_left_ms <= LEASE_MS  # how long the child may trust a read
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=mine)[0] == 4  # listed once, however often
     assert r.lrange(KEYS.parked_children("w1"), 0, -1) == [mine.encode()]
     submit(s, r, "a", "b")
     [handed] = parse_handed(r.lrange(mine, 0, -1)).claimed  # one job per listing: a
@@ -578,9 +579,15 @@ def test_a_child_that_parks_with_its_worker_gets_the_next_job_in_its_own_inbox(s
     assert not r.exists(KEYS.parked_children("w1")) and not r.exists(other)
 
 
+def test_a_worker_whose_lease_ran_out_parks_its_child_with_no_lease_left(s, r):
+    park(s, r, "w1", idle_children=1)
+    r.zadd(KEYS.workers, {"w1": int(time.time() * 1000) - 1})  # its lease ran out (not swept yet)
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0)) == [2, 0]
+
+
 def test_a_child_does_not_park_when_its_worker_cannot(s, r):
     submit(s, r, "a")  # queued: the worker claims instead of parking
-    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0)) == 0
+    assert s.park(r, worker_id="w1", queues=["default"], child_inbox=KEYS.child_inbox("w1", 0))[0] == 0
     assert not r.exists(KEYS.parked_children("w1"))
 
 
@@ -752,7 +759,7 @@ def test_at_the_memory_limit_submit_is_refused_whole_and_every_other_transition_
     assert complete(s, r, ok(a)) == [1]
     assert s.requeue(r, worker_id="w1", jobs=[Requeue(b.id, b.token, "default", "retry", 500)], now_ms=T0) == [1]
     assert s.promote(r, now_ms=T0 + 500) == 1
-    assert s.park(r, worker_id="w1", queues=["idle-queue"]) == 1
+    assert s.park(r, worker_id="w1", queues=["idle-queue"])[0] == 1
     assert expire(s, r, now=T0 + 2 * LEASE_MS) == (1, 0, 0)  # c
     claim(s, r, worker="w2", n=2, now=T0 + 2 * LEASE_MS)
     assert s.release_inflight(r, worker_id="w2", queues=["default"], keep=[], unregister=True) == 2

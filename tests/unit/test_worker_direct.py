@@ -71,6 +71,17 @@ def test_a_child_of_a_slot_parks_on_its_own_inbox_as_it_reparks_its_worker(serve
     assert r.lrange(KEYS.parked_children("w1"), 0, -1) == [KEYS.child_inbox("w1", 3).encode()]
 
 
+def test_a_child_counts_on_its_workers_lease_no_longer_than_the_deadline_and_the_lease_timeout(server, handed):
+    """How long a parked child trusts a hand-off unconfirmed (child_parking): its worker's lease deadline as
+    park.lua read it, but no more than the coordinator's lease timeout (a renewal may set a sooner one)."""
+    r, claimed = handed  # w1 holds a lease of 30 s
+    recorder = DirectRecorder(Setup(server.url, None, KEYS.namespace, "w1", ["default"], slot=0))
+    r.hset(KEYS.config, "lease_ms", "5000")
+    before = time.monotonic()
+    assert recorder.record(Ok("a", b"PICKLE", ""), Direct(claimed.token, 0, "c1", repark=True)) is not None
+    assert before + 4.5 < recorder.lease_holds_until <= time.monotonic() + 5
+
+
 def test_a_child_that_cannot_reach_redis_leaves_the_outcome_to_its_worker(handed):
     r, claimed = handed
     recorder = DirectRecorder(Setup("redis://127.0.0.1:1/0", None, KEYS.namespace, "w1", ["default"]))

@@ -192,7 +192,7 @@ def test_a_hand_off_read_across_a_reconciliation_that_left_it_is_kept(server, wo
     else:
         assert worker.intake.reconcile(worker.recorder.owned_ids)  # gives back nothing, unparks us
         assert not _parked(r, worker)
-        assert scripts.park(r, worker_id=worker.worker_id, queues=["default"]) == 1
+        assert scripts.park(r, worker_id=worker.worker_id, queues=["default"])[0] == 1
     assert _parked(r, worker)
     t, outcomes = client
     job_id = t.submit(square, 7)

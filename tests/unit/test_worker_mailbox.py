@@ -1,4 +1,4 @@
-"""The job process's mailbox (cwredis.worker.child.Mailbox): no job is left unseen in it.
+"""The job process's mailbox (cwredis.worker.mailbox.Mailbox): no job is left unseen in it.
 
 The watcher thread answers the worker's "unsend" requests and, to find the
 job asked for, reads every job waiting in the pipe into the mailbox's queue.
@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Any
 
-from cwredis.worker.child import Mailbox
+from cwredis.worker.mailbox import Mailbox
 from cwredis.worker.protocol import MessagePipe, Run, Unsend, Unsent
 
 
