@@ -34,7 +34,7 @@ for k = 4, #KEYS do
   local reason, err, tb, client, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   a = a + 9
   n = n + 1
-  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p', 'w') or {}  -- not a hash: refused
+  local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p', 'w', 'pg', 'lo') or {}  -- not a hash: refused
   if f[1] == 'running' and f[2] == token and f[8] == worker_id then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.
@@ -47,7 +47,13 @@ for k = 4, #KEYS do
     local ttl
     if kind == 'ok' then
       redis.call('HSET', job, 's', 'done', unpack(charged))
-      redis.call('HDEL', job, 'a', 'w', 'pg', 'pf', 'lo')  -- live output: the client has it now
+      -- Only the fields it has (the append-only file records the command as sent): its arguments,
+      -- holder, prefetch mark, progress, and live output (the client has that now).
+      local gone = {'a', 'w'}
+      if f[4] then gone[#gone + 1] = 'pf' end
+      if f[9] then gone[#gone + 1] = 'pg' end
+      if f[10] then gone[#gone + 1] = 'lo' end
+      redis.call('HDEL', job, unpack(gone))
       ttl = done_ttl
       done = done + 1
       if queues[spec] ~= '' then tally(done_in, queues[spec]) end

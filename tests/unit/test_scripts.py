@@ -5,7 +5,9 @@ Time is passed in explicitly, so leases expire when the test says so.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,6 +16,9 @@ from cwredis import job
 from cwredis.keys import Keys
 from cwredis.scripts import ScriptRefused, Scripts
 from cwredis.script_types import Completion, Requeue, parse_handed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from aof_breakdown import increment_file, parse_commands  # noqa: E402  (benchmarks/ is not a package)
 
 KEYS = Keys()
 T0 = 1_000_000
@@ -288,6 +293,19 @@ def test_a_batchs_outcomes_for_one_client_are_numbered_and_appended_in_one_comma
     assert stats["cmdstat_incrby"]["calls"] == 1 and stats["cmdstat_rpush"]["calls"] == 1
     assert "cmdstat_incr" not in stats
     listener.close()
+
+
+def test_complete_deletes_only_the_fields_a_job_has(server):
+    """What the append-only file records for completing a job that never reported progress: an HDEL of
+    its arguments and holder only, not of absent progress and live-output fields."""
+    r = server.client()
+    s = Scripts(r, Keys())
+    submit(s, r, "a")
+    (claimed,), _ = claim(s, r)
+    complete(s, r, ok(claimed))  # the server writes the file before it replies
+    commands = [args for args, _ in parse_commands(increment_file(server.dir).read_bytes())]
+    hdels = [args[2:] for args in commands if args[0].upper() == b"HDEL" and args[1] == KEYS.job("a").encode()]
+    assert hdels == [[b"a", b"w"]], hdels
 
 
 def test_complete_counts_outcomes_in_all_and_per_queue(s, r):
