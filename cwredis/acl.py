@@ -28,7 +28,7 @@ SCRIPTING = ("evalsha", "eval", "script|load", "script|exists")
 #: Reads and writes of the roles outside scripts, and what the scripts call.
 DATA = (
     "info", "time", "multi", "exec", "discard", "scan", "exists", "del", "pexpire", "pttl",
-    "get", "set", "incr", "incrby",
+    "get", "mget", "set", "incr", "incrby",
     "hset", "hget", "hmget", "hgetall", "hdel", "hincrby",
     "lpush", "rpush", "rpop", "lrange", "llen", "lrem", "ltrim", "lmove", "blmpop", "lmpop",
     "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zpopmin",

@@ -250,6 +250,10 @@ class Batch:
         self.commands.append(("EVALSHA", sha, numkeys, *args))
         return self
 
+    def execute_command(self, *args: object) -> "Batch":
+        self.commands.append(args)
+        return self
+
     def execute(self) -> list[object]:
         return self._pinned.pipeline(self.commands)
 

@@ -45,6 +45,8 @@ key                    type    holds
 ``cw:failed``          ZSET    job id -> time (ms) it failed
 ``cw:results:<c>``     LIST    outcomes waiting for client ``c``
 ``cw:rseq:<c>``        STRING  sequence number of client ``c``'s last outcome
+``cw:stage:<j>:<t>``   STRING  a large outcome body of job ``j``'s attempt ``t``, written
+                               beside complete.lua and named by its results entry
 ``cw:chan:<c>``        pubsub  wakes client ``c`` when an outcome is pushed
                                (a sharded channel: SPUBLISH/SSUBSCRIBE)
 ``cw:config``          HASH    settings the coordinator publishes (lease_ms)
@@ -119,6 +121,9 @@ class Keys:
 
     def result_seq(self, client_id: str) -> str:
         return self._key("rseq", client_id)
+
+    def staged_body(self, job_id: str, token: str) -> str:
+        return self._key("stage", job_id, token)
 
     @property
     def workers(self) -> str:

@@ -46,7 +46,7 @@ class OutcomeEntry(NamedTuple):
     header: bytes  # b"seq\\njob_id\\ngeneration\\n": what trim_results.lua checks before removing the entry
     job_id: str | None  # None: undecodable
     generation: int
-    kind: bytes  # b"ok", b"err", or b"big" (published header only: read it from the list)
+    kind: bytes  # b"ok", b"err", b"big" (published header only: read it from the list), b"ref" (body in a key)
     body: bytes | memoryview  # a large result's a view into the entry, not a copy (signing.sliced)
 
 
@@ -111,6 +111,31 @@ class OutcomeList:
         self._trim_due = time.monotonic() + TRIM_DELAY_S if self._consumed else 0.0
         return in_step
 
+    def _with_staged_bodies(self, entries: list[OutcomeEntry]) -> list[OutcomeEntry]:
+        """``entries`` with each ``ref`` entry's body read from the key it names (one MGET for all).
+
+        complete.lua leaves a large body where the job process wrote it and
+        appends an entry naming it (``kind\nkey``); trim_results.lua deletes
+        the key with the entry. A body gone before it was read (its key
+        outlived by the list, or tampered with) is delivered empty, which
+        fails verification: the job's error says its outcome is corrupt.
+        """
+        refs = []
+        for i, entry in enumerate(entries):
+            if entry.kind == b"ref" and entry.job_id is not None:
+                kind, _, key = bytes(entry.body).partition(b"\n")
+                refs.append((i, kind, key))
+        if not refs:
+            return entries
+        heap.keep_freed_memory()  # this client receives large results
+        bodies: list[bytes | None] = self._redis.mget([key for _, _, key in refs])  # type: ignore[assignment]
+        for (i, kind, key), body in zip(refs, bodies):
+            if body is None:
+                log.warning("client %s: the result of job %s was gone from %r before it was read",
+                            self._client_id, entries[i].job_id, key)
+            entries[i] = entries[i]._replace(kind=kind, body=body or b"")
+        return entries
+
     def drain(self, deliver: Callable[[OutcomeEntry], None], *, look_for_restart: bool = False) -> Any:
         """Deliver every entry of the list and trim what was read; resynchronises the numbering.
 
@@ -129,7 +154,7 @@ class OutcomeList:
             if server:
                 run_id = server[0].get("run_id")
                 look_for_restart = False
-            entries = [self.parse(raw) for raw in raw_entries]
+            entries = self._with_staged_bodies([self.parse(raw) for raw in raw_entries])
             for entry in entries:
                 deliver(entry)
             removed = 0

@@ -108,6 +108,7 @@ class Completion:
     error: str = ""
     traceback: str = ""
     output: str = ""  # tail kept with a failed job
+    staged: str = ""  # the key its body was written to beside the script (Scripts.stage), body then b""
 
 
 class Recovered(NamedTuple):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Sequence
@@ -42,6 +43,9 @@ from .keys import Keys
 from .script_types import ClaimReply, Completion, Recovered, Requeue, claimed_row, parse_handed
 
 log = logging.getLogger("cwredis")
+
+#: An outcome body at least this long is staged outside complete.lua (Scripts.stage).
+STAGE_BYTES = 64 * 1024
 
 #: Run once by Scripts.load: a server that answers 1 takes script flags.
 _FLAGS_PROBE = "#!lua flags=no-writes\nreturn 1"
@@ -313,8 +317,31 @@ class Scripts:
                            self._spec_prefix, worker_id]
         for c in outcomes:
             keys.append(self.keys.job(c.id))
-            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output]
+            args += [c.id, c.token, c.kind, c.body, c.reason, c.error, c.traceback, c.client, c.output, c.staged]
         return self._run("complete", client, keys, args)
+
+    def stage(self, pipe: Any, outcomes: Sequence[Completion], result_ttl_ms: int) -> tuple[list[Completion], int]:
+        """Queue a plain SET of each large body on ``pipe``, ahead of :meth:`complete`; the outcomes to pass it,
+        and how many replies the SETs add before its own.
+
+        A body of ``STAGE_BYTES`` or more passed to complete.lua is copied
+        into Lua, into the results entry (header and body joined) and into the
+        list: about 3 ms of server time per MiB, against 0.05 ms for a plain
+        write (measured). Staged, it is written once, outside the script, and
+        complete.lua appends an entry naming its key (kind ``ref``), which the
+        client reads with the list (:class:`~cwredis.outcome_list.OutcomeList`)
+        and deletes as it trims. A body the script refuses is deleted by it;
+        one orphaned by a lost reply expires with the results
+        (``result_ttl_ms``); each resend writes it again under the same key.
+        """
+        staged = []
+        for c in outcomes:
+            if len(c.body) >= STAGE_BYTES:
+                key = self.keys.staged_body(c.id, c.token)
+                pipe.execute_command("SET", key, c.body, "PX", result_ttl_ms)
+                c = dataclasses.replace(c, body=b"", staged=key)
+            staged.append(c)
+        return staged, sum(1 for c in staged if c.staged)
 
     def progress(self, client: Any, *, job_id: str, token: str, client_id: str, fraction: float | None,
                  message: str | None, output: str | None = None) -> Any:

@@ -4,7 +4,8 @@
 -- KEYS: inflight(worker), failed, stats, then per job: job
 -- ARGV: now_ms ('' = server time), done_ttl_ms, result_ttl_ms, publish_max_bytes,
 --       outcome_prefixes (3 names: results, result_seq, channel), spec_prefix, worker_id,
---       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, client, output_tail
+--       then per job: job_id, token, kind ('ok'|'err'), body, reason, error, traceback, client, output_tail,
+--       staged (the key a large body was written to beside this call, body then ''; '' : none)
 -- The outcome goes to the client ('' : unknown, delivered to no one), or to
 -- every client attached to a session's job (deliver() in the prelude). An
 -- outcome entry's seq numbers a client's entries so it can trim exactly what
@@ -14,6 +15,12 @@
 -- The stats counters: 'done' and 'failed' in all, and 'done:<queue>' /
 -- 'failed:<queue>' per queue (for the dashboard's rates and /metrics); the
 -- queue is read from the job's spec, once per spec in a batch.
+-- A staged body (Scripts.stage) stays where it is: the client's entry is
+-- 'ref' with "kind\nkey" as its body, published as 'big' (the client reads
+-- the list, then the key, and deletes the key as it trims the entry). A
+-- session's job keeps its outcome in its record for later attachers, so its
+-- staged body is read into that record instead and the key deleted; so is a
+-- refused one's, and one that goes to no client.
 -- Returns one flag per job: 1 recorded, 0 refused (a newer attempt or a
 -- requeue owns the job; this outcome is dropped, so delivery stays exactly once).
 -- The fence is the attempt's token *and* the worker holding it: after a
@@ -32,10 +39,22 @@ for k = 4, #KEYS do
   local job = KEYS[k]
   local job_id, token, kind, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local reason, err, tb, client, output = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
-  a = a + 9
+  local staged = ARGV[a + 9]
+  a = a + 10
   n = n + 1
   local f = read_hash(job, 's', 'k', 'g', 'pf', 'n', 'rc', 'p', 'w', 'pg', 'lo') or {}  -- not a hash: refused
-  if f[1] == 'running' and f[2] == token and f[8] == worker_id then
+  local owned = f[1] == 'running' and f[2] == token and f[8] == worker_id
+  local by_ref = false
+  if staged ~= '' then
+    -- A staged body missing (never the case: its SET came first on this connection) records nothing.
+    by_ref = owned and not f[6] and client ~= '' and redis.call('PEXPIRE', staged, result_ttl) == 1
+    if owned and not by_ref then
+      body = redis.call('GET', staged)
+      owned = body ~= false
+    end
+    if not by_ref then redis.call('DEL', staged) end
+  end
+  if owned then
     redis.call('LREM', inflight, -1, job_id)  -- from the tail: the oldest taken are there
     -- Claimed ahead and its start not yet recorded ('pf'): it ran, so count it.
     -- One HSET and one HDEL per job: each command is a line in the append-only file.
@@ -69,7 +88,11 @@ for k = 4, #KEYS do
         if queues[spec] ~= '' then tally(failed_in, queues[spec]) end
       end
     end
-    ttl = deliver(job, f[6], client, op, job_id, f[3] or '0', kind, body, result_ttl, publish_max, ttl)
+    if by_ref then
+      ttl = deliver(job, f[6], client, op, job_id, f[3] or '0', 'ref', kind .. '\n' .. staged, result_ttl, 0, ttl)
+    else
+      ttl = deliver(job, f[6], client, op, job_id, f[3] or '0', kind, body, result_ttl, publish_max, ttl)
+    end
     if ttl and (kind == 'ok' or reason == 'cancelled') then redis.call('PEXPIRE', job, ttl) end
     flags[n] = 1
   else

@@ -13,6 +13,8 @@
 -- checked here: a mismatch stops the trim there, and the caller reads the list
 -- afresh. (Two entries with one header are outcomes of the same job attempt,
 -- so either may go once one was delivered.)
+-- An entry of kind 'ref' names the key holding its body (complete.lua): the
+-- key is deleted with the entry.
 -- Returns how many entries were removed.
 local results, seq_key = KEYS[1], KEYS[2]
 local removed = 0
@@ -23,7 +25,16 @@ if #ARGV > 1 then
     if string.sub(entry, 1, #header) ~= header then break end
     removed = i
   end
-  if removed > 0 then redis.call('LTRIM', results, removed, -1) end
+  if removed > 0 then
+    redis.call('LTRIM', results, removed, -1)
+    for i = 1, removed do
+      local rest = string.sub(entries[i], #ARGV[i + 1] + 1)
+      if string.sub(rest, 1, 4) == 'ref\n' then
+        local staged = string.match(rest, '^ref\n[^\n]*\n(.+)$')
+        if staged and string.find(staged, ':stage:', 1, true) then redis.call('DEL', staged) end
+      end
+    end
+  end
 end
 if ARGV[1] == '1' and redis.call('LLEN', results) == 0 then
   redis.call('DEL', results, seq_key)

@@ -120,10 +120,11 @@ class DirectRecorder:
         """complete.lua, then (``repark``) park.lua, then (``setting``) the coordinator's lease timeout."""
         assert self._redis is not None
         pipe = self._redis.batch()
-        scripts.complete(pipe, worker_id=self._worker_id, outcomes=[outcome],
+        outcomes, staged = scripts.stage(pipe, [outcome], config.RESULT_TTL_S * 1000)
+        scripts.complete(pipe, worker_id=self._worker_id, outcomes=outcomes,
                          done_ttl_ms=config.DONE_TTL_S * 1000, result_ttl_ms=config.RESULT_TTL_S * 1000)
         if repark:
             scripts.park(pipe, worker_id=self._worker_id, queues=self._queues, child_inbox=self.inbox)
         if setting:
             pipe.commands.append(("HGET", self._keys.config, "lease_ms"))
-        return scripts.execute(pipe)
+        return scripts.execute(pipe)[staged:]  # after the SETs of a staged body

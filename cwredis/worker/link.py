@@ -224,8 +224,10 @@ class Link:
             pipe = self._redis.pipeline(transaction=False)
             if batch.starts:  # first: a job that started and already finished is charged before it completes
                 self._scripts.start(pipe, jobs=[(s.id, s.token) for s in batch.starts])
+            staged = 0
             if batch.outcomes:
-                self._scripts.complete(pipe, worker_id=self.worker_id, outcomes=batch.outcomes,
+                to_record, staged = self._scripts.stage(pipe, batch.outcomes, config.RESULT_TTL_S * 1000)
+                self._scripts.complete(pipe, worker_id=self.worker_id, outcomes=to_record,
                                        done_ttl_ms=config.DONE_TTL_S * 1000,
                                        result_ttl_ms=config.RESULT_TTL_S * 1000)
             if batch.requeues:
@@ -245,6 +247,8 @@ class Link:
                                                       f"{len(batch.requeues)} requeue(s)")
                 replies = iter(replies_before)
             if batch.starts:
+                next(replies)
+            for _ in range(staged):  # the SETs of staged bodies
                 next(replies)
             outcomes = [bool(int(f)) for f in next(replies)] if batch.outcomes else []
             if batch.requeues:

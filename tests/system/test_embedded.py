@@ -98,8 +98,9 @@ def test_embedded_server_files_password_and_signing(home, procs, tmp_path, embed
     seen = Outcomes()
     with cwredis.ClientThread(seen.on_result, error_callback=seen.on_error) as t:
         jobid = t.submit(helpers.square, 4)
+        large = t.submit(helpers.identity, b"x" * 200_000)  # its result is staged: the ACL lets it through
         t.wait(timeout=JOB_TIMEOUT_S)
-    assert seen.errors == {} and seen.results == {jobid: 16}
+    assert seen.errors == {} and seen.results == {jobid: 16, large: b"x" * 200_000}
 
     # Signing is on: a worker without the secret (told to run insecure) runs the job, but the
     # client refuses its unsigned result...

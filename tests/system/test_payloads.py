@@ -53,6 +53,27 @@ def test_large_arguments_and_results_cross_intact(cluster):
     assert back == payloads and [type(b) for b in back] == [type(p) for p in payloads]
 
 
+def test_large_results_are_staged_delivered_once_and_leave_nothing_behind(cluster):
+    """Large results (staged beside complete.lua, their entries naming the key) from a map and from
+    ClientThread callbacks: each arrives once and intact, and once the clients have stopped no staged
+    body is left in Redis (the client deletes each as it trims the entry naming it)."""
+    r = cluster.redis
+    staged_before = set(r.scan_iter(match=DEFAULT_KEYS.staged_body("*", "*")))
+    bodies_read_before = r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+    with cwredis.Executor(url=cluster.url) as ex:
+        back = list(ex.map(jobs_payloads.echo, [bytes([i]) * MIB for i in range(12)], timeout=JOB_TIMEOUT_S))
+    assert back == [bytes([i]) * MIB for i in range(12)]
+    results: dict[str, list[bytes]] = {}
+    with cwredis.ClientThread(lambda job_id, value: results.setdefault(job_id, []).append(value),
+                              url=cluster.url) as client:
+        ids = {client.submit(jobs_payloads.echo, bytes([i]) * (MIB // 2)): i for i in range(6)}
+        client.wait(timeout=JOB_TIMEOUT_S)
+    assert {job_id: [bytes([i]) * (MIB // 2)] for job_id, i in ids.items()} == results
+    assert set(r.scan_iter(match=DEFAULT_KEYS.staged_body("*", "*"))) == staged_before
+    # The clients read the bodies from their keys (MGET, which only that does): they were staged.
+    assert r.info("commandstats")["cmdstat_mget"]["calls"] > bodies_read_before
+
+
 def test_a_repeated_large_argument_is_stored_once(cluster, procs):
     """50 queued jobs with the same 1 MiB argument take about 3 MiB of Redis (the first two jobs carry it,
     one blob serves the other 48), not 50; each job still gets it intact."""

@@ -308,6 +308,59 @@ def test_complete_deletes_only_the_fields_a_job_has(server):
     assert hdels == [[b"a", b"w"]], hdels
 
 
+BIG = b"B" * (1 << 17)  # over Scripts.stage's threshold
+
+
+def complete_staged(s, r, *outcomes, worker="w1"):
+    """Stage each large body (a SET) and complete, in one pipeline, as the workers do; the flags."""
+    pipe = r.pipeline(transaction=False)
+    to_record, staged = s.stage(pipe, list(outcomes), 60_000)
+    s.complete(pipe, worker_id=worker, outcomes=to_record, done_ttl_ms=60_000, result_ttl_ms=60_000, now_ms=T0)
+    replies = pipe.execute()
+    assert len(replies) == staged + 1
+    return [int(f) for f in replies[-1]]
+
+
+def test_a_staged_body_stays_in_its_key_named_by_the_entry_until_the_client_trims_it(s, r):
+    submit(s, r, "a")
+    (claimed,), _ = claim(s, r)
+    assert complete_staged(s, r, ok(claimed, BIG)) == [1]
+    key = KEYS.staged_body("a", claimed.token)
+    assert r.lrange(KEYS.results("c1"), 0, -1) == [b"1\na\n0\nref\nok\n" + key.encode()]
+    assert r.get(key) == BIG and 0 < r.pttl(key) <= 60_000
+    assert s.trim_results(r, client_id="c1", headers=[b"1\na\n0\n"], drop_if_empty=True) == 1
+    assert not r.exists(key) and not r.exists(KEYS.results("c1"))
+
+
+def test_a_refused_staged_body_is_deleted(s, r):
+    submit(s, r, "a")
+    (first,), _ = claim(s, r)
+    expire(s, r)
+    claim(s, r, worker="w2", now=T0 + LEASE_MS + 2)
+    assert complete_staged(s, r, ok(first, BIG)) == [0]
+    assert not r.exists(KEYS.staged_body("a", first.token)) and r.llen(KEYS.results("c1")) == 0
+
+
+def test_a_sessions_staged_body_is_kept_in_its_record_and_sent_inline(s, r):
+    """A session's job keeps its outcome for clients that attach later: the body goes into the record
+    and each attached client's entry, and the staged key is deleted."""
+    submit(s, r, "a")
+    (claimed,), _ = claim(s, r)
+    r.hset(KEYS.job("a"), "rc", "c1,c2")
+    assert complete_staged(s, r, ok(claimed, BIG)) == [1]
+    assert r.hget(KEYS.job("a"), "ro") == b"ok\n" + BIG
+    for client in ("c1", "c2"):
+        assert r.lrange(KEYS.results(client), 0, -1) == [b"1\na\n0\nok\n" + BIG]
+    assert not r.exists(KEYS.staged_body("a", claimed.token))
+
+
+def test_trimming_deletes_only_staged_keys_an_entry_names(s, r):
+    r.set("other", "kept")
+    r.rpush(KEYS.results("c1"), b"1\na\n0\nref\nok\nother")
+    assert s.trim_results(r, client_id="c1", headers=[b"1\na\n0\n"], drop_if_empty=False) == 1
+    assert r.get("other") == b"kept"
+
+
 def test_complete_counts_outcomes_in_all_and_per_queue(s, r):
     submit(s, r, "a", "b", "c")
     claimed, _ = claim(s, r, n=3)
