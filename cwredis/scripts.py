@@ -9,30 +9,13 @@ precede every pipeline with a SCRIPT EXISTS round trip. Run such pipelines
 with :meth:`Scripts.execute`, which reloads the scripts when the server lost
 them (a restart) and re-raises, so the caller retries as after any blip.
 
-**Script flags.** Each ``lua/<name>.lua`` declares on its first line the
-flags it runs with (``--!flags allow-oom``, or ``--!flags`` for none), and
-the text sent to the server starts with the matching ``#!lua flags=...``
-line (Redis/Valkey >= 7), before the prelude. A script with that line and
-without ``allow-oom`` is refused as a whole -- nothing of it runs -- while the
-server is over its ``maxmemory``: so is submit.lua, and a submit raises
-ServerFullError with nothing half-queued. Every other transition is
-``allow-oom``: claims, lease renewals, outcomes and requeues must go on at
-the limit, or the cluster could never drain. Redis 6.2 knows no such line
-(its Lua compiler rejects it); there the scripts are loaded without it, and a
-script is refused at the limit only when its first write is a deny-oom
-command, as before flags existed: submits may then write past the limit, and
-claims and lease renewals may be refused until memory is freed (the roles
-retry them). Which form a server takes is asked once, by :meth:`Scripts.load`.
+Script texts and their flags: :mod:`cwredis.script_source`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
 import dataclasses
-from dataclasses import dataclass
-from importlib import resources
+import logging
 from typing import Any, Sequence
 
 import redis
@@ -40,18 +23,13 @@ import redis
 from . import config, job
 from .connection import Batch, Pinned, describe, is_transient
 from .keys import Keys
+from .script_source import FLAGS_PROBE, source
 from .script_types import ClaimReply, Completion, Recovered, Requeue, claimed_row, parse_handed
 
 log = logging.getLogger("cwredis")
 
 #: An outcome body at least this long is staged outside complete.lua (Scripts.stage).
 STAGE_BYTES = 64 * 1024
-
-#: Run once by Scripts.load: a server that answers 1 takes script flags.
-_FLAGS_PROBE = "#!lua flags=no-writes\nreturn 1"
-#: How a script file declares its flags, on its first line.
-_FLAGS_DECLARATION = "--!flags"
-
 
 #: How many submit heads (one per function and spec in use) a Scripts keeps before it starts afresh.
 _SUBMIT_HEADS_KEPT = 256
@@ -64,35 +42,6 @@ class ScriptRefused(Exception):
         super().__init__(f"{job_id}: {why}")
         self.job_id = job_id
         self.why = why
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One script's text in both forms (see the module docstring), and their SHA1s."""
-
-    flagged: str  # '#!lua flags=...' line, prelude, script
-    plain: str  # prelude, script: for servers without script flags
-
-    def text(self, flagged: bool) -> str:
-        return self.flagged if flagged else self.plain
-
-    def sha(self, flagged: bool) -> str:
-        return hashlib.sha1(self.text(flagged).encode()).hexdigest()
-
-
-@functools.cache
-def _source(name: str) -> _Source:
-    """``lua/<name>.lua`` with the prelude, in both forms; ValueError if it declares no flags."""
-    lua = resources.files("cwredis").joinpath("lua")
-    script = lua.joinpath(f"{name}.lua").read_text()
-    first_line = script.split("\n", 1)[0]
-    if not first_line.startswith(_FLAGS_DECLARATION):
-        raise ValueError(f"lua/{name}.lua must declare its script flags on its first line "
-                         f"({_FLAGS_DECLARATION} allow-oom, or {_FLAGS_DECLARATION} for none)")
-    flags = first_line[len(_FLAGS_DECLARATION):].split()
-    shebang = f"#!lua flags={','.join(flags)}" if flags else "#!lua"
-    plain = lua.joinpath("_prelude.lua").read_text() + script
-    return _Source(flagged=f"{shebang}\n{plain}", plain=plain)
 
 
 def _clock(now_ms: int | None) -> str:
@@ -112,7 +61,7 @@ class Scripts:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
         self._client = client
-        self._sources = {name: _source(name) for name in self.NAMES}
+        self._sources = {name: source(name) for name in self.NAMES}
         # The flagged form's SHAs until load() asks the server (what a server >= 7
         # runs): one that has not loaded them -- or cannot -- answers NOSCRIPT, and
         # load() picks the form and loads it.
@@ -159,7 +108,7 @@ class Scripts:
         gets Redis-compatible servers right whatever version they report.
         """
         try:
-            self._client.eval(_FLAGS_PROBE, 0)
+            self._client.eval(FLAGS_PROBE, 0)
         except redis.ResponseError as exc:
             if is_transient(exc):
                 raise
