@@ -21,11 +21,13 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+import redis
 
 from . import config, progressbar
 from .connection import Subscription, connect, describe, is_transient
 from .reachability import Reconnector, check_can_start
 from .delivery import Delivery, ErrorCallback, ProgressCallback, Resubmission, ResultCallback
+from .errors import ConnectionError
 from .keys import DEFAULT_KEYS, Keys
 from .lost_jobs import LossWatch
 from .outcome_list import OutcomeEntry, OutcomeList
@@ -89,6 +91,8 @@ class ClientThread(threading.Thread):
         self._signer = Signer(config.check_secret(secret, "secret=").value if secret is not None
                               else config.require_secret(insecure))
         self._stop_event = threading.Event()
+        self._stuck: Exception | None = None  # the results thread's lasting error, while it lasts
+        self.lasting_failures = 0  # how often in a row it met one (see raise_if_stuck)
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
         check_can_start(self._redis, self.url)  # a wrong URL raises here; warns near the connection limit
@@ -273,7 +277,9 @@ class ClientThread(threading.Thread):
             base = (self.done_count, self.failed_count)
         try:
             with self._cond:
+                since = self.lasting_failures
                 while self._pending:
+                    self.raise_if_stuck(since)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(f"{len(self._pending)} job(s) still unfinished after {timeout}s")
@@ -287,6 +293,19 @@ class ClientThread(threading.Thread):
                 bar.close()
         if error is not None:
             raise error
+
+    def raise_if_stuck(self, since: int) -> None:
+        """ConnectionError if the results thread met an error that retrying does not fix (the server
+        refusing a command, say) twice in a row, at least once after ``since`` (a ``lasting_failures``
+        reading taken when the caller began to wait): outcomes cannot be read, so waiting would never end. The jobs and their
+        outcomes are kept; once the cause is fixed, the thread's next retry reads them, and a new wait()
+        goes on (it counts only failures after it began)."""
+        exc = self._stuck
+        if exc is not None and self.lasting_failures >= max(since + 1, 2):  # not a one-off, and not only before
+            hint = (" -- the Redis user lacks a command cwredis needs (cwredis/acl.py lists them)"
+                    if isinstance(exc, redis.exceptions.NoPermissionError) else "")
+            raise ConnectionError(f"client {self.client_id}: outcomes cannot be read from Redis: "
+                                  f"{describe(exc)}{hint}")
 
     def stop(self) -> None:
         """Stop the results thread and close connections; undelivered outcomes stay in Redis.
@@ -352,9 +371,15 @@ class ClientThread(threading.Thread):
                     self._losses.resubmit_lost(self._drain)
                     last_drain = time.monotonic()
                 self._reconnector.succeeded()
+                self._stuck, self.lasting_failures = None, 0
             except Exception as exc:
                 if not is_transient(exc):
-                    log.exception("client %s: unexpected error in the results thread", self.client_id)
+                    if self._stuck is None or describe(self._stuck) != describe(exc):  # once, not every retry
+                        log.exception("client %s: unexpected error in the results thread", self.client_id)
+                    with self._cond:
+                        self._stuck = exc
+                        self.lasting_failures += 1
+                        self._cond.notify_all()
                 if subscription is not None:
                     subscription.close()
                 subscription = None

@@ -235,13 +235,18 @@ class Executor(concurrent.futures.Executor):
                 if future.ok:
                     return future.value
                 raise future.value
-            while bar is not None and not future.done():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                concurrent.futures.wait([future], timeout=0.2)
-                bar.update(*counts)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            return future.result(remaining)
+            step = 0.2 if bar is not None else 1.0
+            since = self._client.lasting_failures
+            while True:  # in steps: the bar moves, and a results thread stuck on a lasting error raises here
+                self._client.raise_if_stuck(since)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    return future.result(step if remaining is None else max(0.0, min(remaining, step)))
+                except concurrent.futures.TimeoutError:
+                    if remaining is not None and remaining <= step:
+                        raise
+                if bar is not None:
+                    bar.update(*counts)
 
         refill()
 

@@ -21,7 +21,7 @@ import cwredis.config
 import jobs_failures
 from cwredis.keys import Keys
 from harness import BIN_DIR, child_pids, pid_alive
-from helpers import admin_json, wait_for
+from helpers import admin_json, identity, wait_for
 from sysutil import assert_one_line_user_error, closed_port, cw_admin
 
 pytestmark = pytest.mark.system
@@ -347,3 +347,33 @@ def test_a_listener_that_never_answers_fails_the_client_within_10s(home):
             cwredis.ClientThread(url=url)
         assert time.monotonic() - started < 10, time.monotonic() - started
     assert "127.0.0.1" in str(info.value)
+
+
+def test_outcomes_the_redis_user_may_not_read_raise_a_clear_error_not_a_hang(server, home, procs):
+    """A Redis user whose ACL lacks a command the client reads outcomes with (MGET, for a large result):
+    ClientThread.wait() and Executor.map raise cwredis.ConnectionError naming the command and where
+    cwredis lists what it needs, instead of waiting forever; once the command is granted, a new wait()
+    delivers the result, once."""
+    from cwredis import acl
+
+    admin = server.client()
+    allowed = [f"+{name}" for name in acl.ALLOWED_COMMANDS if name != "mget"]
+    admin.execute_command("ACL", "SETUSER", "limited", "on", ">limited-pw", "~*", "&*", "-@all", *allowed)
+    url = f"redis://limited:limited-pw@127.0.0.1:{server.port}/0"
+    procs.coordinator(url)
+    procs.worker(url)
+    large = b"r" * 200_000  # its result is staged: the client reads it with MGET
+    got: list[bytes] = []
+    with cwredis.ClientThread(lambda job_id, value: got.append(value), url=url) as client:
+        client.submit(identity, large)
+        started = time.monotonic()
+        with pytest.raises(cwredis.ConnectionError) as raised:
+            client.wait(timeout=60)
+        assert time.monotonic() - started < 30
+        assert "mget" in str(raised.value) and "acl.py" in str(raised.value) and "limited-pw" not in str(raised.value)
+        with cwredis.Executor(url=url) as executor:
+            with pytest.raises(cwredis.ConnectionError, match="mget"):
+                list(executor.map(identity, [large], timeout=60))
+            admin.execute_command("ACL", "SETUSER", "limited", "+mget")
+        client.wait(timeout=60)
+    assert got == [large]
