@@ -20,7 +20,7 @@ State machine (every arrow is one Lua script in ``cwredis/lua``)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 # Field names of the job hash (kept short: see the module docstring).
 STATE = "s"
@@ -82,6 +82,17 @@ def state_of(state: object, spec: object) -> str | None:
     if state is not None:
         return text(state)
     return PENDING if spec is not None else None
+
+
+#: The fields that say which attempt owns a job: its state, the attempt's token, the worker holding it.
+FENCE = (STATE, TOKEN, WORKER)
+
+
+def held_by(fence: Sequence[object], token: str, worker_id: str) -> bool:
+    """Whether the :data:`FENCE` fields as read (bytes, str or None) say attempt ``token`` of worker
+    ``worker_id`` still owns the job -- as complete.lua checks before recording its outcome."""
+    state, held_token, holder = (text(value) for value in fence)
+    return state == RUNNING and held_token == token and holder == worker_id
 
 
 def text(value: object) -> str | None:

@@ -163,17 +163,16 @@ class ChildParking:
         None (no answer: the worker reconciles). One atomic read (MULTI/EXEC): the job's fence and the
         lease as of one instant, so an OWNED job was not requeued before we tell the worker we took it."""
         commands: list[tuple[object, ...]] = [
-            ("MULTI",), ("HMGET", self._keys.job(claimed.id), job.STATE, job.TOKEN, job.WORKER),
+            ("MULTI",), ("HMGET", self._keys.job(claimed.id), *job.FENCE),
             ("ZSCORE", self._keys.workers, self._worker_id), ("TIME",), ("EXEC",)]
         try:
             snapshot: Any = self._recorder.connection().pipeline(commands)[-1]  # EXEC's replies
-            fields, lease, server_time = snapshot
+            fence, lease, server_time = snapshot
         except Exception as exc:
             log.debug("could not confirm job %s is still ours (%s)", claimed.id, exc)
             self._recorder.drop()
             return None
-        state, token, worker = (job.text(f) for f in fields)
-        if (state, token, worker) != (job.RUNNING, claimed.token, self._worker_id):
+        if not job.held_by(fence, claimed.token, self._worker_id):
             log.warning("job %s: handed to us while our worker's lease ran out, and since requeued; not running "
                         "it", claimed.id)
             return GONE

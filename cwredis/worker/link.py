@@ -193,11 +193,9 @@ class Link:
             pipe = self._redis.pipeline(transaction=False)
             self._scripts.heartbeat(pipe, worker_id=self.worker_id, lease_ms=lease_ms, info={})
             for c in claimed:
-                pipe.hmget(self.keys.job(c.id), job.STATE, job.TOKEN, job.WORKER)
+                pipe.hmget(self.keys.job(c.id), job.FENCE)
             replies = self._scripts.execute(pipe)[1:]
-            return [c for c, (state, token, worker) in zip(claimed, replies)
-                    if job.text(state) == job.RUNNING and job.text(token) == c.token
-                    and job.text(worker) == self.worker_id]
+            return [c for c, fence in zip(claimed, replies) if job.held_by(fence, c.token, self.worker_id)]
         return self._call(round_trip)
 
     def load_records(self, claimed: Sequence[Claimed]) -> None:
