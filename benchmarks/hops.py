@@ -22,30 +22,28 @@ from pathlib import Path
 #: The directory ``PYTHONPATH`` gets for the traced stack (its ``sitecustomize`` does the tracing).
 HOPTRACE_PATH = str(Path(__file__).resolve().parent / "hoptrace")
 
+#: The hops both paths share: the client's before the hand-off, and everything from the job's run on.
+_CLIENT_SEALS = [("c_start", "c_submit", "client: pickle and seal the call")]
+_RUN_AND_BACK = [
+    ("k_run", "k_ran", "the job (a no-op) and pickling its result"),
+    ("k_ran", "c_published", "job process seals the outcome, complete.lua (+ park) publishes it"),
+    ("c_published", "c_callback", "client's results thread: parse the message"),
+    ("c_callback", "c_woke", "verify, unpickle, callback; the waiting thread wakes"),
+]
 #: The critical path of a lone job, mark by mark: (from, to, what happens in between).
-PATH = [
-    ("c_start", "c_submit", "client: pickle and seal the call"),
+PATH = _CLIENT_SEALS + [
     ("c_submit", "w_handed", "submit.lua hands it to the parked worker; its BLMPOP returns"),
     ("w_handed", "w_piping", "worker: verify the job, dispatch it to an idle job process"),
     ("w_piping", "w_piped", "worker: pickle the Run, write the pipe"),
     ("w_piped", "k_woke", "job process wakes and reads the pipe"),
     ("k_woke", "k_run", "job process: fresh-code check, environment"),
-    ("k_run", "k_ran", "the job (a no-op) and pickling its result"),
-    ("k_ran", "c_published", "job process seals the outcome, complete.lua (+ park) publishes it"),
-    ("c_published", "c_callback", "client's results thread: parse the message"),
-    ("c_callback", "c_woke", "verify, unpickle, callback; the waiting thread wakes"),
-]
+] + _RUN_AND_BACK
 #: The path of a lone job handed to a job process parked on its own inbox (cwredis.worker.parking).
-PARKED_PATH = [
-    ("c_start", "c_submit", "client: pickle and seal the call"),
+PARKED_PATH = _CLIENT_SEALS + [
     ("c_submit", "k_handed", "submit.lua hands it to a parked job process; its BLMPOP returns, it wakes"),
     ("k_handed", "k_took", "job process: verify the job (signature, records), tell the worker (Took)"),
     ("k_took", "k_run", "job process: fresh-code check, environment"),
-    ("k_run", "k_ran", "the job (a no-op) and pickling its result"),
-    ("k_ran", "c_published", "job process seals the outcome, complete.lua (+ park) publishes it"),
-    ("c_published", "c_callback", "client's results thread: parse the message"),
-    ("c_callback", "c_woke", "verify, unpickle, callback; the waiting thread wakes"),
-]
+] + _RUN_AND_BACK
 #: Spans beside the path.
 ASIDE = [
     ("c_submit", "c_submitted", "client: the submit round trip (submit() returns)"),
