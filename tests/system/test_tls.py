@@ -40,30 +40,40 @@ SYMPTOMS = re.compile(r"MOVED|Traceback|SSLError| ERROR ")
 
 
 class TlsFront:
-    """The TLS proxy process: one listening port per target port, all with one certificate."""
+    """The TLS proxy process (as ``user``, or us): one listening port per target port, one certificate."""
 
-    def __init__(self, directory: Path, ca: trustme.CA, targets: list[int], *, names: tuple[str, ...]) -> None:
-        self.pem = directory / "front.pem"
-        ca.issue_cert(*names).private_key_and_cert_chain_pem.write_to_path(str(self.pem))
-        self.ports = [free_port() for _ in targets]
+    def __init__(self, pem: Path, targets: list[int], *, ports: list[int] | None = None,
+                 user: User | None = None) -> None:
+        self.pem = pem
         self.targets = targets
+        self.ports = ports or [free_port() for _ in targets]
+        self.user = user
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        pairs = [f"{port}:{target}" for port, target in zip(self.ports, self.targets)]
-        self.proc = subprocess.Popen([sys.executable, TLS_PROXY, str(self.pem), str(self.pem), *pairs],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    def __enter__(self) -> "TlsFront":
+        argv = [sys.executable, TLS_PROXY, str(self.pem), str(self.pem),
+                *(f"{port}:{target}" for port, target in zip(self.ports, self.targets))]
+        self.proc = subprocess.Popen(self.user.argv(argv) if self.user else argv,
+                                     env=self.user.env() if self.user else None, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         assert self.proc.stdout is not None
         ready = select.select([self.proc.stdout], [], [], PROXY_START_S)[0]
         line = self.proc.stdout.readline() if ready else b"(nothing within the time allowed)"
         if line.strip() != b"ready":
-            self.close()
+            self.__exit__()
             raise RuntimeError(f"the TLS front did not start: {line!r}")
+        return self
 
-    def close(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def certificate(ca: trustme.CA, pem: Path, *names: str) -> Path:
+    """A key and certificate for ``names``, signed by ``ca``, written to ``pem``."""
+    ca.issue_cert(*names).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    return pem
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +93,18 @@ def tls_url(password: str, host: str, port: int, ca_file: Path | None) -> str:
 def single(tmp_path_factory, module_home, ca) -> Iterator[tuple[Server, TlsFront]]:
     server = Server(tmp_path_factory.mktemp("tls-server"))
     server.start()
-    front = TlsFront(tmp_path_factory.mktemp("tls-front"), ca[0], [server.port], names=("localhost", "127.0.0.1"))
+    pem = certificate(ca[0], tmp_path_factory.mktemp("tls-front") / "front.pem", "localhost", "127.0.0.1")
     try:
-        front.start()
-        yield server, front
+        with TlsFront(pem, [server.port]) as front:
+            yield server, front
     finally:
-        front.close()
         server.close()
 
 
-def run_every_role(url: str, tmp_path: Path) -> tuple[Outcomes, dict, str, dict[str, int], str]:
+def assert_every_role_works(url: str, tmp_path: Path) -> None:
     """Coordinator, a one-slot worker (its job process parks: the lone-job path), Executor.map, sequential
-    ClientThread submits with one failing job, cw-admin status; what each saw, and the roles' logs."""
+    ClientThread submits with one failing job, cw-admin status: every result once, the failure as an
+    error, status answers, and no role's log shows trouble."""
     queue = unique("tls")
     seen = Outcomes()
     with Procs(tmp_path / "logs") as procs:
@@ -113,10 +123,6 @@ def run_every_role(url: str, tmp_path: Path) -> tuple[Outcomes, dict, str, dict[
         status = admin_json(url, "status")
         logs = coordinator.log() + worker.log()
     assert mapped == [x * x for x in range(40)]
-    return seen, expected, bad, status, logs  # type: ignore[return-value]
-
-
-def check(seen: Outcomes, expected: dict, bad: str, status: dict, logs: str) -> None:
     assert seen.results == {job: [value] for job, value in expected.items()}
     assert list(seen.errors) == [bad] and len(seen.errors[bad]) == 1
     assert "on purpose" in str(seen.errors[bad][0])
@@ -124,13 +130,23 @@ def check(seen: Outcomes, expected: dict, bad: str, status: dict, logs: str) -> 
     assert not SYMPTOMS.search(logs), logs
 
 
+def assert_refused(url: str, password: str, words: str) -> None:
+    """cw-admin exits 2 and a client refuses to start, both saying ``words``; the password shows nowhere."""
+    done = cw_admin("status", env={"CWREDIS_URL": url})
+    with pytest.raises(cwredis.ConnectionError) as raised:
+        cwredis.ClientThread(lambda *a: None, url=url)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert words.lower() in done.stderr.lower(), done.stderr
+    assert words.lower() in str(raised.value).lower(), str(raised.value)
+    assert password not in done.stderr + done.stdout + str(raised.value)
+
+
 def test_every_role_works_over_tls(single, ca, tmp_path):
     """Every role given only a rediss:// URL (host name and IP address both checked against the
     certificate): every result arrives once, the failure as an error, status answers, no log trouble."""
     server, front = single
     for host in ("localhost", "127.0.0.1"):
-        url = tls_url(server.password, host, front.ports[0], ca[1])
-        check(*run_every_role(url, tmp_path / host))
+        assert_every_role_works(tls_url(server.password, host, front.ports[0], ca[1]), tmp_path / host)
 
 
 @pytest.mark.parametrize("case", ["unknown CA", "wrong host name"])
@@ -140,31 +156,12 @@ def test_a_certificate_that_does_not_check_out_is_refused_with_a_clear_error(sin
     printed."""
     server, front = single
     if case == "unknown CA":
-        url = tls_url(server.password, "localhost", front.ports[0], None)
-        words = "certificate verify failed"
-    else:
-        stranger = TlsFront(tmp_path, ca[0], [server.port], names=("other.example",))
-        stranger.start()
-        try:
-            url = tls_url(server.password, "localhost", stranger.ports[0], ca[1])
-            done = cw_admin("status", env={"CWREDIS_URL": url})
-            with pytest.raises(cwredis.ConnectionError) as raised:
-                cwredis.ClientThread(lambda *a: None, url=url)
-        finally:
-            stranger.close()
-        _assert_refused(done, raised, server.password, "Hostname mismatch")
+        assert_refused(tls_url(server.password, "localhost", front.ports[0], None), server.password,
+                       "certificate verify failed")
         return
-    done = cw_admin("status", env={"CWREDIS_URL": url})
-    with pytest.raises(cwredis.ConnectionError) as raised:
-        cwredis.ClientThread(lambda *a: None, url=url)
-    _assert_refused(done, raised, server.password, words)
-
-
-def _assert_refused(done, raised, password: str, words: str) -> None:
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    assert words.lower() in done.stderr.lower(), done.stderr
-    assert words.lower() in str(raised.value).lower(), str(raised.value)
-    assert password not in done.stderr + done.stdout + str(raised.value)
+    with TlsFront(certificate(ca[0], tmp_path / "other.pem", "other.example"), [server.port]) as other:
+        assert_refused(tls_url(server.password, "localhost", other.ports[0], ca[1]), server.password,
+                       "Hostname mismatch")
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +170,12 @@ def tls_cluster(tmp_path_factory, module_home, ca) -> Iterator[tuple[LoopbackClu
     would replicate from its primary's announced port, which speaks TLS, and this server does not)."""
     ports = [free_port() for _ in range(3)]
     nodes = LoopbackCluster(tmp_path_factory.mktemp("tls-cluster"), replicas=False, announced_ports=ports)
-    front = TlsFront(tmp_path_factory.mktemp("tls-cluster-front"), ca[0], [n.port for n in nodes.primaries],
-                     names=("localhost", "127.0.0.1"))
-    front.ports = ports
+    pem = certificate(ca[0], tmp_path_factory.mktemp("tls-cluster-front") / "front.pem", "localhost", "127.0.0.1")
     try:
         nodes.start()
-        front.start()
-        yield nodes, front
+        with TlsFront(pem, [n.port for n in nodes.primaries], ports=ports) as front:
+            yield nodes, front
     finally:
-        front.close()
         nodes.close()
 
 
@@ -191,11 +185,9 @@ def test_every_role_works_over_tls_through_any_cluster_node(tls_cluster, ca, tmp
     nodes, front = tls_cluster
     owner = nodes.owner_of(Keys().hash_tag)
     other = next(i for i, node in enumerate(nodes.primaries) if node is not owner)
-    url = tls_url(nodes.password, "127.0.0.1", front.ports[other], ca[1])
-    check(*run_every_role(url, tmp_path))
+    assert_every_role_works(tls_url(nodes.password, "127.0.0.1", front.ports[other], ca[1]), tmp_path)
     assert owner.client().dbsize() > 0, "nothing was written on the slot's primary"
     assert all(node.client().dbsize() == 0 for node in nodes.primaries if node is not owner)
-
 
 
 @pytest.fixture
@@ -211,25 +203,11 @@ def test_a_strangers_tls_listener_on_loopback_gets_no_password_even_unverified(s
     certificate checks turned off (``?ssl_cert_reqs=none``): cw-admin and a client refuse it before the
     TLS handshake, naming the other user's uid, and nothing reaches the relay's far end."""
     server, _ = single
-    pem = stranger.home / "stranger.pem"
-    trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
-    stranger.owns(pem, 0o600)
-    port = free_port()
+    pem = stranger.owns(certificate(trustme.CA(), stranger.home / "stranger.pem", "localhost"), 0o600)
     with socket.create_server(("127.0.0.1", 0)) as watched:
         watched.setblocking(False)
-        relay = subprocess.Popen(stranger.argv([sys.executable, TLS_PROXY, pem, pem,
-                                                f"{port}:{watched.getsockname()[1]}"]),
-                                 env=stranger.env(), stdout=subprocess.PIPE, start_new_session=True)
-        try:
-            assert relay.stdout is not None and select.select([relay.stdout], [], [], PROXY_START_S)[0]
-            assert relay.stdout.readline().strip() == b"ready"
-            url = f"rediss://:{server.password}@127.0.0.1:{port}/0?ssl_cert_reqs=none"
-            done = cw_admin("status", env={"CWREDIS_URL": url})
-            with pytest.raises(cwredis.ConnectionError) as raised:
-                cwredis.ClientThread(lambda *a: None, url=url)
-        finally:
-            relay.kill()
-            relay.wait(10)
+        with TlsFront(pem, [watched.getsockname()[1]], user=stranger) as relay:
+            assert_refused(f"rediss://:{server.password}@127.0.0.1:{relay.ports[0]}/0?ssl_cert_reqs=none",
+                           server.password, f"belongs to uid {STRANGER_UID}")
         with pytest.raises(BlockingIOError):
             watched.accept()
-    _assert_refused(done, raised, server.password, f"belongs to uid {STRANGER_UID}")
