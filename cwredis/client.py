@@ -16,18 +16,15 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
-import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
 
-import redis
-
 from . import config, progressbar
+from .cancelling import Cancelling
 from .connection import Subscription, connect, describe, is_transient
-from .reachability import Reconnector, check_can_start
+from .reachability import LastingError, Reconnector, check_can_start
 from .delivery import Delivery, ErrorCallback, ProgressCallback, Resubmission, ResultCallback
-from .errors import ConnectionError
 from .keys import DEFAULT_KEYS, Keys
 from .lost_jobs import LossWatch
 from .outcome_list import OutcomeEntry, OutcomeList
@@ -36,7 +33,7 @@ from .scripts import Scripts
 from .serialization import retry_on_names
 from .session import SessionKeys
 from .signing import Signer
-from .submitter import Attached, SharedRecords, Submitter, chunked, job_batches
+from .submitter import Attached, SharedRecords, Submitter, job_batches
 
 log = logging.getLogger("cwredis.client")
 
@@ -91,8 +88,7 @@ class ClientThread(threading.Thread):
         self._signer = Signer(config.check_secret(secret, "secret=").value if secret is not None
                               else config.require_secret(insecure))
         self._stop_event = threading.Event()
-        self._stuck: Exception | None = None  # the results thread's lasting error, while it lasts
-        self.lasting_failures = 0  # how often in a row it met one (see raise_if_stuck)
+        self.lasting = LastingError(f"client {self.client_id}")  # the results thread's, while it lasts
         self._reconnector = Reconnector(self.url, "client", self._stop_event)
         self._redis = connect(self.url, "client")
         check_can_start(self._redis, self.url)  # a wrong URL raises here; warns near the connection limit
@@ -109,6 +105,8 @@ class ClientThread(threading.Thread):
         self._cond, self._pending = self._delivery.cond, self._delivery.pending
         self._outcomes = OutcomeList(self._redis, self._scripts, keys, self.client_id)
         self._losses = LossWatch(self._redis, keys, self._submitter, self._delivery, self.client_id)
+        self._cancelling = Cancelling(self._redis, self._scripts, self._reconnector, self._delivery,
+                                      self.client_id, self.session)
         # Outcomes a session already held when we submitted (see submit.lua), for this
         # thread to deliver: callbacks run on it only.
         self._attached: collections.deque[Attached] = collections.deque()
@@ -220,39 +218,11 @@ class ClientThread(threading.Thread):
     def cancel_many(self, job_ids: list[str], *, stop_running: bool) -> dict[str, str]:
         """Cancel jobs in one round trip per batch; per job 'cancelled', 'stopping', or the state it was
         left in (``stop_running=False`` leaves running jobs alone: 'running')."""
-        words: dict[str, str] = {}
-        for batch in chunked(job_ids, config.SUBMIT_BATCH):
-            with self._cond:
-                self._delivery.cancelled_here.update(batch)
-            replies = self._reconnector.call(
-                lambda: self._scripts.cancel(self._redis, batch, stop_running=stop_running))
-            words.update(zip(batch, replies))
-        with self._cond:
-            self._delivery.cancelled_here.difference_update(j for j, word in words.items()
-                                                   if word not in ("cancelled", "stopping"))
-        return words
+        return self._cancelling.many(job_ids, stop_running=stop_running)
 
     def _cancel_outstanding(self) -> None:
-        """Leaving by an exception: without a session, nothing of ours may run for nobody; with one, the
-        jobs go on and we say how to collect or cancel them."""
-        with self._cond:
-            outstanding = list(self._pending)
-        if not outstanding:
-            return
-        if self.session is not None:
-            print(f"cwredis: {len(outstanding)} job(s) of session {self.session.name!r} keep running. "
-                  f"Run the same script again to collect their results, or cancel them with: "
-                  f"cw-admin cancel --session {self.session.name}", file=sys.stderr)
-            return
-        try:
-            words = self.cancel_many(outstanding, stop_running=True)
-        except Exception as exc:
-            log.warning("client %s: could not cancel its %d outstanding job(s) on the way out: %s",
-                        self.client_id, len(outstanding), describe(exc))
-            return
-        stopped = sum(1 for word in words.values() if word in ("cancelled", "stopping"))
-        log.warning("client %s: left by an exception: cancelled its %d outstanding job(s)", self.client_id,
-                    stopped)
+        """Leaving by an exception (see :meth:`Cancelling.outstanding`)."""
+        self._cancelling.outstanding()
 
     # -- waiting and stopping ------------------------------------------------
 
@@ -277,9 +247,9 @@ class ClientThread(threading.Thread):
             base = (self.done_count, self.failed_count)
         try:
             with self._cond:
-                since = self.lasting_failures
+                since = self.lasting.count
                 while self._pending:
-                    self.raise_if_stuck(since)
+                    self.lasting.raise_if_stuck(since)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(f"{len(self._pending)} job(s) still unfinished after {timeout}s")
@@ -293,19 +263,6 @@ class ClientThread(threading.Thread):
                 bar.close()
         if error is not None:
             raise error
-
-    def raise_if_stuck(self, since: int) -> None:
-        """ConnectionError if the results thread met an error that retrying does not fix (the server
-        refusing a command, say) twice in a row, at least once after ``since`` (a ``lasting_failures``
-        reading taken when the caller began to wait): outcomes cannot be read, so waiting would never end. The jobs and their
-        outcomes are kept; once the cause is fixed, the thread's next retry reads them, and a new wait()
-        goes on (it counts only failures after it began)."""
-        exc = self._stuck
-        if exc is not None and self.lasting_failures >= max(since + 1, 2):  # not a one-off, and not only before
-            hint = (" -- the Redis user lacks a command cwredis needs (cwredis/acl.py lists them)"
-                    if isinstance(exc, redis.exceptions.NoPermissionError) else "")
-            raise ConnectionError(f"client {self.client_id}: outcomes cannot be read from Redis: "
-                                  f"{describe(exc)}{hint}")
 
     def stop(self) -> None:
         """Stop the results thread and close connections; undelivered outcomes stay in Redis.
@@ -371,15 +328,14 @@ class ClientThread(threading.Thread):
                     self._losses.resubmit_lost(self._drain)
                     last_drain = time.monotonic()
                 self._reconnector.succeeded()
-                self._stuck, self.lasting_failures = None, 0
+                self.lasting.cleared()
             except Exception as exc:
                 if not is_transient(exc):
-                    if self._stuck is None or describe(self._stuck) != describe(exc):  # once, not every retry
-                        log.exception("client %s: unexpected error in the results thread", self.client_id)
                     with self._cond:
-                        self._stuck = exc
-                        self.lasting_failures += 1
-                        self._cond.notify_all()
+                        new = self.lasting.met(exc)
+                        self._cond.notify_all()  # a waiter may have to raise it now
+                    if new:  # once, not at every retry
+                        log.exception("client %s: unexpected error in the results thread", self.client_id)
                 if subscription is not None:
                     subscription.close()
                 subscription = None

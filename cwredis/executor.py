@@ -236,9 +236,9 @@ class Executor(concurrent.futures.Executor):
                     return future.value
                 raise future.value
             step = 0.2 if bar is not None else 1.0
-            since = self._client.lasting_failures
+            since = self._client.lasting.count
             while True:  # in steps: the bar moves, and a results thread stuck on a lasting error raises here
-                self._client.raise_if_stuck(since)
+                self._client.lasting.raise_if_stuck(since)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:
                     return future.result(step if remaining is None else max(0.0, min(remaining, step)))

@@ -31,6 +31,38 @@ T = TypeVar("T")
 log = logging.getLogger("cwredis")
 
 
+class LastingError:
+    """An error a loop keeps meeting that retrying does not fix (the server refusing a command, say), while
+    it lasts: a client's results thread notes it here, and a caller waiting for outcomes raises it
+    (:meth:`raise_if_stuck`) instead of waiting for ever."""
+
+    def __init__(self, who: str) -> None:
+        self._who = who  # for the message: "client <id>"
+        self.error: Exception | None = None
+        self.count = 0  # met in a row
+
+    def met(self, exc: Exception) -> bool:
+        """Note ``exc``; True if it is not the one met last time (log it then, not at every retry)."""
+        new = self.error is None or describe(self.error) != describe(exc)
+        self.error, self.count = exc, self.count + 1
+        return new
+
+    def cleared(self) -> None:
+        """The loop went round without one."""
+        self.error, self.count = None, 0
+
+    def raise_if_stuck(self, since: int) -> None:
+        """ConnectionError if the error was met twice in a row, at least once after ``since`` (a ``count``
+        read when the caller began to wait): outcomes cannot be read, so waiting would never end. The
+        jobs and their outcomes are kept; once the cause is fixed, the loop's next retry reads them, and a
+        new wait goes on (it counts only what was met after it began)."""
+        exc = self.error
+        if exc is not None and self.count >= max(since + 1, 2):  # not a one-off, and not only before
+            hint = (" -- the Redis user lacks a command cwredis needs (cwredis/acl.py lists them)"
+                    if isinstance(exc, redis.exceptions.NoPermissionError) else "")
+            raise CwConnectionError(f"{self._who}: outcomes cannot be read from Redis: {describe(exc)}{hint}")
+
+
 class Reconnector:
     """Back-off with logging for one role's connection to one URL.
 
