@@ -28,9 +28,9 @@ if #ARGV > 1 then
   if removed > 0 then
     redis.call('LTRIM', results, removed, -1)
     for i = 1, removed do
-      local rest = string.sub(entries[i], #ARGV[i + 1] + 1)
-      if string.sub(rest, 1, 4) == 'ref\n' then
-        local staged = string.match(rest, '^ref\n[^\n]*\n(.+)$')
+      local kind_at = #ARGV[i + 1] + 1  -- look at the kind only: an inline entry may be megabytes long
+      if string.sub(entries[i], kind_at, kind_at + 3) == 'ref\n' then
+        local staged = string.match(entries[i], '^ref\n[^\n]*\n(.+)$', kind_at)
         if staged and string.find(staged, ':stage:', 1, true) then redis.call('DEL', staged) end
       end
     end
