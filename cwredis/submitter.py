@@ -285,7 +285,7 @@ class Submitter:
         """Send the submit in ``target`` followed by ``WAIT`` on the same connection; submit.lua's reply once a
         replica has the batch, else NotReplicatedError (transient: :meth:`submit` sends it again, which is
         safe because a job id the server holds is skipped)."""
-        target.commands.append(sentinel.WAIT_COMMAND)
+        target.execute_command(*sentinel.WAIT_COMMAND)
         reply, replicas = self._scripts.execute(target)
         sentinel.check_acknowledged(replicas, f"a submit of {count} job(s)")
         return reply

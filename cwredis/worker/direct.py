@@ -126,5 +126,5 @@ class DirectRecorder:
         if repark:
             scripts.park(pipe, worker_id=self._worker_id, queues=self._queues, child_inbox=self.inbox)
         if setting:
-            pipe.commands.append(("HGET", self._keys.config, "lease_ms"))
+            pipe.execute_command("HGET", self._keys.config, "lease_ms")
         return scripts.execute(pipe)[staged:]  # after the SETs of a staged body
