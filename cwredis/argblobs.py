@@ -1,6 +1,7 @@
 """Large arguments repeated across jobs, stored once in Redis (content-addressed, like function blobs).
 
-A job's pickled arguments normally travel inside its own record. When a
+A job's pickled arguments normally travel inside its own record (or, when
+large, in a key beside it: :meth:`cwredis.scripts.Scripts.stage_args`). When a
 top-level argument (positional or keyword) is a large buffer -- ``bytes``,
 ``bytearray``, ``array.array``, a NumPy array: anything with the buffer
 protocol, or a ``str`` -- of at least ``config.LARGE_ARG_BYTES``, and this

@@ -27,6 +27,9 @@ STATE = "s"
 SPEC = "p"
 FUNCTION = "f"  # only in jobs queued before the function's digest moved into the spec (SPEC_FUNCTION)
 ARGS = "a"
+#: What ``ARGS`` holds when the job's arguments are staged in their own key (``Keys.staged_args``): large
+#: arguments copied through a Lua script cost ~3 ms of server time per MiB, a plain SET and GET ~0.9 ms.
+STAGED_ARGS = b"staged"
 ATTEMPTS = "n"
 TOKEN = "k"
 WORKER = "w"

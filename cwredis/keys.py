@@ -23,6 +23,10 @@ key                    type    holds
                                the right (oldest first); a retried job is
                                RPUSHed so it runs next
 ``cw:job:<id>``        HASH    the job record (:mod:`cwredis.job`)
+``cw:job:<id>:args``   STRING  the job's signed arguments when they are large
+                               (written beside submit.lua; the record's ``a``
+                               field then holds ``job.STAGED_ARGS``); deleted
+                               when the job ends, else expires with its function
 ``cw:spec:<digest>``   HASH    what jobs of one submitter and function share:
                                client, queue, environment, timeout,
                                max_attempts, the function's digest
@@ -79,6 +83,10 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return self._key("job", job_id)
+
+    def staged_args(self, job_id: str) -> str:
+        """A job's large arguments, outside its record (the Lua scripts spell it ``job_key .. ':args'``)."""
+        return self.job(job_id) + ":args"
 
     def spec(self, digest: str) -> str:
         return self._key("spec", digest)

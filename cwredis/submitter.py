@@ -27,7 +27,7 @@ from .connection import Batch, Pinned, describe, is_server_full
 from .reachability import Reconnector, memory_limit
 from .errors import CwredisError, ServerFullError
 from .keys import Keys
-from .scripts import Scripts
+from .scripts import STAGE_BYTES, Scripts
 from .argblobs import ArgPickler, Pickled
 from .serialization import ENV, FUNCTION, capture_env, dumps_function, function_name
 from .signing import Signer
@@ -261,19 +261,22 @@ class Submitter:
             self._stored_args.update(blobs)
 
     def _submit_batch(self, shared: SharedRecords, batch: Sequence[tuple[str, bytes]]) -> list[Attached]:
-        """One submit.lua call; the shared records go along only when the server may lack them."""
+        """One submit.lua call; the shared records go along only when the server may lack them, and large
+        arguments (not a session's: see submit.lua) are staged beside it in the same round trip."""
         self._put_blobs(batch)
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
+        large = not self._session and any(len(envelope) >= STAGE_BYTES for _, envelope in batch)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
-            target = self._pinned.batch() if self._replica_ack else self._pinned
+            target = self._pinned.batch() if self._replica_ack or large else self._pinned
+            jobs, staged = self._scripts.stage_args(target, batch) if large else (batch, 0)
             reply = self._scripts.submit(
                 target, queue=self._queue, spec_digest=shared.spec_digest,
                 spec_fields=shared.spec_fields if send_records else None, fn_digest=shared.fn_digest,
                 fn_blob=shared.fn_blob if send_records else None, fn_name=shared.fn_name,
-                env_digest=shared.env_digest, env_blob=shared.env_blob if send_records else None, jobs=batch,
+                env_digest=shared.env_digest, env_blob=shared.env_blob if send_records else None, jobs=jobs,
                 blob_ttl_ms=int(config.RESULT_TTL_S * 1000), session=self._session, attach=self._client_id)
             if isinstance(target, Batch):
-                reply = self._replicated(target, len(batch))
+                reply = self._send(target, staged, len(batch))
             queued, rows = reply if isinstance(reply, list) else (reply, [])
             if int(queued) >= 0:
                 with self._lock:
@@ -281,14 +284,17 @@ class Submitter:
                 return [Attached.from_row(row) for row in rows]
         raise AssertionError("submit.lua asked for records it was given")  # pragma: no cover
 
-    def _replicated(self, target: Batch, count: int) -> Any:
-        """Send the submit in ``target`` followed by ``WAIT`` on the same connection; submit.lua's reply once a
-        replica has the batch, else NotReplicatedError (transient: :meth:`submit` sends it again, which is
-        safe because a job id the server holds is skipped)."""
-        target.execute_command(*sentinel.WAIT_COMMAND)
-        reply, replicas = self._scripts.execute(target)
-        sentinel.check_acknowledged(replicas, f"a submit of {count} job(s)")
-        return reply
+    def _send(self, target: Batch, staged: int, count: int) -> Any:
+        """Send the gathered commands -- ``staged`` SETs of large arguments, then submit.lua -- followed, when a
+        replica must have the batch, by ``WAIT`` on the same connection; submit.lua's reply (once a replica
+        has it all, else NotReplicatedError: transient, and :meth:`submit` sends it again, which is safe
+        because a job id the server holds is skipped)."""
+        if self._replica_ack:
+            target.execute_command(*sentinel.WAIT_COMMAND)
+        replies = self._scripts.execute(target)
+        if self._replica_ack:
+            sentinel.check_acknowledged(replies[-1], f"a submit of {count} job(s)")
+        return replies[staged]
 
     def close(self) -> None:
         self._pinned.close()

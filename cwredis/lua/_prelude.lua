@@ -42,6 +42,14 @@ local function make_pending(job)
   redis.call('HDEL', job, 's')
 end
 
+-- drop_staged_args(job): with its 'a' field, a job that never runs again loses its
+-- large arguments' own key (Keys.staged_args: job .. ':args', written beside
+-- submit.lua). For a job whose arguments are in its record there is no such key,
+-- and a DEL that deletes nothing is not written to the append-only file.
+local function drop_staged_args(job)
+  redis.call('DEL', job .. ':args')
+end
+
 -- keep_alive(key, ttl_ms): the key lives ttl_ms more, give or take a slack
 -- (a tenth of it, at most an hour): PEXPIRE is a write, which goes to the
 -- append-only file, so it is sent only when the key has lost more than the
@@ -232,6 +240,7 @@ end
 local function end_cancelled(job, f_rc, client, op, job_id, generation, result_ttl, done_ttl)
   redis.call('HSET', job, 's', 'failed', 'r', 'cancelled', 'x', 'CancelledError: the job was cancelled')
   redis.call('HDEL', job, 'a', 'w', 'pf', 'pg')
+  drop_staged_args(job)
   local ttl = deliver(job, f_rc, client, op, job_id, generation, 'err', 'C', result_ttl, nil, done_ttl)
   redis.call('PEXPIRE', job, ttl)
 end

@@ -73,6 +73,7 @@ for k = 4, #KEYS do
       if f[9] then gone[#gone + 1] = 'pg' end
       if f[10] then gone[#gone + 1] = 'lo' end
       redis.call('HDEL', job, unpack(gone))
+      drop_staged_args(job)
       ttl = done_ttl
       done = done + 1
       if queues[spec] ~= '' then tally(done_in, queues[spec]) end
@@ -81,6 +82,7 @@ for k = 4, #KEYS do
       redis.call('HDEL', job, 'w', 'pf')
       if reason == 'cancelled' then
         redis.call('HDEL', job, 'a')  -- never run again: its arguments can go now
+        drop_staged_args(job)
         ttl = done_ttl
       else
         redis.call('ZADD', failed, now, job_id)  -- kept until requeued or purged

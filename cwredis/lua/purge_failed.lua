@@ -21,5 +21,6 @@ end
 for _, job_id in ipairs(ids) do
   redis.call('ZREM', failed, job_id)
   redis.call('DEL', job_prefix .. job_id)
+  drop_staged_args(job_prefix .. job_id)
 end
 return {#ids}

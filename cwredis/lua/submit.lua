@@ -5,7 +5,7 @@
 -- ARGV: spec_digest, fn_digest, blob_ttl_ms, queue_name, then Keys.handoff()
 --       (5 names), Keys.children_prefix(), attach, session, has_blobs,
 --       [if has_blobs: fn_blob, fn_name, env_blob, n, then n spec field/value pairs],
---       then per job: job_id, args_blob
+--       then per job: job_id, args_blob ('staged': in the key job_k .. ':args', see below)
 -- Returns the number of jobs queued or handed, or -1 (nothing written) when
 -- the spec or a blob is missing and the caller did not send it (send it and
 -- call again). A job id that already exists is skipped, so a submit retried
@@ -78,6 +78,9 @@ for k = 7, #KEYS do
     attached[#attached + 1] = {job_id, state, existing[2] or '0', outcome}
   elseif redis.call('EXISTS', KEYS[k]) == 0 then
     if attach ~= '' then created[#created + 1] = job_id end
+    -- Large arguments are written beside this script (Scripts.stage_args), with a short life in case
+    -- it never ran; args is then the marker job.STAGED_ARGS, and they live as long as the job's function.
+    if args == 'staged' then redis.call('PEXPIRE', KEYS[k] .. ':args', ttl) end
     if not looked then
       worker, room, since = pop_parked(ho, queue_name)
       looked = true

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Protocol
 
-from .. import config
+from .. import config, job
 from ..argblobs import BlobCache, envelope_blobs, named_blobs
 from ..job import Spec
 from ..script_types import Claimed, Completion, Requeue
@@ -33,6 +33,11 @@ from .slot import Running
 from .stop import StopRequest
 
 log = logging.getLogger("cwredis.worker")
+
+#: Why a job whose large arguments are gone fails.
+MISSING_STAGED_ARGS = ("the job's arguments are missing: large arguments are kept beside the job and expire "
+                       f"with its function, {config.RESULT_TTL_S / 86400:g} days after its submit (or the server "
+                       "lost them)")
 
 #: Jobs rejected in a row (their envelope did not verify) after which a worker quarantines itself.
 QUARANTINE_AFTER = 3
@@ -62,8 +67,15 @@ class Admission:
         self._arg_blobs = BlobCache()  # repeated large arguments, fetched once (cwredis.argblobs)
 
     def load_records(self, claimed: list[Claimed]) -> None:
-        """Fetch the records the jobs point at, and the large arguments not cached yet (LinkDown if Redis is away)."""
+        """Fetch the records the jobs point at, and the argument blobs not cached yet (LinkDown if Redis is away).
+
+        Staged arguments (``job.STAGED_ARGS``) are not read here: the job
+        process reads them (:mod:`cwredis.worker.staged`), or :meth:`open_staged`.
+        """
         self._link.load_records(claimed)
+        self._load_arg_blobs(claimed)
+
+    def _load_arg_blobs(self, claimed: list[Claimed]) -> None:
         wanted = self._arg_blobs.missing([d for c in claimed for d in envelope_blobs(c.args)])
         if wanted:
             for digest, data in zip(wanted, self._link.load_arg_blobs(wanted)):
@@ -74,7 +86,9 @@ class Admission:
         """Verify and gather a claimed job's payload; a job that cannot run is failed or rejected (None).
 
         The job's envelope is checked first (it signs the digests of its spec
-        and function); then each record is checked against its digest.
+        and function); then each record is checked against its digest. Staged
+        arguments stay unopened: the job process opens them (the records are
+        still checked here, each against its own signature).
         """
         catalog = self._link.catalog
         spec = catalog.routing_spec(claimed.spec)  # not yet verified: only where a rejection goes
@@ -86,28 +100,67 @@ class Admission:
                                                 "job spec is missing", error))
             return None
         running = Running(claimed, spec, record_large=not self._link.replica_ack)
-        try:
-            running.args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
-        except Rejected as exc:  # our secret may be the wrong one: back to the queue for another worker
-            self._reject(running, exc, limit=self._rejection_limit(claimed, spec))
-            self._count_rejection()
+        staged = claimed.args == job.STAGED_ARGS
+        if staged:
+            running.args = job.STAGED_ARGS
+        elif not self._open_envelope(running):
             return None
-        except Corrupt as exc:
-            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
-            return None
-        self._rejected_in_a_row = 0  # our secret verified this job: it is not us
         try:
             catalog.spec(claimed.spec)
             running.function = catalog.function(claimed.function)
             running.env = catalog.env(spec.env)
-            running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
-        except Rejected as exc:  # a record swapped under a job our secret verified: no worker may run it
-            self._reject(running, exc, limit=1)
+            if not staged:
+                running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
+        except Rejected as exc:
+            if staged:  # nothing of the job verified yet: our secret may be the wrong one, as for an envelope
+                self._reject(running, exc, limit=self._rejection_limit(claimed, spec))
+                self._count_rejection()
+            else:  # a record swapped under a job our secret verified: no worker may run it
+                self._reject(running, exc, limit=1)
             return None
         except Corrupt as exc:
             self._fail_now(running, "corrupt", f"CorruptError: {exc}")
             return None
+        if staged:
+            self._rejected_in_a_row = 0  # our secret verified its records: it is not us
         return running
+
+    def open_staged(self, running: Running) -> bool:
+        """Read and verify a job's staged arguments here (its job process could not); False if the job was
+        failed or rejected instead. LinkDown if Redis is away."""
+        claimed = running.claimed
+        envelope = self._link.load_staged_args([claimed.id])[0]
+        if envelope is None:
+            self._fail_now(running, "corrupt", f"CorruptError: {MISSING_STAGED_ARGS}")
+            return False
+        claimed.args = envelope
+        self._load_arg_blobs([claimed])
+        if not self._open_envelope(running):
+            return False
+        try:
+            running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
+        except Rejected as exc:
+            self._reject(running, exc, limit=1)
+            return False
+        except Corrupt as exc:
+            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
+            return False
+        return True
+
+    def _open_envelope(self, running: Running) -> bool:
+        """Verify the job's envelope into ``running.args``; False if the job was rejected or failed instead."""
+        claimed = running.claimed
+        try:
+            running.args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
+        except Rejected as exc:  # our secret may be the wrong one: back to the queue for another worker
+            self._reject(running, exc, limit=self._rejection_limit(claimed, running.spec))
+            self._count_rejection()
+            return False
+        except Corrupt as exc:
+            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
+            return False
+        self._rejected_in_a_row = 0  # our secret verified this job: it is not us
+        return True
 
     def _fail_now(self, running: Running, reason: str, error: str) -> None:
         log.warning("job %s: failing it (%s): %s", running.id, reason, error)

@@ -53,13 +53,15 @@ from .. import config, heap, jobcontext
 from ..argblobs import loads_call
 from ..serialization import (ErrorRecord, dumps_exception, error_line, is_instance_of_any, loads_function,
                              parse_env)
-from ..signing import Corrupt
+from ..keys import Keys
+from ..signing import Corrupt, Signer
 from .child_parking import ChildParking
 from .direct import DirectRecorder
 from .freshness import CodeWatch
 from .mailbox import INBOX, Mailbox
-from .protocol import (ChildMessage, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup, Stale,
-                       Unparked)
+from .protocol import (CannotOpen, ChildMessage, Err, MessagePipe, Ok, Output, Progress, Recorded, Resend, Run, Setup,
+                       Stale, Unparked)
+from .staged import StagedArgs
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     mailbox = Mailbox(inbox, control, send)
     recorder: DirectRecorder | None = None
     parking: ChildParking | None = None
+    staged: StagedArgs | None = None
     watch = CodeWatch()
     while True:
         message = mailbox.next(parking.fd if parking is not None else None)
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(message, Setup):
             recorder = DirectRecorder(message)
             parking = ChildParking(message, recorder, send) if recorder.inbox else None
+            staged = StagedArgs(recorder, Keys(message.namespace), Signer(message.secret))
             continue
         assert isinstance(message, Run)
         # What we say of a job we took while parked goes to a worker not waiting on our pipe: poked (parking).
@@ -315,6 +319,12 @@ def main(argv: list[str] | None = None) -> None:
             if held is not None:
                 held.poke()
             continue
+        if message.staged_spec:  # its arguments wait in their own key: read and verify them (worker.staged)
+            args = staged.open(message.job_id, message.staged_spec, message.function_digest) if staged else None
+            if args is None:
+                send(CannotOpen(message.job_id))  # nothing of it ran: the worker opens it
+                continue
+            message = message._replace(args=args, staged_spec="")
         reply = runner.run(message, report)
         watch.note_imports()
         direct = message.direct

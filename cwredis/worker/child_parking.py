@@ -21,7 +21,7 @@ with a timeout, a job left to it, an outcome for it to record, a failure --
 the child also writes a byte to the worker's attention pipe (:meth:`poke`). The child verifies the job's envelope with the
 secret before unpickling anything, and its spec, function and environment
 against their signed digests (fetching the ones it lacks on its
-connection); a job it cannot check itself -- a bad signature, a missing or
+connection, and large arguments from their own key: :mod:`cwredis.worker.staged`); a job it cannot check itself -- a bad signature, a missing or
 swapped record, argument blobs -- it does not run: it passes the envelope to
 the worker, which verifies, rejects (counting towards quarantine), fails or
 runs it as any claimed job. Fail closed: nothing unverified is unpickled here.
@@ -54,6 +54,7 @@ from ..script_types import Claimed, parse_handed
 from ..signing import Corrupt, Rejected, Signer
 from .direct import DirectRecorder
 from .protocol import ChildMessage, Direct, Run, Setup, Took, Unparked
+from .staged import StagedArgs
 
 log = logging.getLogger("cwredis.worker.child")
 
@@ -77,6 +78,7 @@ class ChildParking:
         self._keys = Keys(setup.namespace)
         self._signer = Signer(setup.secret)
         self._catalog = Catalog(None, self._keys, self._signer)  # fetched on our own connection (_fetch)
+        self._staged = StagedArgs(recorder, self._keys, self._signer)
         self._attention = setup.attention
         self._worker_id = setup.worker_id
         self.fd: int | None = None  # the socket, while our blocking read is out
@@ -182,9 +184,12 @@ class ChildParking:
     def _verified(self, claimed: Claimed) -> tuple[job.Spec, Run] | None:
         """The job's spec and its Run, every part verified with our secret; None if any part is not."""
         try:
-            args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
-            if named_blobs(args):
-                return None  # argument blobs: the worker fetches and checks them
+            if claimed.args == job.STAGED_ARGS:  # read and verified on our connection (worker.staged)
+                args = self._staged.open(claimed.id, claimed.spec, claimed.function)
+            else:
+                args = self._signer.open_job(claimed.id, claimed.spec, claimed.function, claimed.args)
+            if args is None or named_blobs(args):
+                return None  # unread staged arguments, or argument blobs: the worker fetches and checks them
             self._load(claimed)
             spec = self._catalog.spec(claimed.spec)
             if spec is None:

@@ -26,7 +26,7 @@ from .cutoffs import Cutoffs
 from .intake import Intake
 from .link import LinkDown
 from .parking import Parking, has_words
-from .pool import Died, Ended, LeftParking, Outdated, Pool, Printed, Reported
+from .pool import Died, Ended, Event, LeftParking, Outdated, Pool, Printed, Reported, Unopened
 from .protocol import Err, Ok, Recorded, Took, Unparked
 from .slot import Running, Slot
 from .stop import StopRequest
@@ -92,11 +92,18 @@ class Collector:
             for event in (events if exited else self._pool.read(slot)):
                 self.handle(event)
 
-    def handle(self, event: Ended | Died | Reported | Printed | Outdated | LeftParking) -> None:
+    def handle(self, event: Event) -> None:
         """Act on what the pool saw: a job's end, a child's death, a progress report or output, stale code,
-        a parked child's answer."""
+        a parked child's answer, a job a child could not open."""
         if isinstance(event, LeftParking):
             self._left_parking(event)
+        elif isinstance(event, Unopened):
+            with self._lock:
+                if (head := event.slot.job) is not None:
+                    self._host.mark_started(head)  # the job written ahead starts now
+                else:
+                    self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
+            self._intake.open_staged(event.running)
         elif isinstance(event, Reported):
             self._attempts.report(event)
         elif isinstance(event, Printed):

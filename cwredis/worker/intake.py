@@ -183,6 +183,20 @@ class Intake:
         verify it here and reject, fail or run it as any handed job (cwredis.worker.parking)."""
         self._take_jobs([claimed], 0, self.epoch)
 
+    def open_staged(self, running: Running) -> None:
+        """A job a child could not open (its staged arguments unread, not verified, or naming argument blobs,
+        see cwredis.worker.staged): open it here, then reject or fail it, or put it first in line."""
+        with self.claim_lock:
+            try:
+                opened = self.admission.open_staged(running)
+            except LinkDown:  # still in our in-flight list: the reconciliation after the outage gives it back
+                self.needs_reconcile = True
+                return
+        if opened:
+            with self.lock:
+                self._pool.ready.appendleft(running)
+            self._host.dispatch()
+
     def _take_jobs(self, claimed: list[Claimed], garbled: int, epoch: int) -> None:
         """Start jobs handed to us, read by a call begun at reconciliation ``epoch``; confirm them if one ran since."""
         with self.claim_lock:

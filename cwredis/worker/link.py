@@ -214,6 +214,15 @@ class Link:
             return pipe.execute()
         return self._call(round_trip)
 
+    def load_staged_args(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The staged arguments of jobs ``job_ids`` (``job.STAGED_ARGS``; None: missing), in one round trip."""
+        def round_trip() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.get(self.keys.staged_args(job_id))
+            return pipe.execute()
+        return self._call(round_trip)
+
     # -- recording --------------------------------------------------------------------------
 
     def record(self, batch: Batch, *, lease_ms: int, claim_count: int, start_count: int) -> Recording:

@@ -15,7 +15,7 @@ from typing import Iterator, Union
 
 from .. import config
 from ..script_types import Claimed
-from .protocol import Err, Ok, Output, Progress, Recorded, Resend, Setup, Stale, Took, Unparked, Unsent
+from .protocol import CannotOpen, Err, Ok, Output, Progress, Recorded, Resend, Setup, Stale, Took, Unparked, Unsent
 from .slot import Running, Slot
 
 
@@ -72,7 +72,16 @@ class LeftParking:
     running: Running | None
 
 
-Event = Union[Ended, Died, Reported, Printed, Outdated, LeftParking]
+@dataclass
+class Unopened:
+    """A child could not open a job's staged arguments and ran nothing of it (protocol.CannotOpen): the
+    worker opens it. The job no longer heads the slot."""
+
+    slot: Slot
+    running: Running
+
+
+Event = Union[Ended, Died, Reported, Printed, Outdated, LeftParking, Unopened]
 
 
 class Pool:
@@ -132,6 +141,9 @@ class Pool:
                     break  # what else it said is moot: it is replaced, its jobs start again elsewhere
                 elif isinstance(message, (Took, Unparked)):
                     events.append(self._left_parking(slot, message))
+                elif isinstance(message, CannotOpen):
+                    if (running := slot.take(message.job_id)) is not None:
+                        events.append(Unopened(slot, running))
                 elif isinstance(message, Resend):
                     if (running := slot.find(message.job_id)) is not None:
                         slot.forget_cache()

@@ -5,7 +5,8 @@ A child (``python -m cwredis.worker.child``) has three pipes, each a
 
     job pipe      worker -> child   Setup (first), then Run per job
     control pipe  worker -> child   Unsend
-    out pipe      child -> worker   Progress, Output, Unsent, Resend, Stale, then per job one of Ok / Err / Recorded;
+    out pipe      child -> worker   Progress, Output, Unsent, Resend, CannotOpen, Stale, then per job one of
+                                    Ok / Err / Recorded;
                                     Took / Unparked end a parking (cwredis.worker.parking)
 
 Every message is a NamedTuple: read by name, never by index. On the wire it
@@ -69,6 +70,9 @@ class Run(NamedTuple):
     retry_on: tuple[str, ...] = ()  # the spec's: an exception of one of these classes ends in a retry
     blobs: dict[str, bytes] | None = None  # the argument blobs ``args`` names (cwredis.argblobs)
     args_follow: int = 0  # if > 0, ``args`` is empty: that many bytes of them follow on the pipe, raw
+    #: If set, ``args`` is ``job.STAGED_ARGS``, not verified: the child reads the envelope from its own key,
+    #: and verifies it with this spec digest, before anything of the job is unpickled (worker.staged).
+    staged_spec: str = ""
 
 
 class Unsend(NamedTuple):
@@ -101,6 +105,13 @@ class Unsent(NamedTuple):
 
 class Resend(NamedTuple):
     """The function or environment was left out of a Run, but the child does not hold it."""
+
+    job_id: str
+
+
+class CannotOpen(NamedTuple):
+    """The child ran nothing of ``job_id``: it could not read or verify the arguments staged beside it, or
+    they name argument blobs (:mod:`cwredis.worker.staged`); the worker opens the job itself."""
 
     job_id: str
 
@@ -179,7 +190,7 @@ class Unparked(NamedTuple):
 #: A job's end, as a child reports it.
 Reply = Union[Ok, Err]
 #: Everything a child sends.
-ChildMessage = Union[Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded, Took, Unparked]
+ChildMessage = Union[Progress, Output, Unsent, Resend, CannotOpen, Stale, Ok, Err, Recorded, Took, Unparked]
 #: Everything either side sends.
 Message = Union[Setup, Run, Unsend, ChildMessage]
 
@@ -188,7 +199,7 @@ LARGE_MESSAGE_BYTES = 64 * 1024
 
 #: The message types by their number on the wire.
 _TYPES: tuple[type[Any], ...] = (Setup, Run, Unsend, Progress, Output, Unsent, Resend, Stale, Ok, Err, Recorded, Took,
-                                  Unparked)
+                                  Unparked, CannotOpen)
 _NUMBERS = {kind: number for number, kind in enumerate(_TYPES)}
 
 

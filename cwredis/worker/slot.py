@@ -32,7 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .. import config
+from .. import config, job
 from ..job import Spec
 from ..script_types import Claimed
 from .protocol import Direct, MessagePipe, Run, Setup, Unsend, write_all
@@ -44,7 +44,7 @@ class Running:
 
     claimed: Claimed
     spec: Spec
-    args: bytes | memoryview = b""  # verified (a view into the claimed envelope)
+    args: bytes | memoryview = b""  # verified (a view into the claimed envelope), or job.STAGED_ARGS (staged)
     blobs: dict[str, bytes] = field(default_factory=dict)  # the argument blobs ``args`` names
     function: bytes = b""
     env: bytes = b""
@@ -61,6 +61,12 @@ class Running:
     @property
     def id(self) -> str:
         return self.claimed.id
+
+    @property
+    def staged(self) -> bool:
+        """Its arguments are still the marker of arguments staged beside the job: its child reads and
+        verifies them (:mod:`cwredis.worker.staged`)."""
+        return self.args == job.STAGED_ARGS
 
     @property
     def payload_bytes(self) -> int:
@@ -167,7 +173,8 @@ class Slot:
         self._send(Run(running.id, fn_digest, None if fn_digest in self.functions else running.function,
                        b"" if large else bytes(running.args), env_digest,
                        None if self.env == env_digest else running.env, running.spec.forward_output, direct,
-                       running.spec.retry_on, running.blobs or None, len(running.args) if large else 0))
+                       running.spec.retry_on, running.blobs or None, len(running.args) if large else 0,
+                       running.claimed.spec if running.staged else ""))
         if large:
             self._write(running.args)
         self.functions.add(fn_digest)

@@ -149,3 +149,63 @@ def test_redis_memory_of_a_map_stays_within_its_byte_window(cluster, procs, monk
     assert [g[3] for g in got] == list(range(40))
     assert [g[:3] for g in got] == [expected(i.to_bytes(4, "little") * (MIB // 4)) for i in range(40)]
     assert peak[0] < bound, f"Redis grew by {peak[0] / MIB:.1f} MiB during the map"
+
+
+def staged_args_keys(r) -> set[bytes]:
+    return set(r.scan_iter(match=DEFAULT_KEYS.staged_args("*"), count=1000))
+
+
+def test_large_arguments_are_staged_beside_their_jobs_and_leave_nothing_behind(cluster):
+    """Distinct 1 MiB arguments from a map, and 512 KiB ones from lone jobs one after another (each handed
+    to a job process parked on its own inbox): every job gets its own arguments intact, once. They were
+    written with a plain SET each (staged, not through submit.lua), and once the jobs are done none is
+    left in Redis."""
+    r = cluster.redis
+    keys_before = staged_args_keys(r)
+    sets_before = r.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    payloads = [bytes([i]) * MIB for i in range(12)]
+    with cwredis.Executor(url=cluster.url) as ex:
+        got = list(ex.map(jobs_payloads.fingerprint, payloads, range(12), timeout=JOB_TIMEOUT_S))
+    assert got == [(*expected(p)[:3], i) for i, p in enumerate(payloads)]
+    results: dict[str, list[tuple]] = {}
+    with cwredis.ClientThread(lambda job_id, value: results.setdefault(job_id, []).append(value),
+                              url=cluster.url) as client:
+        ids = {}
+        for i in range(4):
+            ids[client.submit(jobs_payloads.fingerprint, bytes([100 + i]) * (MIB // 2), i)] = i
+            client.wait(timeout=JOB_TIMEOUT_S)
+    assert results == {job_id: [(*expected(bytes([100 + i]) * (MIB // 2))[:3], i)] for job_id, i in ids.items()}
+    assert r.info("commandstats")["cmdstat_set"]["calls"] >= sets_before + 16
+    assert staged_args_keys(r) == keys_before
+
+
+def test_a_job_whose_staged_arguments_are_gone_fails_corrupt_at_once(cluster, procs):
+    """The key expired (or the server lost it) before the job ran: the job fails ``corrupt`` at once,
+    saying why; it never waits, and the job beside it runs."""
+    queue = unique("lostargs")
+    r = cluster.redis
+    with cwredis.Executor(url=cluster.url, queue=queue) as ex:
+        kept, lost = (ex.submit(jobs_payloads.fingerprint, bytes([i]) * MIB, i) for i in (1, 2))
+        assert r.delete(DEFAULT_KEYS.staged_args(lost.job_id)) == 1
+        procs.worker(cluster.url, "--queue", queue)
+        assert kept.result(JOB_TIMEOUT_S) == (*expected(bytes([1]) * MIB)[:3], 1)
+        with pytest.raises(RemoteError) as raised:
+            lost.result(JOB_TIMEOUT_S)
+    assert raised.value.reason == "corrupt"
+    assert "arguments are missing" in str(raised.value)
+
+
+def test_staged_arguments_swapped_for_another_jobs_are_never_run(cluster, procs):
+    """Someone with write access to Redis but not the secret puts job A's (signed) arguments in job B's
+    key: B is rejected -- opened neither by its job process nor by the worker -- and never runs with A's
+    arguments; A runs as sent."""
+    queue = unique("swapped")
+    r = cluster.redis
+    with cwredis.Executor(url=cluster.url, queue=queue, max_attempts=1) as ex:
+        a, b = (ex.submit(jobs_payloads.fingerprint, bytes([i]) * MIB, i) for i in (1, 2))
+        assert r.set(DEFAULT_KEYS.staged_args(b.job_id), r.get(DEFAULT_KEYS.staged_args(a.job_id)), keepttl=True)
+        procs.worker(cluster.url, "--queue", queue)
+        assert a.result(JOB_TIMEOUT_S) == (*expected(bytes([1]) * MIB)[:3], 1)
+        with pytest.raises(RemoteError) as raised:
+            b.result(JOB_TIMEOUT_S)
+    assert raised.value.reason == "rejected"

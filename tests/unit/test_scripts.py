@@ -14,6 +14,7 @@ import redis
 
 from cwredis import job
 from cwredis.keys import Keys
+from cwredis import scripts
 from cwredis.scripts import ScriptRefused, Scripts
 from cwredis.script_types import Completion, Requeue, parse_handed
 
@@ -352,6 +353,77 @@ def test_a_sessions_staged_body_is_kept_in_its_record_and_sent_inline(s, r):
     for client in ("c1", "c2"):
         assert r.lrange(KEYS.results(client), 0, -1) == [b"1\na\n0\nok\n" + BIG]
     assert not r.exists(KEYS.staged_body("a", claimed.token))
+
+
+def submit_staged(s, r, *job_ids, envelope=BIG):
+    """Stage large arguments (SETs) and submit, in one pipeline, as clients do; submit.lua's reply."""
+    s.load()  # a pipeline does not load scripts on NOSCRIPT (Scripts.execute's caller retries)
+    pipe = r.pipeline(transaction=False)
+    jobs, staged = s.stage_args(pipe, [(j, envelope) for j in job_ids])
+    s.submit(pipe, queue=SPEC.queue, spec_digest="sp1", spec_fields=SPEC.to_hash(), fn_digest="fn1",
+             fn_blob=b"Ufn", fn_name="m.f", env_digest="e1", env_blob=b"Uenv", jobs=jobs, blob_ttl_ms=60_000)
+    replies = pipe.execute()
+    assert len(replies) == staged + 1
+    return replies[-1]
+
+
+def test_large_arguments_wait_in_their_own_key_named_by_a_marker_and_go_when_the_job_is_done(s, r):
+    """The record holds the marker, not the arguments; submit.lua gives the key the function's life (not the
+    short one of the SET); a claim returns the marker; completing the job deletes the key."""
+    assert submit_staged(s, r, "a") == 1
+    key = KEYS.staged_args("a")
+    assert r.hget(KEYS.job("a"), job.ARGS) == job.STAGED_ARGS
+    assert r.get(key) == BIG and 0 < r.pttl(key) <= 60_000  # the blob TTL, not STAGED_ARGS_ORPHAN_TTL_MS
+    (claimed,), _ = claim(s, r)
+    assert claimed.args == job.STAGED_ARGS
+    assert complete(s, r, ok(claimed)) == [1]
+    assert not r.exists(key) and state(r, "a") == "done"
+
+
+def test_small_arguments_stay_in_the_record(s, r):
+    pipe = r.pipeline(transaction=False)
+    jobs, staged = s.stage_args(pipe, [("a", b"U" + b"x" * 1000)])
+    assert staged == 0 and jobs == [("a", b"U" + b"x" * 1000)] and pipe.execute() == []
+
+
+def test_staged_arguments_a_submit_left_behind_expire_soon(s, r):
+    """The client died between its SET and submit.lua (or submit.lua was refused): the key expires within
+    STAGED_ARGS_ORPHAN_TTL_MS."""
+    pipe = r.pipeline(transaction=False)
+    s.stage_args(pipe, [("a", BIG)])
+    pipe.execute()
+    assert 60_000 < r.pttl(KEYS.staged_args("a")) <= scripts.STAGED_ARGS_ORPHAN_TTL_MS
+    assert not r.exists(KEYS.job("a"))
+
+
+def test_a_submit_sent_again_leaves_a_queued_jobs_staged_arguments_as_they_were(s, r):
+    """After a lost reply the client sends the same job again: the SET (NX) neither rewrites the arguments
+    nor gives them the short life again, and submit.lua skips the job."""
+    submit_staged(s, r, "a")
+    key = KEYS.staged_args("a")
+    r.pexpire(key, 30_000)
+    assert submit_staged(s, r, "a", envelope=b"other" * 20_000) == 0
+    assert r.get(key) == BIG and 0 < r.pttl(key) <= 30_000
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [b"a"]
+
+
+def test_staged_arguments_go_with_a_cancelled_or_purged_job_and_stay_with_a_failed_one(s, r):
+    submit_staged(s, r, "a", "b")
+    assert s.cancel(r, ["a"], stop_running=False) == ["cancelled"]
+    assert not r.exists(KEYS.staged_args("a"))
+    (b,), _ = claim(s, r)
+    complete(s, r, Completion(b.id, b.token, "c1", "err", b"{}", "exception", "E", "tb"))
+    assert r.get(KEYS.staged_args("b")) == BIG  # requeue-failed may run it again
+    assert s.purge_failed(r, ["b"]) == 1
+    assert not r.exists(KEYS.staged_args("b"))
+
+
+def test_a_job_with_staged_arguments_is_handed_off_with_the_marker(s, r):
+    park(s, r)
+    submit_staged(s, r, "a")
+    handed = parse_handed(inbox(r))
+    assert [(c.id, c.args) for c in handed.claimed] == [("a", job.STAGED_ARGS)]
+    assert r.get(KEYS.staged_args("a")) == BIG
 
 
 def test_trimming_deletes_only_staged_keys_an_entry_names(s, r):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+from cwredis import job
 from cwredis.job import Spec
 from cwredis.script_types import Claimed
 from cwredis.signing import Signer
@@ -91,3 +92,60 @@ def test_a_verified_job_is_gathered_and_a_corrupt_one_fails() -> None:
     assert admission.prepare(garbled) is None
     assert host.failed == [("bad", "corrupt")]
     assert not ledger.take().requeues and not admission.quarantined
+
+
+class _StagedLink(_Link):
+    """A link whose staged-arguments key holds ``staged`` (None: the key is gone)."""
+
+    def __init__(self, staged: dict[str, bytes]) -> None:
+        self.staged = staged
+        self.read: list[str] = []
+
+    def load_records(self, claimed: list[Claimed]) -> None:
+        pass
+
+    def load_staged_args(self, job_ids: list[str]) -> list[bytes | None]:
+        self.read += job_ids
+        return [self.staged.get(job_id) for job_id in job_ids]
+
+
+def _staged(job_id: str) -> Claimed:
+    return Claimed(job_id, "1", "spec-digest", "fn-digest", job.STAGED_ARGS, 1, 0)
+
+
+def test_staged_arguments_are_left_to_the_job_process_and_opened_here_only_when_it_could_not() -> None:
+    """prepare() neither reads nor opens staged arguments (the job process does: worker.staged); when the
+    process could not, open_staged() reads and verifies them, and fails a job whose key is gone."""
+    ours = Signer(b"a" * 32)
+    ledger, host = Ledger(threading.Condition()), _Host()
+    link = _StagedLink({"s1": ours.seal_job("s1", "spec-digest", "fn-digest", b"large arguments")})
+    admission = Admission(link, ledger, StopRequest(), ours, host, unpark=lambda: None)  # type: ignore[arg-type]
+    claimed = [_staged("s1"), _staged("gone")]
+    admission.load_records(claimed)
+    prepared = [admission.prepare(c) for c in claimed]
+    assert link.read == []  # nothing read: the job processes read them
+    assert all(r is not None and r.staged and r.payload_bytes == len(job.STAGED_ARGS) for r in prepared)
+    first, second = prepared
+    assert first is not None and second is not None
+    assert admission.open_staged(first) and bytes(first.args) == b"large arguments" and not first.staged
+    assert not admission.open_staged(second)
+    assert link.read == ["s1", "gone"]
+    assert host.failed == [("gone", "corrupt")]
+
+
+def test_staged_arguments_that_do_not_verify_are_rejected_but_do_not_quarantine_a_worker_whose_secret_works() -> None:
+    """Staged arguments sealed with another secret: each job is rejected (back to the queue, failing at
+    max_attempts rejections), never run. The jobs' records verified with our secret, so the fault is not
+    ours: three in a row do not quarantine the worker."""
+    ours, theirs = Signer(b"a" * 32), Signer(b"b" * 32)
+    ledger, host, unparked = Ledger(threading.Condition()), _Host(), []
+    link = _StagedLink({f"r{i}": theirs.seal_job(f"r{i}", "spec-digest", "fn-digest", b"x") for i in range(3)})
+    admission = Admission(link, ledger, StopRequest(), ours, host,  # type: ignore[arg-type]
+                          unpark=lambda: unparked.append(1))
+    for i in range(3):
+        running = admission.prepare(_staged(f"r{i}"))
+        assert running is not None and not admission.open_staged(running)
+        assert running.staged  # nothing of it was opened
+    assert not admission.quarantined and not unparked
+    assert [(r.id, r.mode, r.limit) for r in ledger.take().requeues] == [(f"r{i}", "reject", 5) for i in range(3)]
+    assert host.failed == []
