@@ -77,8 +77,7 @@ class Inspector:
             pipe.hmget(self.keys.job(job_id), _STARTED_FIELDS)
         started = []
         for (worker_id, job_id), values in zip(held, pipe.execute()):
-            state, prefetched, holder = (job.text(v) for v in values[:3])
-            if state == job.RUNNING and prefetched is None and holder == worker_id:
+            if job.started_on(values[:3], worker_id):
                 started.append((worker_id, [job_id, *values[3:]]))
         return started
 
@@ -163,7 +162,7 @@ class Inspector:
 
 
 #: Job fields read for each in-flight id: the first three decide whether it started.
-_STARTED_FIELDS = [job.STATE, job.PREFETCHED, job.WORKER, job.FUNCTION, job.PROGRESS, job.SPEC]
+_STARTED_FIELDS = [*job.STARTED, job.FUNCTION, job.PROGRESS, job.SPEC]
 
 
 def start_times(text: str | None) -> dict[str, int]:

@@ -98,6 +98,17 @@ def held_by(fence: Sequence[object], token: str, worker_id: str) -> bool:
     return state == RUNNING and held_token == token and holder == worker_id
 
 
+#: The fields that say whether a job in a worker's in-flight list has started there (:func:`started_on`).
+STARTED = (STATE, PREFETCHED, WORKER)
+
+
+def started_on(fields: Sequence[object], worker_id: str) -> bool:
+    """Whether the :data:`STARTED` fields as read say the job runs on worker ``worker_id``: running, held
+    by it, and started (not only claimed ahead of its start)."""
+    state, prefetched, holder = (text(value) for value in fields)
+    return state == RUNNING and prefetched is None and holder == worker_id
+
+
 def text(value: object) -> str | None:
     """A Redis reply field as text (bytes decoded, undecodable bytes replaced); None stays None."""
     if value is None:

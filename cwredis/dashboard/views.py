@@ -127,12 +127,11 @@ class Views:
                  for w, fields in zip(live, replies[:len(live)])]
         held = [(w, job.text(j) or "") for w, ids in zip(all_ids, replies[len(live):]) for j in ids]
         for _, job_id in held:
-            pipe.hmget(self.keys.job(job_id), [job.STATE, job.PREFETCHED, job.WORKER, job.SPEC])
+            pipe.hmget(self.keys.job(job_id), [*job.STARTED, job.SPEC])
         started = []
         for (worker_id, job_id), values in zip(held, pipe.execute()):
-            state, prefetched, holder, spec = (job.text(v) for v in values)
-            if state == job.RUNNING and prefetched is None and holder == worker_id:
-                started.append((worker_id, [job_id, None, None, spec]))
+            if job.started_on(values[:3], worker_id):
+                started.append((worker_id, [job_id, None, None, job.text(values[3])]))
         return infos, started
 
     def _queues_of(self, specs: list[str | None]) -> list[str]:
