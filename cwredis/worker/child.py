@@ -319,8 +319,14 @@ def main(argv: list[str] | None = None) -> None:
             if held is not None:
                 held.poke()
             continue
+        # Parked, our blocking read of our inbox is out on our one connection: nothing else may use it
+        # before it answers. The worker writes nothing behind a job that parks us (Slot.may_park); should a
+        # job come anyway, the worker opens its staged arguments and records its outcome (the pipe).
+        reading = parking is not None and parking.fd is not None
         if message.staged_spec:  # its arguments wait in their own key: read and verify them (worker.staged)
-            args = staged.open(message.job_id, message.staged_spec, message.function_digest) if staged else None
+            args = None
+            if staged is not None and not reading:
+                args = staged.open(message.job_id, message.staged_spec, message.function_digest)
             if args is None:
                 send(CannotOpen(message.job_id))  # nothing of it ran: the worker opens it
                 continue
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         watch.note_imports()
         direct = message.direct
         # A retryable failure is the worker's to requeue (attempts.py), never recorded from here.
-        if (direct is not None and recorder is not None and not isinstance(reply, Resend)
+        if (direct is not None and recorder is not None and not reading and not isinstance(reply, Resend)
                 and not (isinstance(reply, Err) and reply.retryable)
                 and (not direct.only_large or (isinstance(reply, Ok)
                                                and len(reply.result) >= config.DIRECT_RECORD_BYTES))):

@@ -180,6 +180,13 @@ class Slot:
         self.functions.add(fn_digest)
         self.env = env_digest
 
+    @property
+    def may_park(self) -> bool:
+        """The child may park on its own inbox once its running job ends (the job re-parks the worker,
+        ``Running.repark``): its connection then waits in a blocking read, which a job written behind
+        must not find (:mod:`cwredis.worker.parking`), so nothing is written ahead of such a job."""
+        return any(running.repark for running in self.sent)
+
     def take(self, job_id: str) -> Running | None:
         """Remove and return the sent attempt ``job_id`` (the next one then runs, from now)."""
         for index, running in enumerate(self.sent):

@@ -283,7 +283,7 @@ class Worker:
                 ahead = pacing.ahead(self.avg_job_s)
                 for slot in pool.slots:  # then, for short jobs, a few ahead per child
                     while (pool.ready and 0 < len(slot.sent) <= ahead and not slot.asked_back and slot.alive
-                           and pool.ready[0].payload_bytes <= config.MAX_SEND_AHEAD_BYTES):
+                           and not slot.may_park and pool.ready[0].payload_bytes <= config.MAX_SEND_AHEAD_BYTES):
                         slot.start(pool.ready.popleft())
             if self.hunger() or self._ledger.starts:
                 self._lock.notify_all()  # the fetcher may wait for work

@@ -146,3 +146,25 @@ def test_a_graceful_stop_gives_back_what_was_claimed_ahead_refunded(server, work
     wait_for(lambda: outcomes.count() == 4, timeout=10, message="every callback")
     outcomes.assert_exactly_once({j: i * i for i, j in enumerate(ids)})
     assert r.llen(KEYS.inflight(worker.worker_id)) == 0
+
+
+def test_nothing_is_written_ahead_of_a_job_that_parks_its_child(server, worker, client):
+    """A job dispatched when the queues were empty (``repark``) has its child record it and then park on
+    its own inbox, with a blocking read out on the child's one connection: a job written behind it would
+    reach a child that may not use that connection. So the jobs claimed meanwhile wait in ``ready``, and
+    go to the slot -- a few of them ahead -- once that job has ended."""
+    t, outcomes = client
+    first = t.submit(square, 1)
+    worker.step(wait=False)
+    slot = worker.pool.slots[0]
+    (head,) = slot.sent
+    assert head.id == first
+    head.repark = True  # as dispatch sets it when the queues were empty (or a hand-off took our last room)
+    ids = [t.submit(square, i) for i in range(2, 5)]
+    worker.avg_job_s = SHORT_S  # the pacing would write up to 4 ahead
+    worker.step(wait=False)  # claims them
+    assert [run.job_id for run in slot.runs] == [first]
+    assert [running.id for running in worker.pool.ready] == ids
+    _finish(worker, head, 1)
+    worker.step(wait=False)
+    assert [run.job_id for run in slot.runs] == [first, *ids]  # the next heads the slot, the rest ahead
