@@ -33,7 +33,10 @@ so:
   just took, whose Took is on its way;
 * a parked child that dies, or whose connection fails, may leave a handed
   job unread in the in-flight list: the worker reconciles (it goes back
-  unrun, refunded), and unlists the child at the next unpark.
+  unrun, refunded), and unlists the child at the next unpark;
+* a called-back child that has not answered within ``ANSWER_WITHIN_S`` is
+  stuck: the worker replaces it and reconciles, so a job it held does not
+  wait in the in-flight list of a live worker for ever.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ CANCEL_KEEP_S = 5.0
 #: A child inbox holding a stale "u" expires after this long (unpark_children.lua).
 INBOX_TTL_MS = 3_600_000
 
+#: A called-back child answers within a round trip; one silent this long is stuck and is replaced.
+ANSWER_WITHIN_S = 30.0
+
 
 class Parking:
     """The parked slots and the calls that bring them back; see the module docstring. Lock held by callers
@@ -63,6 +69,7 @@ class Parking:
         # now (a timeout to enforce, an outcome to record) writes a byte, which wakes the loop.
         self._attention_r, self.attention_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._parked: dict[int, bool] = {}  # slot index -> an unpark was sent to it
+        self._called: dict[int, float] = {}  # slot index -> when the unpark was sent (time.monotonic())
         self._unlist: set[int] = set()  # children perhaps still listed but not reading: unlist at the next unpark
         self._wanted = 0  # parked children wanted back for jobs waiting (dispatch)
         self._all = False  # every parked child wanted back (reconcile, stop, quarantine)
@@ -114,11 +121,13 @@ class Parking:
     def left(self, slot: Slot, *, listed: bool) -> None:
         """The child answered (Took or Unparked); ``listed``: it may still be listed (its read failed)."""
         self._parked.pop(slot.index, None)
+        self._called.pop(slot.index, None)
         if listed:
             self._unlist.add(slot.index)
 
     def died(self, slot: Slot) -> bool:
         """The slot's child died; True if it was parked (a job may wait unread: reconcile)."""
+        self._called.pop(slot.index, None)
         if self._parked.pop(slot.index, None) is None:
             return False
         self._unlist.add(slot.index)
@@ -151,9 +160,16 @@ class Parking:
             return
         for i in chosen:
             self._parked[i] = True
+            self._called[i] = now
         self._unlist.difference_update(indices)
         self._wanted = max(0, self._wanted - len(chosen))
         self._all = False
+
+    def silent(self, now: float) -> list[int]:
+        """The slots called back more than ANSWER_WITHIN_S ago that have not answered: a healthy child's
+        blocking read returns the moment its "u" is pushed, so such a child is stuck (the worker replaces
+        it, and reconciles: a hand-off it may hold goes back to its queue)."""
+        return [i for i, at in self._called.items() if now - at > ANSWER_WITHIN_S]
 
     def unlist_all(self) -> None:
         """Stopping, children gone: take any still listed off the parked list (best effort: we are leaving)."""

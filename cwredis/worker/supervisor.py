@@ -62,7 +62,7 @@ from .lease import Lease
 from .ledger import Ledger, Start
 from .link import Link, LinkDown
 from .recording import Recorder
-from .parking import Parking
+from .parking import ANSWER_WITHIN_S, Parking
 from .pool import Pool
 from .shutdown import Shutdown
 from .slot import Running, Slot
@@ -337,6 +337,12 @@ class Worker:
             if self.intake.needs_reconcile or self.intake.quarantined:
                 self._parking.want_all()
         self._parking.unpark_due()
+        with self._lock:
+            silent = [self.pool.slots[i] for i in self._parking.silent(time.monotonic())]
+        for slot in silent:
+            log.warning("worker %s: job process %d did not answer being called back from its inbox within %.0f s; "
+                        "replacing it", self.worker_id, slot.index, ANSWER_WITHIN_S)
+            self.collector.handle(self.pool.died(slot))
 
     # -- outcomes ------------------------------------------------------------------------------
 

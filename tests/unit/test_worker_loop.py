@@ -19,7 +19,8 @@ from cwredis.scripts import Scripts
 from cwredis.worker import Worker
 from cwredis.worker.pool import Ended
 from cwredis.worker.slot import Running
-from cwredis.worker.protocol import Ok
+from cwredis.worker import parking
+from cwredis.worker.protocol import Ok, Recorded
 from helpers import TEST_SECRET, Outcomes, square, wait_for
 from stub_slot import StubSlot
 
@@ -168,3 +169,41 @@ def test_nothing_is_written_ahead_of_a_job_that_parks_its_child(server, worker, 
     _finish(worker, head, 1)
     worker.step(wait=False)
     assert [run.job_id for run in slot.runs] == [first, *ids]  # the next heads the slot, the rest ahead
+
+
+def test_a_parked_job_process_that_never_answers_its_call_back_is_replaced(server, worker, client, monkeypatch):
+    """A parked job process answers being called back at once (its blocking read returns when its "u" is
+    pushed). One that does not within ANSWER_WITHIN_S is stuck -- perhaps with a hand-off it read and
+    lost -- so it is replaced, and the reconciliation that follows gives back what our in-flight list holds
+    and nobody runs: such a job runs (once), instead of waiting in the list of a live worker for ever."""
+    t, outcomes = client
+    r = server.client()
+    first = t.submit(square, 1)
+    worker.step(wait=False)
+    slot = worker.pool.slots[0]
+    (head,) = slot.sent
+    assert slot.take(first) is head
+    # Its process recorded it and parked on its own inbox (park.lua, child_parking).
+    worker.collector.handle(Ended(slot, head, Recorded(first, True, 1, parked=True)))
+    assert worker._parking.holds(slot)
+    # A job handed to it, which it read and lost: in our in-flight list, held by nobody.
+    lost = t.submit(square, 2)
+    Scripts(r, KEYS).claim(r, worker_id=worker.worker_id, queues=["default"], lease_ms=30_000, max_count=1,
+                           start_count=1)
+    assert _fields(r, lost)["s"] == "running"
+    killed: list[int] = []
+    monkeypatch.setattr(slot, "kill", lambda: killed.append(slot.index) or -9)
+    monkeypatch.setattr(parking, "ANSWER_WITHIN_S", 0.0)  # (30 s) -- it has not answered by the next look
+    with worker._lock:
+        worker._parking.want_all()  # called back, as for a reconciliation or a stop
+    worker.step(wait=False)  # sends the "u", to which it never answers; then finds it silent
+    assert killed == [0] and not worker._parking.holds(slot)
+    # (The Recorded above was ours: nothing reached Redis, so the reconciliation gives ``first`` back too.)
+    values = {first: 1, lost: 4}
+    for _ in range(100):  # each step sleeps at most until the outcomes are due
+        if outcomes.count() == 2:
+            break
+        if slot.sent:
+            _finish(worker, slot.sent[0], values[slot.sent[0].id])
+        worker.step()
+    outcomes.assert_exactly_once(values)
