@@ -298,7 +298,8 @@ def test_a_batchs_outcomes_for_one_client_are_numbered_and_appended_in_one_comma
 
 def test_complete_deletes_only_the_fields_a_job_has(server):
     """What the append-only file records for completing a job that never reported progress: an HDEL of
-    its arguments and holder only, not of absent progress and live-output fields."""
+    its arguments and holder only, not of absent progress and live-output fields -- nor the DEL of the
+    staged arguments it does not have (a DEL that deletes nothing is not written)."""
     r = server.client()
     s = Scripts(r, Keys())
     submit(s, r, "a")
@@ -307,6 +308,7 @@ def test_complete_deletes_only_the_fields_a_job_has(server):
     commands = [args for args, _ in parse_commands(increment_file(server.dir).read_bytes())]
     hdels = [args[2:] for args in commands if args[0].upper() == b"HDEL" and args[1] == KEYS.job("a").encode()]
     assert hdels == [[b"a", b"w"]], hdels
+    assert not [args for args in commands if KEYS.staged_args("a").encode() in args]
 
 
 BIG = b"B" * (1 << 17)  # over Scripts.stage's threshold
