@@ -28,10 +28,8 @@ from .script_types import ClaimReply, Completion, Recovered, Requeue, claimed_ro
 
 log = logging.getLogger("cwredis")
 
-#: An outcome body (Scripts.stage) or a job's arguments (Scripts.stage_args) at least this long is written
-#: with a plain SET beside its script instead of through it.
+#: An outcome body or a job's arguments this long is written with a plain SET beside its script (stage*).
 STAGE_BYTES = 64 * 1024
-
 #: How long staged arguments live until submit.lua adopts them (an orphan of a client that died before it).
 STAGED_ARGS_ORPHAN_TTL_MS = 3600 * 1000
 
@@ -184,18 +182,14 @@ class Scripts:
 
     def stage_args(self, pipe: Any, jobs: Sequence[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int]:
         """Queue a plain SET of each job's large arguments on ``pipe``, ahead of :meth:`submit`; the jobs to
-        pass it (a staged job's arguments replaced by ``job.STAGED_ARGS``), and how many replies the SETs add.
+        pass it (staged ones carry ``job.STAGED_ARGS``), and how many replies the SETs add.
 
-        Arguments of ``STAGE_BYTES`` or more passed to submit.lua are copied
-        into Lua and out again into the record, then into Lua once more when
-        claim.lua returns them (or a hand-off frames them): ~4 ms of server
-        time per MiB, against ~0.9 ms for a plain SET and GET (measured).
-        Staged, the worker (or the job process it was handed to) reads them
-        with a GET. The SET is ``NX`` with a short TTL: submit.lua gives a job
-        it creates the function's lifetime, so a key a client left behind
-        when it died before submit.lua ran expires soon, and a submit sent
-        again after a lost reply never shortens the life of a queued job's
-        arguments (its id is the same, so are its arguments).
+        Through submit.lua and claim.lua a MiB of arguments costs ~4 ms of
+        server time, a plain SET and GET ~0.9 ms (measured); the job process
+        reads them (cwredis.worker.staged). ``NX`` with a short TTL: a key
+        left by a client that died before submit.lua ran (which gives a job
+        the function's lifetime) expires soon, and a resent submit (same id,
+        same arguments) never shortens a queued job's.
         """
         staged = []
         sets = 0
