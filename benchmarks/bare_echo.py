@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 
-import redis
-
 from latency import BARE_JOBS, BARE_RESULTS
+from measuring import bare_client
 
 
 def main() -> None:
-    r = redis.Redis.from_url(os.environ["CWREDIS_URL"])
+    r = bare_client(os.environ["CWREDIS_URL"])
     while True:
         item = r.brpop([BARE_JOBS], 1)
         if item is not None:

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from measuring import percentile
+from measuring import bare_client, percentile
 
 #: The program that answers the bare loop (a second process, like a worker).
 BARE_ECHO_PROGRAM = str(Path(__file__).resolve().parent / "bare_echo.py")
@@ -64,9 +64,7 @@ def role_bare_latency(url, n, warmup, timeout, **_):
     (``bare_echo.py``) BRPOPs the job and LPUSHes it back. Run beside every
     latency run, it tells what this machine's cores allow at that moment.
     """
-    import redis
-
-    r = redis.Redis.from_url(url)
+    r = bare_client(url)
     r.delete(BARE_JOBS, BARE_RESULTS)
     # Same process group as this client (which the parent stops as a group); URL in the environment.
     echo = subprocess.Popen([sys.executable, BARE_ECHO_PROGRAM])

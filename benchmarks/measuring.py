@@ -8,6 +8,18 @@ import threading
 import time
 
 
+def bare_client(url: str):
+    """A bare redis-py client for a floor: cluster-aware when ``url`` names a node of a Valkey/Redis Cluster
+    (``--cluster``: the floor's key may live on another node), else a plain one."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    if not r.info("cluster").get("cluster_enabled"):
+        return r
+    r.close()
+    return redis.cluster.RedisCluster.from_url(url)
+
+
 class Counter:
     """Counts ClientThread callbacks; sets ``done`` when ``target`` outcomes arrived.
 

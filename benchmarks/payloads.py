@@ -51,10 +51,10 @@ def role_large_results(url, n, size, warmup, timeout, **_):
 
 def role_bare_payload(url, n, size, timeout, **_):
     """The floor: each payload LPUSHed, then RPOPed, by a bare redis-py client (one round trip each)."""
-    import redis
+    from measuring import bare_client
 
     payloads = _payloads(n, size)
-    r = redis.Redis.from_url(url)
+    r = bare_client(url)
     key = "bare:payload"  # the floor's own list, not a cwredis key
     r.delete(key)
     t0 = time.perf_counter()
