@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ import pytest
 
 import cwredis
 import helpers
+import jobs_payloads
+from cwredis.keys import DEFAULT_KEYS
 from harness import cw_admin, free_port
 from helpers import Outcomes
 from sentinel_set import SentinelSet
@@ -144,3 +147,19 @@ def test_admin_works_through_the_sentinels_and_masks_the_password(sentinel_set, 
     assert failed.returncode != 0
     assert password not in failed.stderr + failed.stdout
     assert f"the Sentinel set {hosts} (service cw)" in failed.stderr, failed.stderr
+
+
+def test_large_arguments_are_confirmed_by_a_replica_with_their_submit(sentinel_set, home, procs):
+    """Large arguments are written beside submit.lua (staged), and the WAIT after the batch covers them:
+    once a submit returns, a replica holds each job's arguments key. A worker then runs every job with
+    its own arguments, once."""
+    payloads = [bytes([i]) * (1 << 20) for i in range(3)]
+    with cwredis.Executor(url=sentinel_set.url) as ex:
+        futures = [ex.submit(jobs_payloads.fingerprint, payload, i) for i, payload in enumerate(payloads)]
+        replicas = [replica.client() for replica in sentinel_set.replicas]
+        for future in futures:
+            key = DEFAULT_KEYS.staged_args(future.job_id)
+            assert any(replica.exists(key) for replica in replicas), f"no replica holds {key}"
+        procs.worker(sentinel_set.url)
+        got = [future.result(MAP_TIMEOUT_S) for future in futures]
+    assert [g[1:] for g in got] == [(1 << 20, hashlib.sha256(p).hexdigest(), i) for i, p in enumerate(payloads)]
