@@ -109,8 +109,6 @@ class Admission:
             catalog.spec(claimed.spec)
             running.function = catalog.function(claimed.function)
             running.env = catalog.env(spec.env)
-            if not staged:
-                running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
         except Rejected as exc:
             if staged:  # nothing of the job verified yet: our secret may be the wrong one, as for an envelope
                 self._reject(running, exc, limit=self._rejection_limit(claimed, spec))
@@ -123,7 +121,8 @@ class Admission:
             return None
         if staged:
             self._rejected_in_a_row = 0  # our secret verified its records: it is not us
-        return running
+            return running
+        return running if self._gather_blobs(running) else None
 
     def open_staged(self, running: Running) -> bool:
         """Read and verify a job's staged arguments here (its job process could not); False if the job was
@@ -135,17 +134,7 @@ class Admission:
             return False
         claimed.args = envelope
         self._load_arg_blobs([claimed])
-        if not self._open_envelope(running):
-            return False
-        try:
-            running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
-        except Rejected as exc:
-            self._reject(running, exc, limit=1)
-            return False
-        except Corrupt as exc:
-            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
-            return False
-        return True
+        return self._open_envelope(running) and self._gather_blobs(running)
 
     def _open_envelope(self, running: Running) -> bool:
         """Verify the job's envelope into ``running.args``; False if the job was rejected or failed instead."""
@@ -160,6 +149,19 @@ class Admission:
             self._fail_now(running, "corrupt", f"CorruptError: {exc}")
             return False
         self._rejected_in_a_row = 0  # our secret verified this job: it is not us
+        return True
+
+    def _gather_blobs(self, running: Running) -> bool:
+        """Each argument blob the verified arguments name, checked against its digest; False if the job was
+        rejected (a blob swapped under a job our secret verified: no worker may run it) or failed instead."""
+        try:
+            running.blobs = self._arg_blobs.verified(self._signer, named_blobs(running.args))
+        except Rejected as exc:
+            self._reject(running, exc, limit=1)
+            return False
+        except Corrupt as exc:
+            self._fail_now(running, "corrupt", f"CorruptError: {exc}")
+            return False
         return True
 
     def _fail_now(self, running: Running, reason: str, error: str) -> None:

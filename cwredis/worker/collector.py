@@ -99,10 +99,7 @@ class Collector:
             self._left_parking(event)
         elif isinstance(event, Unopened):
             with self._lock:
-                if (head := event.slot.job) is not None:
-                    self._host.mark_started(head)  # the job written ahead starts now
-                else:
-                    self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
+                self._next_in(event.slot)
             self._intake.open_staged(event.running)
         elif isinstance(event, Reported):
             self._attempts.report(event)
@@ -123,10 +120,7 @@ class Collector:
                     self._parking.parked(event.slot)
                     if self._stop.graceful or self._intake.quarantined:
                         self._parking.want_all()
-                if (head := event.slot.job) is not None:
-                    self._host.mark_started(head)  # the job written ahead starts now
-                else:
-                    self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
+                self._next_in(event.slot)
             self._finish_attempt(event.running, event.reply)
         elif event.running is None:
             log.warning("worker %s: an idle child died (exit code %s); started another", self._host.worker_id,
@@ -138,6 +132,13 @@ class Collector:
             self._host.jobs_done += 1
             self._attempts.cut_short(event.running, "lost",
                                 f"the process running the job died (exit code {event.exit_code})", 0)
+
+    def _next_in(self, slot: Slot) -> None:
+        """The slot's job is gone from it: the one written ahead starts now, or the child is idle (lock held)."""
+        if (head := slot.job) is not None:
+            self._host.mark_started(head)
+        else:
+            self._lock.notify_all()  # an idle child: the fetcher may wait on the queue for it
 
     def _left_parking(self, event: LeftParking) -> None:
         """A parked child answered: it took a job (runs it, or leaves it to us to verify), or it did not."""
