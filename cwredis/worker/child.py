@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
         if isinstance(message, Setup):
             recorder = DirectRecorder(message)
-            parking = ChildParking(message, recorder, send) if recorder.inbox else None
             staged = StagedArgs(recorder, Keys(message.namespace), Signer(message.secret))
+            parking = ChildParking(message, recorder, staged, send) if recorder.inbox else None
             continue
         assert isinstance(message, Run)
         # What we say of a job we took while parked goes to a worker not waiting on our pipe: poked (parking).

@@ -18,13 +18,15 @@ lease, timeout, cancellation and in-flight reconciliation, so the job must
 be its before it starts. The worker's loop does not wait on a parked child's
 pipe (see :mod:`cwredis.worker.parking`); when it must look now -- a job
 with a timeout, a job left to it, an outcome for it to record, a failure --
-the child also writes a byte to the worker's attention pipe (:meth:`poke`). The child verifies the job's envelope with the
-secret before unpickling anything, and its spec, function and environment
-against their signed digests (fetching the ones it lacks on its
-connection, and large arguments from their own key: :mod:`cwredis.worker.staged`); a job it cannot check itself -- a bad signature, a missing or
-swapped record, argument blobs -- it does not run: it passes the envelope to
-the worker, which verifies, rejects (counting towards quarantine), fails or
-runs it as any claimed job. Fail closed: nothing unverified is unpickled here.
+the child also writes a byte to the worker's attention pipe (:meth:`poke`).
+The child verifies the job's envelope with the secret before unpickling
+anything, and its spec, function and environment against their signed
+digests (fetching the ones it lacks on its connection, and large arguments
+from their own key: :mod:`cwredis.worker.staged`); a job it cannot check
+itself -- a bad signature, a missing or swapped record, argument blobs -- it
+does not run: it passes the envelope to the worker, which verifies, rejects
+(counting towards quarantine), fails or runs it as any claimed job. Fail
+closed: nothing unverified is unpickled here.
 
 A hand-off read later than the worker's lease was known to hold when the
 child parked (park.lua says how long it still ran) may be stale: if the
@@ -72,13 +74,14 @@ OWNED, LAPSED, GONE = "owned", "lapsed", "gone"
 class ChildParking:
     """One job process's parking on its inbox; see the module docstring."""
 
-    def __init__(self, setup: Setup, recorder: DirectRecorder, send: Callable[[ChildMessage], None]) -> None:
+    def __init__(self, setup: Setup, recorder: DirectRecorder, staged: StagedArgs,
+                 send: Callable[[ChildMessage], None]) -> None:
         self._recorder = recorder
         self._send = send
         self._keys = Keys(setup.namespace)
         self._signer = Signer(setup.secret)
         self._catalog = Catalog(None, self._keys, self._signer)  # fetched on our own connection (_fetch)
-        self._staged = StagedArgs(recorder, self._keys, self._signer)
+        self._staged = staged  # (the job process's, on the same connection)
         self._attention = setup.attention
         self._worker_id = setup.worker_id
         self.fd: int | None = None  # the socket, while our blocking read is out
