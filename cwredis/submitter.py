@@ -265,10 +265,13 @@ class Submitter:
         arguments (not a session's: see submit.lua) are staged beside it in the same round trip."""
         self._put_blobs(batch)
         digests = (shared.spec_digest, shared.fn_digest, shared.env_digest)
-        large = not self._session and any(len(envelope) >= STAGE_BYTES for _, envelope in batch)
+        jobs, to_stage = batch, not self._session and any(len(envelope) >= STAGE_BYTES for _, envelope in batch)
         for send_records in ((False, True) if set(digests) <= self._stored else (True,)):
-            target = self._pinned.batch() if self._replica_ack or large else self._pinned
-            jobs, staged = self._scripts.stage_args(target, batch) if large else (batch, 0)
+            target = self._pinned.batch() if self._replica_ack or to_stage else self._pinned
+            staged = 0
+            if to_stage:  # once: when submit.lua asks for the records, the SETs before it have been done
+                jobs, staged = self._scripts.stage_args(target, batch)
+                to_stage = False
             reply = self._scripts.submit(
                 target, queue=self._queue, spec_digest=shared.spec_digest,
                 spec_fields=shared.spec_fields if send_records else None, fn_digest=shared.fn_digest,

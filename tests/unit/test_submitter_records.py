@@ -8,6 +8,7 @@ import weakref
 
 import fakeredis
 
+from cwredis import job
 from cwredis.keys import DEFAULT_KEYS
 from cwredis.reachability import Reconnector
 from cwredis.scripts import Scripts
@@ -45,3 +46,26 @@ def test_records_of_a_large_function_go_with_their_last_job():
     del shared
     gc.collect()
     assert gone() is None  # nothing kept them past their jobs
+
+
+def test_large_arguments_are_staged_once_when_the_server_asks_for_the_records_again():
+    """The server lost the shared records (submit.lua answers -1 and the batch goes again, with them): the
+    large arguments' SETs ran with the first try, so they are not sent a second time."""
+    r = fakeredis.FakeRedis()
+    scripts = Scripts(r, DEFAULT_KEYS)
+    submitter = Submitter(r, scripts, DEFAULT_KEYS, Signer(b"s" * 32),
+                          Reconnector("redis://127.0.0.1:1/0", "client", threading.Event()),
+                          client_id="c1", queue="default", timeout_s=None, max_attempts=3)
+    shared = submitter.shared_records(submitter.prepare_function(noop))
+    submitter.submit(shared, submitter.seal_jobs(shared, [submitter.pickle_args(noop, (1,), {})]))  # records stored
+    r.delete(DEFAULT_KEYS.spec(shared.spec_digest))  # lost by the server
+    staged_calls, submits = [], []
+    stage_args, submit = scripts.stage_args, scripts.submit
+    scripts.stage_args = lambda pipe, jobs: staged_calls.append(len(jobs)) or stage_args(pipe, jobs)  # type: ignore
+    scripts.submit = lambda client, **kw: submits.append(kw["spec_fields"] is not None) or submit(client, **kw)  # type: ignore
+    jobs = submitter.seal_jobs(shared, [submitter.pickle_args(noop, (bytes([i]) * 100_000,), {}) for i in range(2)])
+    submitter.submit(shared, jobs)
+    assert submits == [False, True] and staged_calls == [2]
+    for job_id, envelope in jobs:
+        assert r.hget(DEFAULT_KEYS.job(job_id), job.ARGS) == job.STAGED_ARGS
+        assert r.get(DEFAULT_KEYS.staged_args(job_id)) == envelope
