@@ -140,7 +140,7 @@ local function outcome_header(seq, job_id, generation)
   return seq .. '\n' .. job_id .. '\n' .. generation .. '\n'
 end
 
--- Outcomes wait in the outbox until the script ends (send_outcomes), a
+-- Outcomes wait in the outbox until the loop over jobs ends (send_outcomes), a
 -- client's together: one INCRBY numbers them and one RPUSH appends them -- two
 -- lines of the append-only file per client and script, not two per outcome
 -- (about 85 bytes a job in a map). A client's pending outcomes go out early
@@ -191,9 +191,12 @@ local function push_outcome(results, seq_key, channel, job_id, generation, kind,
 end
 
 -- Send every queued outcome, clients in the order they first got one. Every
--- script that delivers outcomes (deliver, end_cancelled) calls this before it
--- returns; nothing is sent until then, and the script is one atomic step, so
--- a client sees the same entries, numbered the same, as if each went at once.
+-- script that delivers outcomes (deliver, end_cancelled) calls this right
+-- after its loop over jobs, before any other command that could fail and stop
+-- it (Redis keeps what a stopped script wrote: a job would be done with no
+-- outcome sent). Until then (or a client's early send past
+-- OUTBOX_FLUSH_BYTES) outcomes wait; the script is one atomic step, so a
+-- client sees the same entries, numbered the same, as if each went at once.
 local function send_outcomes()
   for _, box in ipairs(outbox.order) do send_box(box) end
   outbox = {order = {}, by_list = {}}

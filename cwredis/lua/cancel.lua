@@ -47,6 +47,7 @@ for i = 11, #ARGV do
     replies[#replies + 1] = state or 'unknown'
   end
 end
+send_outcomes()  -- before anything else that could stop the script: no job ends without its outcome
 for queue_name, ids in pairs(leaving) do
   local queue, few = queue_prefix .. queue_name, {}
   for job_id in pairs(ids) do few[#few + 1] = job_id end
@@ -63,5 +64,4 @@ for queue_name, ids in pairs(leaving) do
     end
   end
 end
-send_outcomes()
 return replies

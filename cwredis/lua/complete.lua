@@ -101,10 +101,10 @@ for k = 4, #KEYS do
     flags[n] = 0
   end
 end
+send_outcomes()  -- before anything else that could stop the script: no job is done without its outcome
 -- The counters once per batch (fewer commands in the append-only file).
 if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
 for queue, count in pairs(done_in) do redis.call('HINCRBY', stats, 'done:' .. queue, count) end
 for queue, count in pairs(failed_in) do redis.call('HINCRBY', stats, 'failed:' .. queue, count) end
-send_outcomes()
 return flags

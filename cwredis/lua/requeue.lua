@@ -77,7 +77,7 @@ for k = 5, #KEYS, 2 do
     flags[n] = 0
   end
 end
+send_outcomes()  -- before anything else that could stop the script: no job ends without its outcome
 if failed_count > 0 then redis.call('HINCRBY', stats, 'failed', failed_count) end
 wake(ho, woken, now)
-send_outcomes()
 return flags

@@ -117,6 +117,7 @@ for i = 1, #ids do
     redis.call('ZADD', failed, now, job_id)
   end
 end
+send_outcomes()  -- before anything else that could stop the script: no job ends without its outcome
 redis.call('DEL', inflight, inbox)
 wake(ho, woken, now)
 if deadline < forget_before then
@@ -124,5 +125,4 @@ if deadline < forget_before then
   redis.call('ZREM', workers, worker_id)
   redis.call('DEL', info)
 end
-send_outcomes()
 return {requeued, lost, dropped}

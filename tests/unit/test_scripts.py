@@ -924,3 +924,15 @@ def test_jobs_given_back_keep_their_submission_order(s, r):
     assert [c.id for c in claim(s, r, worker="w2", n=3, now=T0 + LEASE_MS + 2)[0]] == ["a", "b", "c"]
     assert s.release_inflight(r, worker_id="w2", queues=["default"], keep=[], unregister=False) == 3
     assert [c.id for c in claim(s, r, worker="w3", n=3, now=T0 + LEASE_MS + 3)[0]] == ["a", "b", "c"]
+
+
+def test_an_outcome_is_sent_even_if_the_script_stops_after_its_loop(s, r):
+    """Redis keeps what a script wrote before an error. A garbage counters key (a string, not a hash)
+    stops complete.lua at its counters, after the job is done: its outcome was sent before that."""
+    submit(s, r, "a")
+    (claimed,), _ = claim(s, r)
+    r.set(KEYS.stats, "garbage")
+    with pytest.raises(redis.ResponseError):
+        complete(s, r, ok(claimed))
+    assert state(r, "a") == "done"
+    assert r.lrange(KEYS.results("c1"), 0, -1) == [b"1\na\n0\nok\nR"]
