@@ -14,8 +14,9 @@
 -- claims; jobs handed to it before (still in its inbox, already in its
 -- in-flight list) are returned with the rest and count towards max_count.
 -- Ids are moved from a queue a batch at a time: read (LRANGE), pushed onto the
--- in-flight list (one LPUSH), then trimmed off the queue (one LTRIM) -- three
--- entries in the append-only file per batch instead of an LMOVE per job.
+-- in-flight list (one LPUSH), then trimmed off the queue (one LTRIM) -- two
+-- entries in the append-only file per batch (the read is none) instead of an
+-- LMOVE per job; a batch of one id is one LMOVE.
 -- Pushing before trimming keeps every id in a queue or the in-flight list at
 -- each step, even if the script stopped half-way (an id in both is taken once:
 -- take() skips a job that is no longer pending), so it is always where the
@@ -87,8 +88,12 @@ for q = 5, #KEYS do
     if #ids == 0 then break end
     local oldest_first = {}
     for k = #ids, 1, -1 do oldest_first[#oldest_first + 1] = ids[k] end
-    redis.call('LPUSH', inflight, unpack(oldest_first))  -- as LMOVE RIGHT LEFT one by one would leave it
-    redis.call('LTRIM', KEYS[q], 0, -(#ids + 1))
+    if #ids == 1 then
+      redis.call('LMOVE', KEYS[q], inflight, 'RIGHT', 'LEFT')
+    else
+      redis.call('LPUSH', inflight, unpack(oldest_first))  -- as LMOVE RIGHT LEFT one by one would leave it
+      redis.call('LTRIM', KEYS[q], 0, -(#ids + 1))
+    end
     budget = budget - #ids
     for _, job_id in ipairs(oldest_first) do take(job_id) end
   end

@@ -47,7 +47,8 @@ for k = 4, #KEYS do
   local by_ref = false
   if staged ~= '' then
     -- A staged body missing (never the case: its SET came first on this connection) records nothing.
-    by_ref = owned and not f[6] and client ~= '' and redis.call('PEXPIRE', staged, result_ttl) == 1
+    -- (EXISTS, a read: the SET gave the key the results' lifetime already.)
+    by_ref = owned and not f[6] and client ~= '' and redis.call('EXISTS', staged) == 1
     if owned and not by_ref then
       body = redis.call('GET', staged)
       owned = body ~= false

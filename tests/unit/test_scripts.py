@@ -936,3 +936,18 @@ def test_an_outcome_is_sent_even_if_the_script_stops_after_its_loop(s, r):
         complete(s, r, ok(claimed))
     assert state(r, "a") == "done"
     assert r.lrange(KEYS.results("c1"), 0, -1) == [b"1\na\n0\nok\nR"]
+
+
+def test_a_claim_of_one_job_moves_it_in_one_command(server):
+    """A lone job claimed: one LMOVE from the queue to the in-flight list (one line of the append-only
+    file), not a push and a trim."""
+    r = server.client()
+    s = Scripts(r, Keys())
+    submit(s, r, "a")
+    r.config_resetstat()
+    (claimed,), _ = claim(s, r)
+    assert claimed.id == "a" and r.lrange(KEYS.inflight("w1"), 0, -1) == [b"a"]
+    assert r.llen(KEYS.queue("default")) == 0
+    stats = r.info("commandstats")
+    assert stats["cmdstat_lmove"]["calls"] == 1
+    assert "cmdstat_lpush" not in stats and "cmdstat_ltrim" not in stats
